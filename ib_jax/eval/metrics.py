@@ -1,0 +1,305 @@
+"""Evaluation metrics for the paper's datasets, keyed by the names the dataset registry uses.
+
+Every metric takes parallel lists (one prediction and one reference per example) and returns
+`MetricResult`: the corpus score plus the per-example values (for the predictions dump). Scores are
+fractions in [0, 1] (CIDEr in pycocoevalcap's own unit, ~0-10); multiply by 100 for the paper's
+tables.
+
+| name            | prediction                  | reference                       | used by                         |
+|-----------------|-----------------------------|---------------------------------|---------------------------------|
+| `vqa_accuracy`  | answer str                  | list of human answers (10)      | VQAv2, OKVQA, VizWiz, TextVQA   |
+| `cider`         | caption str                 | list of reference captions      | COCO, NoCaps, Flickr30K         |
+| `exact_match`   | answer str                  | answer str                      | GQA, MSVD-QA, MSRVTT-QA         |
+| `accuracy`      | class index / label / str   | same type                       | ScienceQA, IconQA, VSR          |
+| `auc`           | score (P(positive))         | 0/1 label                       | HatefulMemes                    |
+| `mrr`           | 100 candidate scores        | gt_index                        | Visual Dialog                   |
+| `ivqa_accuracy` | answer str                  | list of 5 human answers         | iVQA                            |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# VQA answer normalization: a faithful port of the behaviour of the official VQA evaluation
+# script (GT-Vision-Lab/VQA, vqaEval.py), quirks included, so our numbers match the leaderboard's.
+# ---------------------------------------------------------------------------------------------
+
+# Words without apostrophes -> the official spelling (the script mixes ' and U+2019; kept as is).
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn’t’ve", "couldnt’ve": "couldn’t’ve",
+    "didnt": "didn’t", "doesnt": "doesn’t", "dont": "don’t", "hadnt": "hadn’t",
+    "hadnt’ve": "hadn’t’ve", "hadn'tve": "hadn’t’ve", "hasnt": "hasn’t", "havent": "haven’t",
+    "hed": "he’d", "hed’ve": "he’d’ve", "he’dve": "he’d’ve", "hes": "he’s", "howd": "how’d",
+    "howll": "how’ll", "hows": "how’s", "Id’ve": "I’d’ve", "I’dve": "I’d’ve", "Im": "I’m",
+    "Ive": "I’ve", "isnt": "isn’t", "itd": "it’d", "itd’ve": "it’d’ve", "it’dve": "it’d’ve",
+    "itll": "it’ll", "let’s": "let’s", "maam": "ma’am", "mightnt": "mightn’t",
+    "mightnt’ve": "mightn’t’ve", "mightn’tve": "mightn’t’ve", "mightve": "might’ve",
+    "mustnt": "mustn’t", "mustve": "must’ve", "neednt": "needn’t", "notve": "not’ve",
+    "oclock": "o’clock", "oughtnt": "oughtn’t", "ow’s’at": "’ow’s’at", "’ows’at": "’ow’s’at",
+    "’ow’sat": "’ow’s’at", "shant": "shan’t", "shed’ve": "she’d’ve", "she’dve": "she’d’ve",
+    "she’s": "she’s", "shouldve": "should’ve", "shouldnt": "shouldn’t",
+    "shouldnt’ve": "shouldn’t’ve", "shouldn’tve": "shouldn’t’ve", "somebody’d": "somebodyd",
+    "somebodyd’ve": "somebody’d’ve", "somebody’dve": "somebody’d’ve",
+    "somebodyll": "somebody’ll", "somebodys": "somebody’s", "someoned": "someone’d",
+    "someoned’ve": "someone’d’ve", "someone’dve": "someone’d’ve", "someonell": "someone’ll",
+    "someones": "someone’s", "somethingd": "something’d", "somethingd’ve": "something’d’ve",
+    "something’dve": "something’d’ve", "somethingll": "something’ll", "thats": "that’s",
+    "thered": "there’d", "thered’ve": "there’d’ve", "there’dve": "there’d’ve",
+    "therere": "there’re", "theres": "there’s", "theyd": "they’d", "theyd’ve": "they’d’ve",
+    "they’dve": "they’d’ve", "theyll": "they’ll", "theyre": "they’re", "theyve": "they’ve",
+    "twas": "’twas", "wasnt": "wasn’t", "wed’ve": "we’d’ve", "we’dve": "we’d’ve",
+    "weve": "we've", "werent": "weren’t", "whatll": "what’ll", "whatre": "what’re",
+    "whats": "what’s", "whatve": "what’ve", "whens": "when’s", "whered": "where’d",
+    "wheres": "where's", "whereve": "where’ve", "whod": "who’d", "whod’ve": "who’d’ve",
+    "who’dve": "who’d’ve", "wholl": "who’ll", "whos": "who’s", "whove": "who've",
+    "whyll": "why’ll", "whyre": "why’re", "whys": "why’s", "wont": "won’t",
+    "wouldve": "would’ve", "wouldnt": "wouldn’t", "wouldnt’ve": "wouldn’t’ve",
+    "wouldn’tve": "wouldn’t’ve", "yall": "y’all", "yall’ll": "y’all’ll", "y’allll": "y’all’ll",
+    "yall’d’ve": "y’all’d’ve", "y’alld’ve": "y’all’d’ve", "y’all’dve": "y’all’d’ve",
+    "youd": "you’d", "youd’ve": "you’d’ve", "you’dve": "you’d’ve", "youll": "you’ll",
+    "youre": "you’re", "youve": "you’ve",
+}
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+# The official regex is literally "(?!<=\d)(\.)(?!\d)": a typo for a lookbehind, so in effect it
+# strips every period not followed by a digit. Kept verbatim to reproduce official scores.
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
+_PUNCTUATION = [";", ":", "/", "'", "[", "]", '"', "(", ")", "=", "+", "\\", "_", ">", "<",
+                "@", "`", ",", "?"]
+
+
+def process_punctuation(text: str) -> str:
+    """The official `processPunctuation`: drop or space out punctuation, strip periods."""
+    out = text
+    for p in _PUNCTUATION:
+        # Decided on the *input* text, as the official script does.
+        if (p + " " in text or " " + p in text) or _COMMA_BETWEEN_DIGITS.search(text):
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    # The official call passes re.UNICODE (== 32) positionally, i.e. as `count`: at most 32
+    # periods are removed. Reproduced for exactness.
+    return _PERIOD_STRIP.sub("", out, count=int(re.UNICODE))
+
+
+def process_digit_article(text: str) -> str:
+    """The official `processDigitArticle`: lowercase, number words -> digits, drop articles,
+    restore contractions."""
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in _ARTICLES]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
+
+
+def normalize_vqa_answer(answer: str) -> str:
+    """Full normalization the official script applies to a *predicted* answer."""
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(answer))
+
+
+# ---------------------------------------------------------------------------------------------
+# Result type and input checks.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricResult:
+    """`score`: corpus-level value; `per_example`: one value per example (same order as input);
+    `extras`: secondary numbers (e.g. recall@k for Visual Dialog)."""
+
+    name: str
+    score: float
+    per_example: list[float]
+    extras: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.name, "score": self.score, "per_example": self.per_example,
+                **self.extras}
+
+
+def _check_lengths(name: str, predictions: Sequence[Any], references: Sequence[Any]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"metric '{name}': {len(predictions)} predictions but "
+                         f"{len(references)} references; they must be parallel lists")
+    if not predictions:
+        raise ValueError(f"metric '{name}': no examples to score")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+# ---------------------------------------------------------------------------------------------
+
+
+def vqa_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> MetricResult:
+    """Official VQA accuracy: min(#humans that said it / 3, 1), averaged over the leave-one-out
+    subsets of the human answers (10 subsets of 9 for VQAv2).
+
+    As in the official script, the references are taken as released (already normalized by the
+    dataset authors) and only get punctuation processing, and only when the humans disagree.
+    """
+    _check_lengths("vqa_accuracy", predictions, references)
+    per_example = []
+    for index, (prediction, answers) in enumerate(zip(predictions, references)):
+        if not answers:
+            raise ValueError(f"metric 'vqa_accuracy': example {index} has no reference answers")
+        predicted = normalize_vqa_answer(prediction)
+        gt = list(answers)
+        if len(set(gt)) > 1:
+            gt = [process_punctuation(a) for a in gt]
+        subset_scores = []
+        for left_out in range(len(gt)):
+            matches = sum(1 for j, a in enumerate(gt) if j != left_out and a == predicted)
+            subset_scores.append(min(1.0, matches / 3.0))
+        per_example.append(_mean(subset_scores))
+    return MetricResult("vqa_accuracy", _mean(per_example), per_example)
+
+
+def ivqa_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> MetricResult:
+    """iVQA accuracy (Just Ask, Yang et al. 2021): min(#annotators that gave the answer / 2, 1)
+    over the 5 answers. Both sides get the VQA normalization, since iVQA answers are raw text."""
+    _check_lengths("ivqa_accuracy", predictions, references)
+    per_example = []
+    for index, (prediction, answers) in enumerate(zip(predictions, references)):
+        if not answers:
+            raise ValueError(f"metric 'ivqa_accuracy': example {index} has no reference answers")
+        predicted = normalize_vqa_answer(prediction)
+        matches = sum(1 for a in answers if normalize_vqa_answer(a) == predicted)
+        per_example.append(min(1.0, matches / 2.0))
+    return MetricResult("ivqa_accuracy", _mean(per_example), per_example)
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> MetricResult:
+    """1 if the normalized prediction equals the normalized answer (GQA, MSVD/MSRVTT top-1).
+    A list reference (e.g. `answers` with one element) is accepted: any element may match."""
+    _check_lengths("exact_match", predictions, references)
+    per_example = []
+    for prediction, reference in zip(predictions, references):
+        options = [reference] if isinstance(reference, str) else list(reference)
+        predicted = normalize_vqa_answer(prediction)
+        per_example.append(float(any(normalize_vqa_answer(r) == predicted for r in options)))
+    return MetricResult("exact_match", _mean(per_example), per_example)
+
+
+def accuracy(predictions: Sequence[Any], references: Sequence[Any]) -> MetricResult:
+    """Plain accuracy: equality of labels/indices; strings compare case- and space-insensitively
+    (e.g. a generated "True " against VSR's "true")."""
+    _check_lengths("accuracy", predictions, references)
+
+    def canon(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower()
+        if isinstance(value, (bool, np.bool_)):
+            return int(value)
+        if isinstance(value, (np.integer,)):
+            return int(value)
+        return value
+
+    per_example = [float(canon(p) == canon(r)) for p, r in zip(predictions, references)]
+    return MetricResult("accuracy", _mean(per_example), per_example)
+
+
+def auc(predictions: Sequence[float], references: Sequence[int]) -> MetricResult:
+    """ROC AUC (HatefulMemes) via scikit-learn; predictions are scores for the positive class.
+    Per-example values are the scores themselves (AUC has no per-example decomposition)."""
+    from sklearn.metrics import roc_auc_score
+
+    _check_lengths("auc", predictions, references)
+    labels = np.asarray(references)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("metric 'auc': references contain a single class "
+                         f"({np.unique(labels).tolist()}); AUC needs both 0 and 1 labels")
+    scores = np.asarray(predictions, dtype=np.float64)
+    return MetricResult("auc", float(roc_auc_score(labels, scores)), scores.tolist())
+
+
+def scores_to_ranks(scores: np.ndarray) -> np.ndarray:
+    """[N, C] candidate scores -> [N, C] 1-based ranks (1 = highest score).
+
+    As in the official visdial evaluation (`scores_to_ranks`: sort descending, rank = position),
+    tied candidates get distinct consecutive ranks. We use a stable sort, so among ties the
+    candidate with the lower index ranks first; the official code uses torch.sort, whose tie
+    order is unspecified, so this is the deterministic choice of the same rule.
+    """
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    rows = np.arange(scores.shape[0])[:, None]
+    ranks[rows, order] = np.arange(1, scores.shape[1] + 1)[None, :]
+    return ranks
+
+
+def mrr(predictions: Sequence[Sequence[float]], references: Sequence[int]) -> MetricResult:
+    """Visual Dialog: mean reciprocal rank of the ground-truth answer among its candidates, plus
+    recall@{1,5,10} and mean rank in `extras`. `predictions[i]` are the candidate scores (100 in
+    VisDial v1.0), `references[i]` the 0-based gt_index."""
+    _check_lengths("mrr", predictions, references)
+    scores = np.asarray(predictions, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError("metric 'mrr': predictions must be one list of candidate scores per "
+                         f"example with the same number of candidates; got shape {scores.shape}")
+    gt = np.asarray(references, dtype=np.int64)
+    bad = np.flatnonzero((gt < 0) | (gt >= scores.shape[1]))
+    if bad.size:
+        raise ValueError(f"metric 'mrr': gt_index {gt[bad[0]]} of example {bad[0]} is outside "
+                         f"0..{scores.shape[1] - 1}")
+    gt_ranks = scores_to_ranks(scores)[np.arange(len(gt)), gt].astype(np.float64)
+    reciprocal = (1.0 / gt_ranks).tolist()
+    extras = {f"recall@{k}": float(np.mean(gt_ranks <= k)) for k in (1, 5, 10)}
+    extras["mean_rank"] = float(np.mean(gt_ranks))
+    return MetricResult("mrr", _mean(reciprocal), reciprocal, extras)
+
+
+def cider(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> MetricResult:
+    """Corpus CIDEr-D via pycocoevalcap (its PTB tokenizer, then `Cider`), as the COCO caption
+    evaluation computes it. IDF comes from the references of the whole corpus, so the score of
+    an example depends on the others: always score a full split at once."""
+    _check_lengths("cider", predictions, references)
+    if shutil.which("java") is None:
+        raise RuntimeError("metric 'cider': pycocoevalcap's PTBTokenizer runs Stanford CoreNLP "
+                           "and needs a `java` executable on PATH (e.g. apt-get install "
+                           "openjdk-17-jre-headless)")
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    gts, res = {}, {}
+    for index, (prediction, refs) in enumerate(zip(predictions, references)):
+        if not refs:
+            raise ValueError(f"metric 'cider': example {index} has no reference captions")
+        gts[index] = [{"caption": r} for r in refs]
+        res[index] = [{"caption": prediction}]
+    tokenizer = PTBTokenizer()
+    score, per_image = Cider().compute_score(tokenizer.tokenize(gts), tokenizer.tokenize(res))
+    # compute_score iterates the keys of gts in insertion order, i.e. example order.
+    return MetricResult("cider", float(score), [float(s) for s in per_image])
+
+
+METRICS: dict[str, Callable[[Sequence[Any], Sequence[Any]], MetricResult]] = {
+    "vqa_accuracy": vqa_accuracy,
+    "cider": cider,
+    "exact_match": exact_match,
+    "accuracy": accuracy,
+    "auc": auc,
+    "mrr": mrr,
+    "ivqa_accuracy": ivqa_accuracy,
+}
+
+
+def compute(metric_name: str, predictions: Sequence[Any], references: Sequence[Any]
+            ) -> dict[str, Any]:
+    """Score parallel lists with the named metric -> {"metric", "score", "per_example", ...}."""
+    if metric_name not in METRICS:
+        raise KeyError(f"unknown metric '{metric_name}'; known metrics: {sorted(METRICS)}")
+    return METRICS[metric_name](predictions, references).as_dict()
