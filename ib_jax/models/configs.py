@@ -1,0 +1,122 @@
+"""Frozen, hashable model hyperparameters (linen module attributes), built from ml_collections.
+
+The ml_collections config is what users edit; these dataclasses are what modules hold. One
+conversion function per direction: `from_config_dict` (ours) and `ib_jax.convert.hf_config`
+(Hugging Face `config.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    hidden_size: int = 1408
+    intermediate_size: int = 6144
+    num_layers: int = 39
+    num_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu"
+
+
+@dataclasses.dataclass(frozen=True)
+class QFormerConfig:
+    vocab_size: int = 30523
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    cross_attention_frequency: int = 2
+    encoder_hidden_size: int = 1408
+    hidden_act: str = "gelu"
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    vocab_size: int = 32128
+    d_model: int = 2048
+    d_kv: int = 64
+    d_ff: int = 5120
+    num_layers: int = 24
+    num_decoder_layers: int = 24
+    num_heads: int = 32
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    dense_act_fn: str = "gelu"
+    is_gated_act: bool = True
+    tie_word_embeddings: bool = False  # False: separate lm_head and no d_model**-0.5 output scaling
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 32001
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    bos_token_id: int = 2  # Vicuna in InstructBLIP uses </s> as BOS
+    eos_token_id: int = 2
+    pad_token_id: int = 32000
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = VisionConfig()
+    qformer: QFormerConfig = QFormerConfig()
+    text: T5Config | LlamaConfig = T5Config()
+    num_query_tokens: int = 32
+    instruction_aware: bool = True
+    dtype: str = "float32"          # compute dtype
+    param_dtype: str = "float32"    # storage dtype of parameters as created by init
+    scan_layers: bool = False
+    remat_policy: str = "none"
+
+    @property
+    def lm_type(self) -> str:
+        return "t5" if isinstance(self.text, T5Config) else "llama"
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**values)
+
+
+def from_config_dict(model: ml_collections.ConfigDict | dict) -> ModelConfig:
+    """`config.model` (see configs/) -> ModelConfig."""
+    model = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
+    lm_type = model.pop("lm_type", "t5")
+    text_cls = {"t5": T5Config, "llama": LlamaConfig}.get(lm_type)
+    if text_cls is None:
+        raise ValueError(f"config.model.lm_type must be 't5' or 'llama', got {lm_type!r}")
+    model["vision"] = _build(VisionConfig, model.get("vision", {}))
+    model["qformer"] = _build(QFormerConfig, model.get("qformer", {}))
+    model["text"] = _build(text_cls, model.get("text", {}))
+    return _build(ModelConfig, model)
+
+
+def to_config_dict(config: ModelConfig) -> ml_collections.ConfigDict:
+    """ModelConfig -> the `config.model` ConfigDict that `from_config_dict` reads back."""
+    values = dataclasses.asdict(config)
+    values["lm_type"] = config.lm_type
+    return ml_collections.ConfigDict(values)

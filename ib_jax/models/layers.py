@@ -1,0 +1,227 @@
+"""Shared building blocks: one Dense and one Embed with logical axes, norms, the attention core.
+
+Every parameter is created through `nn.with_logical_partitioning`, so the mapping from logical axis
+names to mesh axes lives in the config (see `ib_jax/sharding.py`), never in the modules.
+
+Logical axis vocabulary (t5x-style):
+  parameters:  embed, mlp, heads, kv, vocab, qkv (the fused q/k/v axis), layers (scanned stacks)
+  activations: act_batch, act_length, act_embed, act_heads, act_mlp, act_vocab
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+DType = Any
+Axes = tuple[str | None, ...]
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+# Exact-erf GELU is what the released checkpoints use ("gelu" in HF); flax's default is tanh.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def canonicalize_dtype(name: str | DType) -> DType:
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def constrain(x: Array, axes: Axes) -> Array:
+    """Sharding constraint on an activation by logical names (no-op outside a mesh)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class DenseGeneral(nn.Module):
+    """The one Dense of the project: contracts `axis` of the input, produces `features`.
+
+    `kernel_axes` names every kernel dimension (contracted input dims first, then output dims);
+    `bias_axes` the output dims. Parameters are stored in `param_dtype` and cast to `dtype`.
+    """
+
+    features: int | Sequence[int]
+    kernel_axes: Axes
+    axis: int | Sequence[int] = -1
+    use_bias: bool = True
+    bias_axes: Axes | None = None
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    kernel_init: Callable = default_kernel_init
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        axis = tuple(a % inputs.ndim for a in axis)
+        in_shape = tuple(inputs.shape[a] for a in axis)
+        if len(self.kernel_axes) != len(in_shape) + len(features):
+            raise ValueError(f"kernel_axes {self.kernel_axes} do not match kernel rank {len(in_shape) + len(features)}")
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            in_shape + features,
+            self.param_dtype,
+        )
+        kernel = jnp.asarray(kernel, self.dtype)
+        inputs = jnp.asarray(inputs, self.dtype)
+        contract = (axis, tuple(range(len(axis))))
+        out = jax.lax.dot_general(inputs, kernel, (contract, ((), ())), precision=self.precision)
+        if self.use_bias:
+            bias_axes = self.bias_axes if self.bias_axes is not None else self.kernel_axes[len(in_shape):]
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes), features, self.param_dtype
+            )
+            out = out + jnp.asarray(bias, self.dtype)
+        return out
+
+
+class Embed(nn.Module):
+    """Token embedding table `[vocab, embed]`; `attend` gives logits against it (tied heads)."""
+
+    num_embeddings: int
+    features: int
+    axes: Axes = ("vocab", "embed")
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    embedding_init: Callable = nn.initializers.normal(stddev=1.0)
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(self.embedding_init, self.axes),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        """[...] int -> [..., D]"""
+        return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+
+    def attend(self, hidden: Array) -> Array:
+        """[..., D] -> [..., vocab]"""
+        return jnp.einsum("...d,vd->...v", hidden, jnp.asarray(self.embedding, self.dtype))
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32 (scale and bias over the last axis)."""
+
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                           (features,), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+                          (features,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as in T5 and LLaMA: variance in float32, no mean subtraction, no bias."""
+
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def padding_mask_bias(query_mask: Array | None, key_mask: Array, dtype: DType = jnp.float32) -> Array:
+    """Additive attention bias from 0/1 masks. key_mask [B, K] (query_mask [B, Q] unused) -> [B, 1, 1, K]."""
+    del query_mask  # Queries at padded positions still attend; their outputs are ignored downstream.
+    big_neg = jnp.finfo(dtype).min
+    return jnp.where(key_mask[:, None, None, :] > 0, 0.0, big_neg).astype(dtype)
+
+
+def causal_mask_bias(length: int, dtype: DType = jnp.float32) -> Array:
+    """[1, 1, T, T] additive bias that hides future positions."""
+    causal = np.tril(np.ones((length, length), dtype=bool))
+    return jnp.where(causal, 0.0, jnp.finfo(dtype).min).astype(dtype)[None, None]
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None = None,
+                          scale: float | None = None) -> Array:
+    """The attention core shared by every model.
+
+    query [B, Q, H, Dh], key/value [B, K, H, Dh] (key/value heads may be fewer than query heads:
+    grouped-query attention repeats them), bias broadcastable to [B, H, Q, K] -> [B, Q, H, Dh].
+    Logits and softmax run in float32.
+    """
+    num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    if num_kv_heads != num_heads:
+        repeats = num_heads // num_kv_heads
+        key = jnp.repeat(key, repeats, axis=2)
+        value = jnp.repeat(value, repeats, axis=2)
+    if scale is not None:
+        query = query * jnp.asarray(scale, query.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def stack_layers(layer_cls: type[nn.Module], *, num_layers: int, scan: bool, remat_policy: str,
+                 static_argnums: tuple[int, ...] = (), in_axes: tuple = ()) -> type[nn.Module]:
+    """Wrap a layer class for a stack: optional remat, optional `nn.scan` over a leading `layers` axis.
+
+    The wrapped layer must have the signature `(carry, *broadcast_args) -> (carry, None)` when scanned.
+    `in_axes` gives the scan in_axes of the non-carry arguments (normally `nn.broadcast`).
+    """
+    if remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {remat_policy!r}; known: {sorted(REMAT_POLICIES)}")
+    if remat_policy != "none":
+        layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan,
+                             static_argnums=static_argnums)
+    if scan:
+        layer_cls = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0, "cache": 1},  # cache leaves keep batch on axis 0
+            split_rngs={"params": True, "dropout": True},
+            in_axes=in_axes,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+    return layer_cls
