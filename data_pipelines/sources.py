@@ -1,0 +1,132 @@
+"""Where examples come from: annotation files (parsed by `formats`) or prepared ArrayRecord files.
+
+A config entry (one element of `data_config.datasets`) names a registry dataset and either
+`ann_path` + `image_root` (read through `formats.parse`) or `array_record` (a file written by
+`python -m data_pipelines.prepare`, random access without re-parsing JSON or touching the image
+tree). Records are canonical dicts (docs/CONTRACTS.md). Prepared records carry the encoded image
+bytes under `image_bytes` (a list for video frames under `frame_bytes`) instead of a path.
+
+Start-up errors (unknown dataset, missing file or directory, empty split) are raised here, naming
+the dataset and the path, before any worker starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Mapping, Sequence
+
+from data_pipelines import formats, registry
+
+ARRAY_RECORD_SUFFIX = ".array_record"
+
+
+def entry_name(entry: Mapping[str, Any]) -> str:
+  if "name" not in entry:
+    raise KeyError(f"data config dataset entry {dict(entry)} has no 'name'")
+  return str(entry["name"])
+
+
+def resolve_spec(entry: Mapping[str, Any]) -> registry.DatasetSpec:
+  """The registry spec of a config entry (KeyError listing the known names if unknown)."""
+  return registry.get(entry_name(entry))
+
+
+# ------------------------------------------------------------------------------------------
+# ArrayRecord serialization: [u32 header length][JSON header][blob 0][blob 1]...
+# The header is the record without image paths plus `blob_sizes`; blobs are the original
+# encoded image files (no re-encoding, so decoding equals decoding the file).
+# ------------------------------------------------------------------------------------------
+
+def serialize_record(record: Mapping[str, Any], image_root: str | None = None) -> bytes:
+  """A canonical record -> bytes, with its image (or frames) file contents embedded.
+  Raises OSError naming the path when an image cannot be read."""
+  header = {k: v for k, v in record.items() if k not in ("image", "frames")}
+  paths = record["frames"] if "frames" in record else [record["image"]] if "image" in record else []
+  if "frames" in record:
+    header["is_video"] = True
+  blobs = []
+  for path in paths:
+    full = path if image_root is None or os.path.isabs(path) else os.path.join(image_root, path)
+    with open(full, "rb") as f:
+      blobs.append(f.read())
+  header["source_paths"] = list(paths)
+  header["blob_sizes"] = [len(b) for b in blobs]
+  header_bytes = json.dumps(header).encode()
+  return struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(blobs)
+
+
+def deserialize_record(data: bytes) -> dict[str, Any]:
+  """Inverse of `serialize_record`: the header dict plus `image_bytes` or `frame_bytes`."""
+  (header_len,) = struct.unpack_from("<I", data, 0)
+  record = json.loads(data[4:4 + header_len])
+  offset, blobs = 4 + header_len, []
+  for size in record.pop("blob_sizes"):
+    blobs.append(data[offset:offset + size])
+    offset += size
+  if record.pop("is_video", False):
+    record["frame_bytes"] = blobs
+  elif blobs:
+    record["image_bytes"] = blobs[0]
+  return record
+
+
+class ArrayRecordRecords(Sequence):
+  """Random-access records of an ArrayRecord file (grain's `ArrayRecordDataSource`), decoded.
+
+  Picklable (grain re-opens the file in each worker)."""
+
+  def __init__(self, path: str):
+    import grain  # local: grain pulls in a lot; keep `import sources` light
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"ArrayRecord file {path!r} does not exist "
+                              "(write it with `python -m data_pipelines.prepare`)")
+    self.path = path
+    self._source = grain.sources.ArrayRecordDataSource([path])
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return deserialize_record(self._source[index])
+
+
+def _check_paths(name: str, entry: Mapping[str, Any]) -> None:
+  if "array_record" in entry:
+    return
+  for key in ("ann_path", "image_root"):
+    if key not in entry:
+      raise KeyError(f"dataset {name!r}: config entry needs {key!r} (or 'array_record')")
+  if not os.path.exists(entry["ann_path"]):
+    raise FileNotFoundError(f"dataset {name!r}: annotation file {entry['ann_path']!r} does not exist")
+  if not os.path.isdir(entry["image_root"]):
+    raise FileNotFoundError(f"dataset {name!r}: image directory {entry['image_root']!r} does not exist")
+
+
+def load_records(entry: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
+  """A config entry -> its records (a list, or a lazy ArrayRecord sequence). Never empty.
+
+  Records from annotation files get absolute image paths (joined with `image_root`)."""
+  name = entry_name(entry)
+  spec = resolve_spec(entry)
+  _check_paths(name, entry)
+  if "array_record" in entry:
+    records: Sequence[dict[str, Any]] = ArrayRecordRecords(entry["array_record"])
+    where = entry["array_record"]
+  else:
+    parsed = formats.parse(spec.format, entry["ann_path"], entry["image_root"])
+    records = [_absolute_paths(dict(r, dataset=name), entry["image_root"]) for r in parsed]
+    where = entry["ann_path"]
+  if len(records) == 0:
+    raise ValueError(f"dataset {name!r}: no examples in {where!r} (empty split)")
+  return records
+
+
+def _absolute_paths(record: dict[str, Any], image_root: str) -> dict[str, Any]:
+  def join(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(image_root, path)
+  if "image" in record:
+    record["image"] = join(record["image"])
+  if "frames" in record:
+    record["frames"] = [join(p) for p in record["frames"]]
+  return record

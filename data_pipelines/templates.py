@@ -1,0 +1,200 @@
+"""Instruction templates per task category, and the seeded choice of template + target per example.
+
+Captioning (13), VQA (10) and question-generation (6) templates are the paper's (Dai et al. 2023,
+appendix table of instruction templates; `<Image>` is dropped because the visual tokens are
+prepended by the model, not written in the text). The other categories' templates follow the same
+style and are ours; the paper reuses the VQA templates for reasoning, knowledge, scene-text and
+video QA, which we do too.
+
+Two dataset flags shape the choice (paper, section 2.2):
+- `short_answer`: datasets whose answers are short keep the full pool, including the templates
+  that ask for a "short"/"brief" answer; the others draw only from templates without such words, so
+  the model does not learn to answer everything tersely.
+- `ocr`: scene-text datasets get "OCR tokens: ..." put in front of the instruction. In front, not
+  behind, because the LM instruction is truncated from the left: a long token list must be cut
+  before the question is.
+
+The choice is a pure function of (seed, dataset name, example index), so a run is reproducible.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Mapping
+
+import numpy as np
+
+CAPTION_TEMPLATES = (
+    "A short image caption:",
+    "A short image description:",
+    "A photo of",
+    "An image that shows",
+    "Write a short description for the image.",
+    "Write a description for the photo.",
+    "Provide a description of what is presented in the photo.",
+    "Briefly describe the content of the image.",
+    "Can you briefly explain what you see in the image?",
+    "Could you use a few words to describe what you perceive in the photo?",
+    "Please provide a short depiction of the picture.",
+    "Using language, provide a short account of the image.",
+    "Use a few words to illustrate what is happening in the picture.",
+)
+
+VQA_TEMPLATES = (
+    "{question}",
+    "Question: {question}",
+    "{question} A short answer to the question is",
+    "Q: {question} A:",
+    "Question: {question} Short answer:",
+    "Given the image, answer the following question with no more than three words. {question}",
+    "Based on the image, respond to this question with a short answer: {question}. Answer:",
+    "Use the provided image to answer the question: {question} Provide your answer as short as possible:",
+    'What is the answer to the following question? "{question}"',
+    'The question "{question}" can be answered using the image. A short answer is',
+)
+
+QUESTION_GENERATION_TEMPLATES = (
+    "Given the image, generate a question whose answer is: {answer}. Question:",
+    "Based on the image, provide a question with the answer: {answer}. Question:",
+    'Given the visual representation, create a question for which the answer is "{answer}".',
+    "From the image provided, craft a question that leads to the reply: {answer}. Question:",
+    "Considering the picture, come up with a question where the answer is: {answer}.",
+    "Taking the image into account, generate an question that has the answer: {answer}. Question:",
+)
+
+# Multiple choice (A-OKVQA style): the VQA question followed by the options.
+MULTIPLE_CHOICE_TEMPLATES = (
+    "{question} Options: {options}. Answer:",
+    "Question: {question} Options: {options}. Short answer:",
+    "Q: {question} Choose from: {options}. A:",
+    "Answer the question by choosing one of the options. Question: {question} Options: {options}.",
+    "Given the image, which option answers the question? {question} Options: {options}. Answer:",
+    "Based on the image, pick the best answer to this question: {question} Options: {options}.",
+    "Use the image to choose the correct answer. {question} Candidates: {options}. Answer:",
+    'Which of these options answers "{question}"? Options: {options}. Answer briefly:',
+    "{question} Select one of the following: {options}. Your choice:",
+    "Look at the image and answer with one of {options}. Question: {question} Answer:",
+)
+
+DIALOG_TEMPLATES = (
+    "Dialog history: {history} Question: {question} Short answer:",
+    "{history} Q: {question} A:",
+    "Given the image and the conversation so far: {history} Answer the next question. {question}",
+    "Conversation: {history} Question: {question} Answer:",
+    "Based on the image and the dialog {history}, respond to this question with a short answer: {question}. Answer:",
+    "Previous questions and answers: {history} Now answer: {question}",
+    "Continue the conversation about the image. {history} Question: {question} Answer briefly:",
+    "Dialog: {history} Using the image, answer: {question}",
+    "{history} Question: {question} A short answer to the question is",
+    "The dialog so far is {history} What is the answer to the question \"{question}\"?",
+)
+
+CLASSIFICATION_TEMPLATES = (
+    'This is an image with: "{text}" written on it. Is it hateful? Answer:',
+    'The image has the text "{text}" on it. Is this meme hateful? Answer yes or no:',
+    'Text in the image: "{text}". Is the image hateful? Short answer:',
+    'Considering the picture and its caption "{text}", is it hateful? Answer:',
+    'Given the image with the words "{text}", decide whether it is hateful. Answer:',
+    'Is the meme with the text "{text}" hateful or not? Answer:',
+    'Based on the image and the text "{text}", is the content hateful? Answer briefly:',
+    'Question: Is this image, which says "{text}", hateful? Answer:',
+    'Read the text "{text}" and look at the image. Is it hateful? Answer:',
+    'Does the meme saying "{text}" express hate? Answer:',
+)
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "image_captioning": CAPTION_TEMPLATES,
+    "image_captioning_reading_comprehension": CAPTION_TEMPLATES,
+    "visual_reasoning": VQA_TEMPLATES,
+    "image_question_answering": VQA_TEMPLATES,
+    "knowledge_grounded_image_qa": VQA_TEMPLATES,
+    "image_qa_reading_comprehension": VQA_TEMPLATES,
+    "image_question_generation": QUESTION_GENERATION_TEMPLATES,
+    "video_question_answering": VQA_TEMPLATES,
+    "visual_conversational_qa": DIALOG_TEMPLATES,
+    "image_classification": CLASSIFICATION_TEMPLATES,
+    "llava_instruct": ("{question}",),  # LLaVA's own instructions are used as they are.
+}
+
+# Words that ask for a short answer; templates containing them are kept for short-answer datasets only.
+SHORT_WORDS = ("short", "brief", "few words", "three words")
+
+
+def is_short_template(template: str) -> bool:
+  lowered = template.lower()
+  return any(word in lowered for word in SHORT_WORDS)
+
+
+def template_pool(category: str, *, short_answer: bool) -> tuple[str, ...]:
+  """The templates a dataset of `category` draws from."""
+  if category not in TEMPLATES:
+    raise KeyError(f"no instruction templates for task category {category!r}; "
+                   f"known: {sorted(TEMPLATES)}")
+  pool = TEMPLATES[category]
+  if not short_answer:
+    pool = tuple(t for t in pool if not is_short_template(t)) or pool
+  return pool
+
+
+def example_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
+  """A Generator that depends only on (seed, dataset name, example index): crc32 is stable across
+  processes and Python runs (unlike `hash`)."""
+  return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(dataset.encode()), int(index)])
+
+
+def most_weighted_choice(answers: list[str], rng: np.random.Generator) -> str:
+  """An answer drawn with probability proportional to how many annotators gave it (as LAVIS)."""
+  unique, counts = np.unique(np.asarray(answers, dtype=object).astype(str), return_counts=True)
+  return str(rng.choice(unique, p=counts / counts.sum()))
+
+
+def _format_options(choices: list[str]) -> str:
+  return ", ".join(choices)
+
+
+def _fill(template: str, **fields: str) -> str:
+  return template.format(**fields).strip()
+
+
+def make_instruction(record: Mapping[str, Any], category: str, *, short_answer: bool, ocr: bool,
+                     rng: np.random.Generator) -> tuple[str, str]:
+  """A canonical record (docs/CONTRACTS.md) -> (filled instruction, target text) for training.
+
+  Raises KeyError naming the missing field when the record lacks what its category needs.
+  """
+  def need(field: str) -> Any:
+    if field not in record or record[field] in (None, "", []):
+      raise KeyError(f"{category} example {record.get('id', '?')!r} of {record.get('dataset', '?')!r} "
+                     f"has no {field!r}")
+    return record[field]
+
+  pool = template_pool(category, short_answer=short_answer)
+  template = pool[int(rng.integers(len(pool)))]
+  if category in ("image_captioning", "image_captioning_reading_comprehension"):
+    captions = need("captions")
+    instruction, target = template, captions[int(rng.integers(len(captions)))]
+  elif category == "image_question_generation":
+    answer = most_weighted_choice(need("answers"), rng) if record.get("answers") else \
+        need("choices")[need("answer_index")]
+    instruction, target = _fill(template, answer=answer), need("question")
+  elif category == "visual_conversational_qa":
+    history = " ".join(f"{q} {a}." for q, a in record.get("dialog", []))
+    instruction = _fill(template, history=history, question=need("question"))
+    target = most_weighted_choice(need("answers"), rng)
+  elif category == "image_classification":
+    instruction = _fill(template, text=record.get("text", ""))
+    target = most_weighted_choice(need("answers"), rng)
+  elif category == "llava_instruct":
+    instruction, target = need("question"), need("answers")[0]
+  elif "choices" in record and "answer_index" in record:
+    mc_pool = MULTIPLE_CHOICE_TEMPLATES if short_answer else tuple(
+        t for t in MULTIPLE_CHOICE_TEMPLATES if not is_short_template(t))
+    template = mc_pool[int(rng.integers(len(mc_pool)))]
+    choices = need("choices")
+    instruction = _fill(template, question=need("question"), options=_format_options(choices))
+    target = choices[int(record["answer_index"])]
+  else:  # the VQA family: reasoning, knowledge, scene text, video
+    instruction = _fill(template, question=need("question"))
+    target = most_weighted_choice(need("answers"), rng)
+  if ocr and record.get("ocr_tokens"):
+    instruction = f"OCR tokens: {' '.join(record['ocr_tokens'])}. {instruction}"
+  return instruction, target
