@@ -1,0 +1,81 @@
+"""Dataset registry: the paper's held-in/held-out split, consistency with formats and metrics."""
+
+import math
+
+import pytest
+
+from data_pipelines import formats, registry
+from ib_jax.eval import metrics
+
+
+def test_paper_split_13_held_in_13_held_out():
+    assert len(registry.held_in()) == 13
+    assert len(registry.held_out()) == 13
+    assert set(registry.held_in()).isdisjoint(registry.held_out())
+    # Figure 2 anchors.
+    assert {"coco_caption", "vqav2", "okvqa", "aokvqa", "vqav2_qg"} <= set(registry.held_in())
+    assert {"nocaps", "flickr30k", "gqa", "scienceqa", "visdial", "hateful_memes",
+            "msvd_qa", "ivqa"} <= set(registry.held_out())
+    assert registry.demo() == ["demo_caption", "demo_vqa", "demo_mc", "demo_qg"]
+
+
+def test_every_spec_points_at_real_format_metric_and_category():
+    for name in registry.names():
+        spec = registry.get(name)
+        assert spec.format in formats.PARSERS, (name, spec.format)
+        assert spec.metric in metrics.METRICS, (name, spec.metric)
+        assert spec.task_category in registry.TASK_CATEGORIES
+        if spec.split == "held_in":
+            assert spec.num_train and spec.size_source, name
+
+
+def test_eval_settings_follow_the_paper():
+    assert registry.get("gqa").eval_prompt == "Question: {} Short answer:"
+    assert registry.get("nocaps").eval_prompt == "A short image description:"
+    qa = registry.get("vizwiz").decoding
+    assert (qa.num_beams, qa.max_new_tokens, qa.min_new_tokens, qa.length_penalty) == (5, 10, 1, -1)
+    cap = registry.get("flickr30k").decoding
+    assert (cap.num_beams, cap.max_new_tokens, cap.min_new_tokens) == (5, 80, 10)
+    ranked = {n for n in registry.held_out() if registry.get(n).eval_mode == "rank"}
+    assert ranked == {"scienceqa", "iconqa", "hateful_memes", "visdial", "msvd_qa", "msrvtt_qa"}
+    assert registry.get("textvqa").ocr and not registry.get("gqa").ocr
+    assert {n for n in registry.names() if registry.get(n).is_video} == {
+        "msvd_qa", "msrvtt_qa", "ivqa"}
+    assert registry.get("demo_vqa").short_answer and registry.get("demo_mc").format == "aokvqa"
+
+
+def test_get_unknown_lists_known():
+    with pytest.raises(KeyError, match=r"unknown dataset 'coco'.*coco_caption"):
+        registry.get("coco")
+
+
+def test_spec_is_frozen_and_validated():
+    spec = registry.get("vqav2")
+    with pytest.raises(Exception):
+        spec.name = "x"
+    with pytest.raises(ValueError, match="unknown task category 'vqa'"):
+        registry.DatasetSpec("x", "vqa", "held_in", "vqav2", 1, "", "accuracy", "generate", "",
+                             registry.QA_DECODING)
+
+
+def test_sampling_weights_sqrt_and_multipliers():
+    w = registry.sampling_weights(["okvqa", "aokvqa"])
+    expected_ok = math.sqrt(9_009) / (math.sqrt(9_009) + math.sqrt(17_056))
+    assert w["okvqa"] == pytest.approx(expected_ok)
+    assert sum(w.values()) == pytest.approx(1.0)
+    # Paper's direction: raise OKVQA, lower A-OKVQA.
+    adjusted = registry.sampling_weights(["okvqa", "aokvqa"], {"okvqa": 2.0, "aokvqa": 0.5})
+    ratio = adjusted["okvqa"] / adjusted["aokvqa"]
+    assert ratio == pytest.approx(4 * math.sqrt(9_009 / 17_056))
+
+
+def test_sampling_weights_sizes_override_and_errors():
+    w = registry.sampling_weights(["demo_vqa", "demo_caption"], sizes={"demo_vqa": 400,
+                                                                       "demo_caption": 100})
+    assert w == pytest.approx({"demo_vqa": 2 / 3, "demo_caption": 1 / 3})
+    with pytest.raises(ValueError, match="'demo_mc' has no training size"):
+        registry.sampling_weights(["demo_mc"])
+    with pytest.raises(ValueError, match=r"multipliers given for datasets not in the mixture: \['okvq'\]"):
+        registry.sampling_weights(["okvqa"], {"okvq": 2.0})
+    with pytest.raises(KeyError, match="unknown dataset 'nope'"):
+        registry.sampling_weights(["nope"])
