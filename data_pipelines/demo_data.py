@@ -146,11 +146,25 @@ def demo_corpus() -> list[str]:
   return lines
 
 
+def _wordpiece_vocab(corpus: list[str]) -> list[str]:
+  """BERT-style vocab, deterministic (the `tokenizers` WordPiece trainer breaks ties in hash
+  order): specials, every single character and its "##" continuation, then every whole word of
+  the corpus (BERT normalization + pre-tokenization), so demo text never splits into pieces."""
+  from tokenizers import normalizers, pre_tokenizers
+  normalizer = normalizers.BertNormalizer(lowercase=True)
+  splitter = pre_tokenizers.BertPreTokenizer()
+  words: set[str] = set()
+  for line in corpus:
+    words.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(line)))
+  chars = sorted({c for w in words for c in w})
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+  return specials + chars + ["##" + c for c in chars] + sorted(w for w in words if len(w) > 1)
+
+
 def build_tokenizer_assets(out_dir: str = ASSETS_DIR) -> dict[str, str]:
   """Trains the demo WordPiece vocab ([PAD]=0 [UNK] [CLS] [SEP] [MASK] [DEC]) and SentencePiece
   model (T5 conventions: pad=0, eos=1, unk=2, no bos) on `demo_corpus()`. Deterministic."""
   import sentencepiece as spm
-  from tokenizers.implementations import BertWordPieceTokenizer
 
   os.makedirs(out_dir, exist_ok=True)
   corpus = demo_corpus()
@@ -158,14 +172,9 @@ def build_tokenizer_assets(out_dir: str = ASSETS_DIR) -> dict[str, str]:
     corpus_path = os.path.join(tmp, "corpus.txt")
     with open(corpus_path, "w") as f:
       f.write("\n".join(corpus * 4) + "\n")
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train([corpus_path], vocab_size=600, min_frequency=1, show_progress=False,
-                    special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"],
-                    limit_alphabet=200)
-    vocab = sorted(wordpiece.get_vocab().items(), key=lambda kv: kv[1])
     vocab_path = os.path.join(out_dir, "demo_wordpiece_vocab.txt")
     with open(vocab_path, "w") as f:
-      f.write("".join(token + "\n" for token, _ in vocab))
+      f.write("".join(token + "\n" for token in _wordpiece_vocab(corpus)))
     prefix = os.path.join(out_dir, "demo_spm")
     spm.SentencePieceTrainer.Train(
         input=corpus_path, model_prefix=prefix, vocab_size=400, model_type="unigram",
