@@ -1,12 +1,12 @@
 """Parsers for the public annotation formats the paper's datasets ship in.
 
-`parse(format_name, ann_path, image_root, dataset=..., max_errors=..., **options)` returns
-`(records, report)`: records are the canonical example dicts of docs/CONTRACTS.md; the
-`ParseReport` counts malformed entries (with the first few messages naming file and entry) and
-entries skipped on purpose (e.g. ScienceQA questions without an image). A missing or unreadable
-file stops at once with a message naming the path; a malformed entry does not, unless the number
-of malformed entries exceeds `max_errors` (big public files have the odd broken row, and the
-caller decides how many it tolerates).
+`parse(format_name, ann_path, image_root, dataset=..., max_errors=..., **options)` returns the
+canonical example dicts of docs/CONTRACTS.md as a list whose `.report` (a `ParseReport`) counts
+malformed entries (with the first few messages naming file and entry) and entries skipped on
+purpose (e.g. ScienceQA questions without an image). A missing or unreadable file stops at once
+with a message naming the path. Malformed entries are collected, then more than `max_errors` of
+them (default 0) stop with all the first messages: big public files have the odd broken row, and
+the caller decides how many it tolerates.
 
 Accepted layouts (the public files as released; LAVIS's JSON where LAVIS uses its own):
 
@@ -723,14 +723,25 @@ PARSERS: dict[str, Callable[..., list[Record]]] = {
 }
 
 
+class ParsedRecords(list):
+    """The records (a plain list, so callers can iterate it) plus the `report` of the parse."""
+
+    def __init__(self, records: Iterable[Record], report: ParseReport) -> None:
+        super().__init__(records)
+        self.report = report
+
+
 def parse(format_name: str, ann_path: PathLike | Sequence[PathLike], image_root: PathLike,
-          *, dataset: str | None = None, max_errors: int | None = None, **options: Any
-          ) -> tuple[list[Record], ParseReport]:
+          *, dataset: str | None = None, max_errors: int | None = 0, **options: Any
+          ) -> ParsedRecords:
     """Parse one dataset's annotation file(s) into canonical records.
 
-    `dataset` is written into every record (defaults to the format name); `max_errors`, when
-    given, turns more than that many malformed entries into a ParseError; `options` go to the
-    format's parser (e.g. `split=` for Karpathy/ScienceQA/OCR-VQA, `ocr_path=` for TextVQA).
+    Returns the records as a list with the `ParseReport` attached (`records.report`). Image and
+    frame paths are joined with `image_root` and made absolute (unchanged if already absolute).
+    `dataset` is written into every record (defaults to the format name). More than
+    `max_errors` malformed entries raise ParseError (default 0: strict unless the caller sets a
+    bound; None disables the check). `options` go to the format's parser (e.g. `split=` for
+    Karpathy/ScienceQA/OCR-VQA, `ocr_path=` for TextVQA).
     """
     if format_name not in PARSERS:
         raise KeyError(f"unknown annotation format '{format_name}'; known: {sorted(PARSERS)}")
@@ -741,7 +752,7 @@ def parse(format_name: str, ann_path: PathLike | Sequence[PathLike], image_root:
              else " + ".join(os.fspath(p) for p in ann_path))
     report = ParseReport(label)
     try:
-        records = parser(ann_path, image_root, report, **options)
+        records = parser(ann_path, os.path.abspath(image_root), report, **options)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
             raise TypeError(f"format '{format_name}' does not take option(s) {sorted(options)}: "
@@ -752,4 +763,4 @@ def parse(format_name: str, ann_path: PathLike | Sequence[PathLike], image_root:
     report.num_records = len(records)
     if max_errors is not None:
         report.check(max_errors)
-    return records, report
+    return ParsedRecords(records, report)
