@@ -128,6 +128,21 @@ def write_demo_dataset(root: str, num_train: int = 600, num_eval: int = 100, see
   return paths
 
 
+def ensure_demo_dataset(root: str, num_train: int = 600, num_eval: int = 100, seed: int = 0) -> dict:
+  """`write_demo_dataset` unless `root` already holds the same demo (checked by a manifest)."""
+  manifest = os.path.join(root, "manifest.json")
+  wanted = {"num_train": num_train, "num_eval": num_eval, "seed": seed}
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      saved = json.load(f)
+    if saved.get("args") == wanted:
+      return saved["paths"]
+  paths = write_demo_dataset(root, num_train, num_eval, seed)
+  with open(manifest, "w") as f:
+    json.dump({"args": wanted, "paths": paths}, f)
+  return paths
+
+
 def demo_corpus() -> list[str]:
   """Every text the demo can produce: scene captions/questions/answers, all instruction templates
   (placeholders removed) and the printable ASCII characters (so no character maps to [UNK])."""

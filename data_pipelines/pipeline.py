@@ -259,7 +259,7 @@ def build_train_examples(data_config: Mapping[str, Any], *, process_index: int =
     if name in streams:
       raise ValueError(f"dataset {name!r} appears twice in the data config")
     spec = sources.resolve_spec(entry)
-    records = sources.load_records(entry)
+    records = sources.load_records(entry, float(_get(data_config, "max_bad_fraction", 0.01)))
     sizes[name] = len(records)
     multipliers[name] = float(_get(entry, "multiplier", 1.0))
     video[name] = spec.is_video
@@ -394,7 +394,7 @@ def build_eval_dataset(data_config: Mapping[str, Any], dataset_name: str, split:
   """
   entry = find_eval_entry(data_config, dataset_name, split)
   spec = sources.resolve_spec(entry)
-  records = sources.load_records(entry)
+  records = sources.load_records(entry, float(_get(data_config, "max_bad_fraction", 0.01)))
   batch_size = _local_batch_size(int(_get(data_config, "eval_batch_size",
                                           data_config["global_batch_size"])), process_count)
   per_process = math.ceil(len(records) / process_count)

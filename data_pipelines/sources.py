@@ -12,12 +12,14 @@ the dataset and the path, before any worker starts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from typing import Any, Mapping, Sequence
 
 from data_pipelines import formats, registry
 
+logger = logging.getLogger(__name__)
 ARRAY_RECORD_SUFFIX = ".array_record"
 
 
@@ -97,16 +99,22 @@ def _check_paths(name: str, entry: Mapping[str, Any]) -> None:
   for key in ("ann_path", "image_root"):
     if key not in entry:
       raise KeyError(f"dataset {name!r}: config entry needs {key!r} (or 'array_record')")
-  if not os.path.exists(entry["ann_path"]):
-    raise FileNotFoundError(f"dataset {name!r}: annotation file {entry['ann_path']!r} does not exist")
+  ann_paths = entry["ann_path"]
+  for path in [ann_paths] if isinstance(ann_paths, str) else list(ann_paths):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"dataset {name!r}: annotation file {path!r} does not exist")
   if not os.path.isdir(entry["image_root"]):
     raise FileNotFoundError(f"dataset {name!r}: image directory {entry['image_root']!r} does not exist")
 
 
-def load_records(entry: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
+def load_records(entry: Mapping[str, Any], max_bad_fraction: float = 0.01
+                 ) -> Sequence[dict[str, Any]]:
   """A config entry -> its records (a list, or a lazy ArrayRecord sequence). Never empty.
 
-  Records from annotation files get absolute image paths (joined with `image_root`)."""
+  Annotation files go through `formats.parse` (options from the entry's `parse_options`, e.g.
+  `{"split": "train"}`); malformed entries are skipped, counted and logged, and more than
+  `max_bad_fraction` of them stop here with the parser's messages.
+  """
   name = entry_name(entry)
   spec = resolve_spec(entry)
   _check_paths(name, entry)
@@ -114,19 +122,19 @@ def load_records(entry: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
     records: Sequence[dict[str, Any]] = ArrayRecordRecords(entry["array_record"])
     where = entry["array_record"]
   else:
-    parsed = formats.parse(spec.format, entry["ann_path"], entry["image_root"])
-    records = [_absolute_paths(dict(r, dataset=name), entry["image_root"]) for r in parsed]
     where = entry["ann_path"]
+    records = formats.parse(spec.format, entry["ann_path"], entry["image_root"], dataset=name,
+                            max_errors=None, **dict(entry.get("parse_options") or {}))
+    report = records.report
+    if report.num_errors:
+      logger.warning("dataset %s: skipped %d malformed annotation entries: %s", name,
+                     report.num_errors, "; ".join(report.messages[:5]))
+      total = report.num_errors + len(records)
+      if report.num_errors > max_bad_fraction * total:
+        raise ValueError(f"dataset {name!r}: {report.num_errors} of {total} annotation entries in "
+                         f"{where!r} are malformed (max_bad_fraction={max_bad_fraction}); first:\n  "
+                         + "\n  ".join(report.messages))
   if len(records) == 0:
     raise ValueError(f"dataset {name!r}: no examples in {where!r} (empty split)")
   return records
 
-
-def _absolute_paths(record: dict[str, Any], image_root: str) -> dict[str, Any]:
-  def join(path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(image_root, path)
-  if "image" in record:
-    record["image"] = join(record["image"])
-  if "frames" in record:
-    record["frames"] = [join(p) for p in record["frames"]]
-  return record
