@@ -246,8 +246,9 @@ def sampling_weights(names: Sequence[str], multipliers: Mapping[str, float] | No
             raise ValueError(f"sampling_weights: dataset '{name}' has no training size "
                              f"(registry: {get(name).size_source}); pass sizes={{'{name}': N}}")
         factor = mult.get(name, 1.0)
-        if factor < 0:
-            raise ValueError(f"sampling_weights: negative multiplier {factor} for '{name}'")
+        if factor <= 0:  # a zero weight means a dataset that is listed but never sampled
+            raise ValueError(f"sampling_weights: multiplier for '{name}' must be > 0, got "
+                             f"{factor}; drop the dataset from the mixture instead")
         raw[name] = math.sqrt(size) * factor
     total = sum(raw.values())
     if total <= 0:

@@ -77,5 +77,7 @@ def test_sampling_weights_sizes_override_and_errors():
         registry.sampling_weights(["demo_mc"])
     with pytest.raises(ValueError, match=r"multipliers given for datasets not in the mixture: \['okvq'\]"):
         registry.sampling_weights(["okvqa"], {"okvq": 2.0})
+    with pytest.raises(ValueError, match="multiplier for 'okvqa' must be > 0"):
+        registry.sampling_weights(["okvqa", "vqav2"], {"okvqa": 0.0})
     with pytest.raises(KeyError, match="unknown dataset 'nope'"):
         registry.sampling_weights(["nope"])
