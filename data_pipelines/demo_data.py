@@ -143,6 +143,15 @@ def ensure_demo_dataset(root: str, num_train: int = 600, num_eval: int = 100, se
   return paths
 
 
+def ensure_from_config(data_config) -> dict | None:
+  """Writes the demo data a config points at (`demo_root`), if it has one; else None."""
+  root = data_config.get("demo_root") if hasattr(data_config, "get") else None
+  if not root:
+    return None
+  return ensure_demo_dataset(root, int(data_config.get("demo_num_train", 600)),
+                             int(data_config.get("demo_num_eval", 100)), int(data_config.get("seed", 0)))
+
+
 def demo_corpus() -> list[str]:
   """Every text the demo can produce: scene captions/questions/answers, all instruction templates
   (placeholders removed) and the printable ASCII characters (so no character maps to [UNK])."""

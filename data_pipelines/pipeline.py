@@ -57,7 +57,9 @@ class ExamplePreprocessor:
   Picklable: the tokenizers are (re)built lazily in whichever process runs it.
   """
 
-  def __init__(self, data_config: Mapping[str, Any], spec: registry.DatasetSpec, *, train: bool):
+  def __init__(self, data_config: Mapping[str, Any], spec: registry.DatasetSpec, *, train: bool,
+               keep_text: bool = False):
+    self.keep_text = keep_text  # also return "_instruction" / "_target" strings (inspect)
     self.name = spec.name
     self.spec = spec
     self.train = train
@@ -129,6 +131,8 @@ class ExamplePreprocessor:
               DATASET_KEY: self.name}
     example.update(self.tokenize(instruction, target))
     example[DATASET_KEY] = self.name
+    if self.keep_text:
+      example.update(_instruction=instruction, _target=target)
     return example
 
 
@@ -245,7 +249,8 @@ def _shard(records: Sequence[Any], name: str, process_index: int, process_count:
 
 
 def build_train_examples(data_config: Mapping[str, Any], *, process_index: int = 0,
-                         process_count: int = 1) -> tuple[grain.IterDataset, dict[str, float]]:
+                         process_count: int = 1, keep_text: bool = False
+                         ) -> tuple[grain.IterDataset, dict[str, float]]:
   """The unbatched training stream (before the bad-example guard) and the mixture weights.
 
   Each element is one example dict (+ `_dataset`), or a bad marker."""
@@ -269,7 +274,7 @@ def build_train_examples(data_config: Mapping[str, Any], *, process_index: int =
     stream = (_shard(records, name, process_index, process_count)
               .shuffle(seed=seed * 1009 + position)  # reshuffled every epoch by grain
               .repeat()
-              .map_with_index(ExamplePreprocessor(data_config, spec, train=True)))
+              .map_with_index(ExamplePreprocessor(data_config, spec, train=True, keep_text=keep_text)))
     streams[name] = stream.to_iter_dataset()
   if len(set(video[n] for n in streams)) > 1:
     raise ValueError(f"cannot mix image and video datasets in one batch: video={video}")
