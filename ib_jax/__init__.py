@@ -1,0 +1,30 @@
+"""ib_jax: InstructBLIP in JAX/Flax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_pretrained(path: str, **overrides: Any):
+    """(model, params) from an HF InstructBLIP directory or a directory written by `ib_jax.convert`.
+
+    `overrides` replace ModelConfig fields (dtype, scan_layers, remat_policy...).
+    """
+    from ib_jax.convert import api
+    from ib_jax.models.instructblip import InstructBlip
+
+    if api.is_converted_directory(path):
+        config, params = api.load_converted(path, **overrides)
+    else:
+        config, params, _ = api.convert_hf(path, **overrides)
+    return InstructBlip(config), params
+
+
+def generate(*args: Any, **kwargs: Any):
+    """Batched, jitted generation; see `ib_jax.decode.generate`."""
+    from ib_jax import decode
+
+    return decode.generate(*args, **kwargs)
+
+
+__all__ = ["load_pretrained", "generate"]

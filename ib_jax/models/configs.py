@@ -53,7 +53,8 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     dense_act_fn: str = "gelu"
     is_gated_act: bool = True
-    tie_word_embeddings: bool = False  # False: separate lm_head and no d_model**-0.5 output scaling
+    tie_word_embeddings: bool = False    # True: logits against the shared embedding, no lm_head
+    scale_decoder_outputs: bool = False  # multiply decoder output by d_model**-0.5 before the head
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0

@@ -2,7 +2,7 @@
 
 RMSNorm (fp32), no biases, no 1/sqrt(d) attention scaling, relative position bias owned by the
 stack (HF: block 0) and added in every layer, FFN plain or gated with the configured activation,
-untied `lm_head` or tied embedding with the d_model**-0.5 output scaling.
+untied `lm_head` or tied embedding, optional d_model**-0.5 output scaling (original T5).
 
 Decoding (`decode_mode`):
   None       teacher-forced, full sequence (training, scoring).
@@ -254,8 +254,10 @@ class T5(nn.Module):
         """[B, T] ids -> logits [B, T, vocab] (float32)."""
         x = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
                          decode_mode=decode_mode, max_decode_length=max_decode_length)
+        if self.config.scale_decoder_outputs:
+            x = x * (self.config.d_model ** -0.5)
         if self.config.tie_word_embeddings:
-            logits = self.shared.attend(x * (self.config.d_model ** -0.5))
+            logits = self.shared.attend(x)
         else:
             logits = self.lm_head(x)
         return layers.constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
