@@ -16,9 +16,9 @@ from ib_jax.convert import api
 
 
 def _model_config(path: str):
-    from ib_jax.configs_util import load_config
+    from ib_jax.configs_util import load_config, model_config
 
-    return load_config(path).model_config
+    return model_config(load_config(path))
 
 
 def describe(config) -> dict[str, int]:

@@ -1,0 +1,21 @@
+"""InstructBLIP FlanT5-XL (released architecture): EVA ViT-g + Q-Former + FlanT5-XL.
+
+Weights: convert the released checkpoint with `python -m ib_jax.convert` and point
+`config.init.pretrained` at the output. Data: the paper's held-in mixture (data_pipelines).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = ml_collections.ConfigDict()
+    config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, common.FLAN_T5_XL)
+    config.init = ml_collections.ConfigDict(dict(pretrained=""))
+    config.mesh = common.mesh(data=-1, fsdp=1, tensor=1)
+    config.train = common.train(batch_size=192)
+    config.checkpoint = common.checkpoint()
+    config.data = ml_collections.ConfigDict()  # the held-in mixture: see configs/data_heldin.py
+    return config
