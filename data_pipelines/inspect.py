@@ -16,10 +16,6 @@ from ml_collections import config_flags
 
 from data_pipelines import demo_data, pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "data config file (configs/data_*.py)")
-_NUM = flags.DEFINE_integer("num_examples", 10, "how many examples to print")
-_PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "which host shard to read")
-_PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "number of host shards")
 
 
 def inspect_examples(data_config, num_examples: int, process_index: int = 0, process_count: int = 1):
@@ -45,6 +41,15 @@ def inspect_examples(data_config, num_examples: int, process_index: int = 0, pro
                      for name, w in weights.items()}, "examples": total, "bad_examples": bad}
 
 
+def _define_flags() -> None:
+  """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
+  global _CONFIG, _NUM, _PROCESS_INDEX, _PROCESS_COUNT
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "data config file (configs/data_*.py)")
+  _NUM = flags.DEFINE_integer("num_examples", 10, "how many examples to print")
+  _PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "which host shard to read")
+  _PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "number of host shards")
+
+
 def main(argv) -> None:
   del argv
   logging.basicConfig(level=logging.WARNING)
@@ -57,4 +62,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

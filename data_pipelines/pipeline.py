@@ -59,7 +59,7 @@ class ExamplePreprocessor:
 
   def __init__(self, data_config: Mapping[str, Any], spec: registry.DatasetSpec, *, train: bool,
                keep_text: bool = False):
-    self.keep_text = keep_text  # also return "_instruction" / "_target" strings (inspect)
+    self.keep_text = keep_text  # also return "_instruction" / "_target" / "_id" strings (inspect)
     self.name = spec.name
     self.spec = spec
     self.train = train
@@ -132,7 +132,7 @@ class ExamplePreprocessor:
     example.update(self.tokenize(instruction, target))
     example[DATASET_KEY] = self.name
     if self.keep_text:
-      example.update(_instruction=instruction, _target=target)
+      example.update(_instruction=instruction, _target=target, _id=str(record.get("id", "")))
     return example
 
 
@@ -226,6 +226,11 @@ def _multiprocessing(data_config: Mapping[str, Any]) -> grain.MultiprocessingOpt
   workers = int(_get(data_config, "worker_count", 0))
   if workers <= 0:
     return None
+  # Grain's worker processes read absl flags; outside `app.run` (tests, notebooks) they are
+  # unparsed and every access raises. Defaults are what we want there.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
   return grain.MultiprocessingOptions(num_workers=workers,
                                       per_worker_buffer_size=int(_get(data_config, "worker_buffer_size", 8)))
 

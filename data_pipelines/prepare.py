@@ -28,8 +28,6 @@ from data_pipelines import demo_data, images, sources
 
 logger = logging.getLogger(__name__)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "data config file (configs/data_*.py)")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write <dataset>/<split>.array_record")
 
 
 def prepare_entry(entry: Mapping[str, Any], out_path: str, max_bad_fraction: float = 0.01
@@ -83,6 +81,13 @@ def prepare_config(data_config, out_dir: str) -> list[dict[str, Any]]:
   return results
 
 
+def _define_flags() -> None:
+  """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
+  global _CONFIG, _OUT_DIR
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "data config file (configs/data_*.py)")
+  _OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write <dataset>/<split>.array_record")
+
+
 def main(argv) -> None:
   del argv
   logging.basicConfig(level=logging.WARNING)
@@ -94,4 +99,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
