@@ -1,0 +1,48 @@
+"""Training state: trainable parameters with their optimizer state, and frozen parameters apart.
+
+Gradients and optimizer moments exist only for the trainable subtree (by default the Q-Former,
+query tokens, language projection and ln_vision). Frozen towers are held in `frozen_dtype`
+(bf16 by default) and are never donated, differentiated or checkpointed twice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    trainable: Any
+    opt_state: Any
+
+
+def is_trainable(path: str, patterns: Sequence[str]) -> bool:
+    return any(re.search(pattern, path) for pattern in patterns)
+
+
+def split_params(params: Any, patterns: Sequence[str]) -> tuple[dict, dict]:
+    """Nested params -> (trainable, frozen) nested dicts, by regexes over "/"-joined paths."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    trainable = {k: v for k, v in flat.items() if is_trainable(k, patterns)}
+    if not trainable:
+        raise ValueError(f"config.train.trainable {list(patterns)} matches no parameter; paths look like "
+                         f"{sorted(flat)[:3]}")
+    frozen = {k: v for k, v in flat.items() if k not in trainable}
+    return traverse_util.unflatten_dict(trainable, sep="/"), traverse_util.unflatten_dict(frozen, sep="/")
+
+
+def merge_params(trainable: dict, frozen: dict) -> dict:
+    flat = traverse_util.flatten_dict(frozen, sep="/")
+    flat.update(traverse_util.flatten_dict(trainable, sep="/"))
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def cast_floating(tree: Any, dtype: str) -> Any:
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

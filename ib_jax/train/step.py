@@ -1,0 +1,51 @@
+"""The training step: a pure function of (state, frozen params, batch), jitted with shardings.
+
+Gradient accumulation splits the batch into `grad_accum_steps` micro-batches and scans over them,
+so memory is that of one micro-batch; the update is the mean of the micro-batch gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ib_jax.models.instructblip import InstructBlip
+from ib_jax.train.state import TrainState, merge_params
+
+MODEL_INPUTS = ("pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask",
+                "labels")
+
+
+def loss_fn(model: InstructBlip, trainable: Any, frozen: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    params = merge_params(trainable, frozen)
+    out = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS})
+    return out.loss
+
+
+def make_train_step(model: InstructBlip, optimizer: optax.GradientTransformation, grad_accum_steps: int = 1
+                    ) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
+    grad_fn = jax.value_and_grad(lambda t, f, b: loss_fn(model, t, f, b))
+
+    def train_step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        if grad_accum_steps == 1:
+            loss, grads = grad_fn(state.trainable, frozen, batch)
+        else:
+            micro = jax.tree_util.tree_map(
+                lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]), batch)
+
+            def accumulate(carry, micro_batch):
+                loss, grads = grad_fn(state.trainable, frozen, micro_batch)
+                return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.trainable))
+            (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+            loss, grads = jax.tree_util.tree_map(lambda x: x / grad_accum_steps, (loss, grads))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+
+    return train_step

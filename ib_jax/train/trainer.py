@@ -1,0 +1,189 @@
+"""The training driver: mesh, data, parameters, the jitted step, logging and checkpoints.
+
+Restarting the same command resumes from the latest checkpoint (parameters, optimizer state and
+the data iterator), so the losses after a restart equal those of an uninterrupted run. SIGTERM
+saves a checkpoint and returns; a non-finite loss stops the run before anything is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from data_pipelines import demo_data, pipeline
+from ib_jax import checkpoint, sharding
+from ib_jax.models.configs import ModelConfig, from_config_dict
+from ib_jax.models.instructblip import InstructBlip
+from ib_jax.train import flops, optimizer as optim
+from ib_jax.train.metrics_writer import MetricsWriter
+from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
+from ib_jax.train.step import make_train_step
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def example_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global batch shapes from the data config (the model is initialised from shapes only)."""
+    d = config.data
+    b, size = d.global_batch_size, d.image_size
+    ints = lambda length: jax.ShapeDtypeStruct((b, length), jnp.int32)  # noqa: E731
+    return {"pixel_values": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32),
+            "qformer_input_ids": ints(d.qformer_max_len), "qformer_attention_mask": ints(d.qformer_max_len),
+            "input_ids": ints(d.text_max_len), "attention_mask": ints(d.text_max_len),
+            "labels": ints(d.target_max_len)}
+
+
+def _init_fn(model: InstructBlip, batch: dict[str, Any]):
+    def init(rng):
+        return model.init(rng, batch["pixel_values"], batch["qformer_input_ids"], batch["qformer_attention_mask"],
+                          batch["input_ids"], batch["attention_mask"], labels=batch["labels"])["params"]
+    return init
+
+
+def _pretrained_params(config: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
+    from ib_jax.convert import api
+
+    path = config.init.pretrained
+    loaded_config, params = (api.load_converted(path, scan_layers=model_config.scan_layers)
+                             if api.is_converted_directory(path)
+                             else api.convert_hf(path, scan_layers=model_config.scan_layers)[::2])
+    arch = lambda c: (c.vision, c.qformer, c.text, c.num_query_tokens)  # noqa: E731
+    if arch(loaded_config) != arch(model_config):
+        raise ValueError(f"config.init.pretrained={path} has another architecture than config.model")
+    return params
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves and returns at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logger.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def any_process(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train per `config` in `workdir`; returns the last logged metrics."""
+    model_config = from_config_dict(config.model)
+    model = InstructBlip(model_config)
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
+    tcfg = config.train
+    tx = optim.make_optimizer(tcfg)
+    demo_data.ensure_from_config(config.data)
+    dataset = pipeline.build_train_dataset(config.data, process_index=jax.process_index(),
+                                           process_count=jax.process_count())
+    data_iterator = iter(dataset)
+
+    with sharding.activate(mesh, rules):
+        init = _init_fn(model, example_batch(config))
+        boxed = jax.eval_shape(init, jax.random.key(0))
+        param_shardings = sharding.logical_shardings(boxed, mesh, rules)
+        if config.init.get("pretrained"):
+            params = jax.device_put(_pretrained_params(config, model_config), param_shardings)
+        else:
+            params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=param_shardings)(jax.random.key(tcfg.seed))
+        trainable, frozen = split_params(params, tcfg.trainable)
+        frozen = jax.jit(lambda f: cast_floating(f, tcfg.frozen_dtype))(frozen)
+        opt_state = jax.jit(tx.init)(trainable)
+        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state)
+        state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+        frozen_shardings = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
+
+        manager = checkpoint.make_manager(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                                          config.checkpoint.async_save)
+        start = manager.latest_step()
+        if start is not None:
+            restored = checkpoint.restore(
+                manager, start, checkpoint.abstract_like(merge_params(state.trainable, frozen),
+                                                         merge_params(state_shardings.trainable, frozen_shardings)),
+                checkpoint.abstract_like(state.opt_state, state_shardings.opt_state), data_iterator)
+            trainable, frozen = split_params(restored["params"], tcfg.trainable)
+            state = TrainState(step=jnp.asarray(start, jnp.int32), trainable=trainable,
+                               opt_state=restored["opt_state"])
+            logger.info("resumed from step %d", start)
+        start = start or 0
+
+        batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in example_batch(config).items()}
+        step_fn = jax.jit(make_train_step(model, tx, tcfg.grad_accum_steps),
+                          in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+        schedule = optim.learning_rate_schedule(tcfg)
+        shapes = flops.Shapes(config.data.global_batch_size, config.data.image_size, config.data.qformer_max_len,
+                              config.data.text_max_len, config.data.target_max_len)
+        step_flops = flops.train_step_flops(model_config, shapes) if model_config.lm_type == "t5" else None
+        peak = flops.device_peak_flops(jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0))
+        writer = MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
+        preemption = _Preemption()
+        last: dict[str, float] = {}
+        try:
+            last = _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, preemption,
+                         schedule, step_flops, peak, start)
+        finally:
+            preemption.restore()
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
+    return last
+
+
+def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, preemption, schedule,
+          step_flops, peak, start) -> dict[str, float]:
+    tcfg = config.train
+    last: dict[str, float] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start + 1, tcfg.num_steps + 1):
+        batch = sharding.global_batch(next(data_iterator), mesh)
+        state, metrics = step_fn(state, frozen, batch)
+        window_steps += 1
+        is_last = step == tcfg.num_steps
+        if step % tcfg.log_every == 0 or is_last or step == start + 1:
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; the last good checkpoint "
+                                         f"(step {manager.latest_step()}) is untouched")
+            elapsed = time.perf_counter() - window_start
+            step_time = elapsed / window_steps
+            last = {"loss": loss, "grad_norm": float(metrics["grad_norm"]), "learning_rate": float(schedule(step - 1)),
+                    "step_time_s": step_time, "examples_per_s": config.data.global_batch_size / step_time,
+                    "tokens_per_s": _tokens(config) / step_time}
+            if step_flops and peak:
+                last["mfu"] = step_flops / step_time / (peak * jax.device_count())
+            writer.write(step, last)
+            window_start, window_steps = time.perf_counter(), 0
+        stop = preemption.any_process()
+        if stop or is_last or step % config.checkpoint.every_steps == 0:
+            checkpoint.save(manager, step, merge_params(state.trainable, frozen), state.opt_state, data_iterator,
+                            config, force=stop or is_last)
+        if stop:
+            break
+    return last
+
+
+def _tokens(config: ml_collections.ConfigDict) -> int:
+    d = config.data
+    return d.global_batch_size * (d.qformer_max_len + d.text_max_len + d.target_max_len)
