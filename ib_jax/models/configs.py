@@ -62,6 +62,10 @@ class T5Config:
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
+    """Vicuna-7B v1.1 by default. The token ids are those of the tokenizer the released InstructBLIP
+    checkpoints were trained with (LAVIS: LLaMA's SentencePiece with `</s>` as BOS, EOS and UNK, and
+    `[PAD]` added as id 32000, hence the 32001-row vocabulary)."""
+
     vocab_size: int = 32001
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -76,6 +80,10 @@ class LlamaConfig:
     bos_token_id: int = 2  # Vicuna in InstructBLIP uses </s> as BOS
     eos_token_id: int = 2
     pad_token_id: int = 32000
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,6 +124,19 @@ class InstructBlip(nn.Module):
         return InstructBlipOutput(logits=logits, loss=loss, encoder_hidden=None, language_model_inputs=soft_prompt,
                                   **aux)
 
+    def decoder_only_prefill(self, pixel_values: Array, qformer_input_ids: Array | None,
+                             qformer_attention_mask: Array | None, input_ids: Array, attention_mask: Array,
+                             max_new_tokens: int) -> Array:
+        """Vicuna path, generation: image + instruction [B, Li] (either padding side) -> logits of the
+        first new token [B, 1, vocab]; apply with mutable=["cache"]. See `Llama.prefill`."""
+        soft_prompt, _ = self.encode_image(pixel_values, qformer_input_ids, qformer_attention_mask)
+        return self.language_model.prefill(soft_prompt, input_ids, attention_mask, max_new_tokens)
+
+    def decoder_only_step(self, token_ids: Array) -> Array:
+        """Vicuna path, generation: the last chosen tokens [B, 1] -> next-token logits [B, 1, vocab];
+        apply with the cache from `decoder_only_prefill` and mutable=["cache"]."""
+        return self.language_model.step(token_ids)
+
     def _prepend(self, soft_prompt: Array, input_ids: Array, attention_mask: Array) -> tuple[Array, Array]:
         embeds = self.language_model.embed(input_ids)
         embeds = jnp.concatenate([soft_prompt.astype(embeds.dtype), embeds], axis=1)
