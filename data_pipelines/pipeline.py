@@ -351,14 +351,15 @@ class _EvalExample:
   """Index -> (arrays, meta). Padding indices (>= the shard's size) repeat a real example with
   valid=0. Bad images become zeros with meta["error"], kept in the denominator (valid=1)."""
 
-  def __init__(self, data_config, spec, records: grain.MapDataset):
+  def __init__(self, data_config, spec, records: grain.MapDataset, pad_record: Mapping[str, Any]):
     self.pre = ExamplePreprocessor(data_config, spec, train=False)
     self.spec = spec
     self.records = records
+    self.pad_record = pad_record  # a real record, so padding rows have well-formed arrays
 
   def __call__(self, index: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     valid = index < len(self.records)
-    record = self.records[index if valid else 0]
+    record = self.records[index] if valid else self.pad_record
     meta = {k: record[k] for k in META_FIELDS if k in record}
     meta["dataset"] = self.spec.name
     try:
@@ -411,7 +412,7 @@ def build_eval_dataset(data_config: Mapping[str, Any], dataset_name: str, split:
   num_batches = math.ceil(per_process / batch_size)
   shard = grain.MapDataset.source(records)[process_index::process_count]
   indices = grain.MapDataset.range(num_batches * batch_size)
-  dataset = indices.map(_EvalExample(data_config, spec, shard)).batch(batch_size, batch_fn=_eval_batch)
+  dataset = indices.map(_EvalExample(data_config, spec, shard, records[0])).batch(batch_size, batch_fn=_eval_batch)
   stream = dataset.to_iter_dataset()
   options = _multiprocessing(data_config)
   if options is not None:

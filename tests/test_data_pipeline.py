@@ -274,3 +274,18 @@ def test_augmentation_switch(demo_root):
   np.testing.assert_array_equal(augmented["input_ids"], plain["input_ids"])  # same examples
   assert not np.array_equal(augmented["pixel_values"], plain["pixel_values"])
   np.testing.assert_array_equal(augmented["pixel_values"], again["pixel_values"])
+
+
+def test_eval_with_more_processes_than_examples(demo_root, tmp_path):
+  rows = json.load(open(os.path.join(demo_root, "annotations", "vqa_eval.json")))[:2]
+  (tmp_path / "two.json").write_text(json.dumps(rows))
+  config = make_config(demo_root, eval_batch_size=4)
+  config.eval_datasets = [{"name": "demo_vqa", "split": "tiny", "ann_path": str(tmp_path / "two.json"),
+                           "image_root": os.path.join(demo_root, "images")}]
+  valid = []
+  for process_index in range(4):
+    batches = list(pipeline.build_eval_dataset(config, "demo_vqa", "tiny", process_index=process_index,
+                                               process_count=4))
+    assert len(batches) == 1 and batches[0]["pixel_values"].shape == (1, 64, 64, 3)
+    valid.append(int(batches[0]["valid"][0]))
+  assert valid == [1, 1, 0, 0]
