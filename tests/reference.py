@@ -29,7 +29,7 @@ def tiny_config(text: str = "t5", **text_overrides):
         text_config = dict(model_type="llama", vocab_size=128, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=2, eos_token_id=2,
-                           pad_token_id=0)
+                           pad_token_id=0, rope_parameters=dict(rope_type="default", rope_theta=500.0))
     text_config.update(text_overrides)
     return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text_config,
                               num_query_tokens=NUM_QUERY_TOKENS, image_token_index=IMAGE_TOKEN)

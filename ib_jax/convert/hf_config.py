@@ -47,6 +47,15 @@ def _t5(c: dict[str, Any]) -> T5Config:
 
 def _llama(c: dict[str, Any]) -> LlamaConfig:
     heads = c.get("num_attention_heads", 32)
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    unsupported = {
+        "attention_bias": c.get("attention_bias", False), "mlp_bias": c.get("mlp_bias", False),
+        "rope type": rope.get("rope_type", rope.get("type", "default")) != "default",
+        "head_dim": c.get("head_dim") not in (None, c.get("hidden_size", 4096) // heads),
+    }
+    if any(unsupported.values()):
+        raise ValueError(f"text_config: LLaMA variants with {[k for k, v in unsupported.items() if v]} are not "
+                         "supported (InstructBLIP-Vicuna uses none of them)")
     return LlamaConfig(vocab_size=c.get("vocab_size", 32001), hidden_size=c.get("hidden_size", 4096),
                        intermediate_size=c.get("intermediate_size", 11008), num_layers=c.get("num_hidden_layers", 32),
                        num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,

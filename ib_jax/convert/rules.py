@@ -38,12 +38,12 @@ class Rule:
     hook: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] = reshape
 
 
-def _dense(src: str, dst: str, bias: bool = True) -> list[Rule]:
+def dense(src: str, dst: str, bias: bool = True) -> list[Rule]:
     rules = [Rule(rf"{src}\.weight", f"{dst}/kernel", linear)]
     return rules + [Rule(rf"{src}\.bias", f"{dst}/bias")] if bias else rules
 
 
-def _norm(src: str, dst: str, bias: bool = True) -> list[Rule]:
+def norm(src: str, dst: str, bias: bool = True) -> list[Rule]:
     rules = [Rule(rf"{src}\.weight", f"{dst}/scale")]
     return rules + [Rule(rf"{src}\.bias", f"{dst}/bias")] if bias else rules
 
@@ -52,8 +52,8 @@ def _qformer_attention(src: str, dst: str, self_names: tuple[str, str]) -> list[
     inner, out = self_names
     rules = []
     for proj in ("query", "key", "value"):
-        rules += _dense(f"{src}\\.{inner}\\.{proj}", f"{dst}/{proj}")
-    return rules + _dense(f"{src}\\.output\\.dense", f"{dst}/output_dense") + _norm(
+        rules += dense(f"{src}\\.{inner}\\.{proj}", f"{dst}/{proj}")
+    return rules + dense(f"{src}\\.output\\.dense", f"{dst}/output_dense") + norm(
         f"{src}\\.output\\.LayerNorm", f"{dst}/output_layernorm")
 
 
@@ -67,12 +67,12 @@ def qformer_rules(prefix: str, inner_attention_name: str) -> list[Rule]:
         Rule(rf"{prefix}\.embeddings\.position_embeddings\.weight", "qformer/position_embeddings/embedding"),
         *_qformer_attention(rf"{layer}\.attention", f"{dst}/attention", names),
         *_qformer_attention(rf"{layer}\.crossattention", f"{dst}/crossattention", names),
-        *_dense(rf"{layer}\.intermediate_query\.dense", f"{dst}/ffn_query/intermediate"),
-        *_dense(rf"{layer}\.output_query\.dense", f"{dst}/ffn_query/output"),
-        *_norm(rf"{layer}\.output_query\.LayerNorm", f"{dst}/ffn_query/output_layernorm"),
-        *_dense(rf"{layer}\.intermediate\.dense", f"{dst}/ffn_text/intermediate"),
-        *_dense(rf"{layer}\.output\.dense", f"{dst}/ffn_text/output"),
-        *_norm(rf"{layer}\.output\.LayerNorm", f"{dst}/ffn_text/output_layernorm"),
+        *dense(rf"{layer}\.intermediate_query\.dense", f"{dst}/ffn_query/intermediate"),
+        *dense(rf"{layer}\.output_query\.dense", f"{dst}/ffn_query/output"),
+        *norm(rf"{layer}\.output_query\.LayerNorm", f"{dst}/ffn_query/output_layernorm"),
+        *dense(rf"{layer}\.intermediate\.dense", f"{dst}/ffn_text/intermediate"),
+        *dense(rf"{layer}\.output\.dense", f"{dst}/ffn_text/output"),
+        *norm(rf"{layer}\.output\.LayerNorm", f"{dst}/ffn_text/output_layernorm"),
     ]
     return rules
 
@@ -87,22 +87,22 @@ def t5_rules(prefix: str) -> list[Rule]:
         rules += [
             Rule(rf"{prefix}\.{stack}\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
                  f"language_model/{stack}/relative_attention_bias/embedding"),
-            *_norm(rf"{prefix}\.{stack}\.final_layer_norm", f"language_model/{stack}/final_norm", bias=False),
-            *_norm(rf"{block}\.0\.layer_norm", f"{dst}/self_attention_norm", bias=False),
-            *_norm(rf"{block}\.{ffn_index}\.layer_norm", f"{dst}/mlp_norm", bias=False),
+            *norm(rf"{prefix}\.{stack}\.final_layer_norm", f"language_model/{stack}/final_norm", bias=False),
+            *norm(rf"{block}\.0\.layer_norm", f"{dst}/self_attention_norm", bias=False),
+            *norm(rf"{block}\.{ffn_index}\.layer_norm", f"{dst}/mlp_norm", bias=False),
         ]
         for proj in "qkvo":
-            rules += _dense(rf"{block}\.0\.SelfAttention\.{proj}", f"{dst}/self_attention/{proj}", bias=False)
+            rules += dense(rf"{block}\.0\.SelfAttention\.{proj}", f"{dst}/self_attention/{proj}", bias=False)
         for proj in ("wi", "wi_0", "wi_1", "wo"):
-            rules += _dense(rf"{block}\.{ffn_index}\.DenseReluDense\.{proj}", f"{dst}/mlp/{proj}", bias=False)
+            rules += dense(rf"{block}\.{ffn_index}\.DenseReluDense\.{proj}", f"{dst}/mlp/{proj}", bias=False)
         if stack == "decoder":
-            rules += _norm(rf"{block}\.1\.layer_norm", f"{dst}/cross_attention_norm", bias=False)
+            rules += norm(rf"{block}\.1\.layer_norm", f"{dst}/cross_attention_norm", bias=False)
             for proj in "qkvo":
-                rules += _dense(rf"{block}\.1\.EncDecAttention\.{proj}", f"{dst}/cross_attention/{proj}", bias=False)
+                rules += dense(rf"{block}\.1\.EncDecAttention\.{proj}", f"{dst}/cross_attention/{proj}", bias=False)
     return rules
 
 
-def _vision_hf() -> list[Rule]:
+def vision_hf_rules() -> list[Rule]:
     layer = r"vision_model\.encoder\.layers\.(?P<layer>\d+)"
     dst = "vision/layers_{layer}"
     return [
@@ -110,17 +110,17 @@ def _vision_hf() -> list[Rule]:
         Rule(r"vision_model\.embeddings\.position_embedding", "vision/embeddings/position_embedding"),
         Rule(r"vision_model\.embeddings\.patch_embedding\.weight", "vision/embeddings/patch_embedding/kernel", conv),
         Rule(r"vision_model\.embeddings\.patch_embedding\.bias", "vision/embeddings/patch_embedding/bias"),
-        *_dense(rf"{layer}\.self_attn\.qkv", f"{dst}/self_attn/qkv"),
-        *_dense(rf"{layer}\.self_attn\.projection", f"{dst}/self_attn/projection"),
-        *_norm(rf"{layer}\.layer_norm1", f"{dst}/layer_norm1"),
-        *_norm(rf"{layer}\.layer_norm2", f"{dst}/layer_norm2"),
-        *_dense(rf"{layer}\.mlp\.fc1", f"{dst}/mlp/fc1"),
-        *_dense(rf"{layer}\.mlp\.fc2", f"{dst}/mlp/fc2"),
-        *_norm(r"vision_model\.post_layernorm", "vision/post_layernorm"),
+        *dense(rf"{layer}\.self_attn\.qkv", f"{dst}/self_attn/qkv"),
+        *dense(rf"{layer}\.self_attn\.projection", f"{dst}/self_attn/projection"),
+        *norm(rf"{layer}\.layer_norm1", f"{dst}/layer_norm1"),
+        *norm(rf"{layer}\.layer_norm2", f"{dst}/layer_norm2"),
+        *dense(rf"{layer}\.mlp\.fc1", f"{dst}/mlp/fc1"),
+        *dense(rf"{layer}\.mlp\.fc2", f"{dst}/mlp/fc2"),
+        *norm(r"vision_model\.post_layernorm", "vision/post_layernorm"),
     ]
 
 
-def _vision_lavis() -> list[Rule]:
+def vision_lavis_rules() -> list[Rule]:
     """LAVIS EVA ViT (`visual_encoder.*`); q/v biases are fused by `core` into the qkv bias."""
     layer = r"visual_encoder\.blocks\.(?P<layer>\d+)"
     dst = "vision/layers_{layer}"
@@ -131,37 +131,45 @@ def _vision_lavis() -> list[Rule]:
         Rule(r"visual_encoder\.patch_embed\.proj\.bias", "vision/embeddings/patch_embedding/bias"),
         Rule(rf"{layer}\.attn\.qkv\.weight", f"{dst}/self_attn/qkv/kernel", linear),
         Rule(rf"{layer}\.attn\.qkv_bias", f"{dst}/self_attn/qkv/bias"),  # made by core.fuse_lavis_qkv_bias
-        *_dense(rf"{layer}\.attn\.proj", f"{dst}/self_attn/projection"),
-        *_norm(rf"{layer}\.norm1", f"{dst}/layer_norm1"),
-        *_norm(rf"{layer}\.norm2", f"{dst}/layer_norm2"),
-        *_dense(rf"{layer}\.mlp\.fc1", f"{dst}/mlp/fc1"),
-        *_dense(rf"{layer}\.mlp\.fc2", f"{dst}/mlp/fc2"),
-        *_norm(r"ln_vision", "vision/post_layernorm"),
+        *dense(rf"{layer}\.attn\.proj", f"{dst}/self_attn/projection"),
+        *norm(rf"{layer}\.norm1", f"{dst}/layer_norm1"),
+        *norm(rf"{layer}\.norm2", f"{dst}/layer_norm2"),
+        *dense(rf"{layer}\.mlp\.fc1", f"{dst}/mlp/fc1"),
+        *dense(rf"{layer}\.mlp\.fc2", f"{dst}/mlp/fc2"),
+        *norm(r"ln_vision", "vision/post_layernorm"),
     ]
 
 
-HF_RULES: list[Rule] = [
-    Rule(r"query_tokens", "qformer/query_tokens"),
-    *_vision_hf(),
-    *_norm(r"qformer\.embeddings\.layernorm", "qformer/embeddings_layernorm"),
-    *qformer_rules("qformer", "attention"),
-    *_dense(r"language_projection", "language_projection"),
-    *t5_rules("language_model"),
-]
+def hf_image_rules() -> list[Rule]:
+    """Everything up to the language projection, as HF names it (shared by every language model)."""
+    return [
+        Rule(r"query_tokens", "qformer/query_tokens"),
+        *vision_hf_rules(),
+        *norm(r"qformer\.embeddings\.layernorm", "qformer/embeddings_layernorm"),
+        *qformer_rules("qformer", "attention"),
+        *dense(r"language_projection", "language_projection"),
+    ]
+
+
+def lavis_image_rules(projection: str) -> list[Rule]:
+    """Everything up to the language projection, as LAVIS names it (`t5_proj` or `llm_proj`)."""
+    return [
+        Rule(r"query_tokens", "qformer/query_tokens"),
+        *vision_lavis_rules(),
+        *norm(r"Qformer\.bert\.embeddings\.LayerNorm", "qformer/embeddings_layernorm"),
+        *qformer_rules(r"Qformer\.bert", "self"),
+        *dense(projection, "language_projection"),
+    ]
+
+
+HF_RULES: list[Rule] = [*hf_image_rules(), *t5_rules("language_model")]
 
 # Keys that exist in the files but carry no parameter of their own: tied copies and buffers.
 HF_ALIASES: dict[str, str] = {
     r"language_model\.(encoder|decoder)\.embed_tokens\.weight": "language_model.shared.weight",
 }
 
-LAVIS_RULES: list[Rule] = [
-    Rule(r"query_tokens", "qformer/query_tokens"),
-    *_vision_lavis(),
-    *_norm(r"Qformer\.bert\.embeddings\.LayerNorm", "qformer/embeddings_layernorm"),
-    *qformer_rules(r"Qformer\.bert", "self"),
-    *_dense(r"t5_proj", "language_projection"),
-    *t5_rules("t5_model"),
-]
+LAVIS_RULES: list[Rule] = [*lavis_image_rules(r"t5_proj"), *t5_rules("t5_model")]
 
 LAVIS_ALIASES: dict[str, str] = {
     r"t5_model\.(encoder|decoder)\.embed_tokens\.weight": "t5_model.shared.weight",

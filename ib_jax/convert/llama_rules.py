@@ -1,0 +1,72 @@
+"""Conversion tables for InstructBLIP-Vicuna: HF (`language_model.*`) and LAVIS (`llm_proj.*`, `llm_model.*`).
+
+The image side (EVA ViT, Q-Former, query tokens, projection) is shared with the T5 tables; only the
+language model rows are LLaMA's (`LlamaForCausalLM` names, the same in HF and in LAVIS's copy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ib_jax.convert import rules
+from ib_jax.convert.rules import Rule, dense, linear, norm
+
+# LAVIS loads Vicuna (32000 rows) and resizes the embedding and head for the `[PAD]` it adds, so a
+# separately given Vicuna file is exactly this many rows short of the trained model.
+ADDED_TOKENS = 1
+
+
+def _with_added_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """[V0, D] -> [rows, D]: the rows of the tokens LAVIS added get the mean row (as HF's resize does).
+
+    The `[PAD]` embedding is never attended to; a mean head row keeps its logit unremarkable.
+    """
+    missing = rows - x.shape[0]
+    if missing == 0:
+        return x
+    if missing != ADDED_TOKENS:
+        raise ValueError(f"{x.shape[0]} rows, need {rows} (only {ADDED_TOKENS} added token is expected)")
+    return np.concatenate([x, np.repeat(x.mean(axis=0, keepdims=True), missing, axis=0)])
+
+
+def embedding_with_added_rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return _with_added_rows(x, shape[0]).reshape(shape)
+
+
+def head_with_added_rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """torch lm_head [V0, D] -> kernel [D, V]."""
+    return linear(_with_added_rows(x, shape[-1]), shape)
+
+
+def llama_rules(prefix: str, resize_vocab: bool = False) -> list[Rule]:
+    """`{prefix}.model.*` and `{prefix}.lm_head.weight` of a LlamaForCausalLM -> language_model/..."""
+    layer = rf"{prefix}\.model\.layers\.(?P<layer>\d+)"
+    dst = "language_model/decoder/layers_{layer}"
+    embedding_hook = embedding_with_added_rows if resize_vocab else rules.reshape
+    head_hook = head_with_added_rows if resize_vocab else linear
+    table = [
+        Rule(rf"{prefix}\.model\.embed_tokens\.weight", "language_model/embed_tokens/embedding", embedding_hook),
+        Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", head_hook),
+        *norm(rf"{prefix}\.model\.norm", "language_model/decoder/final_norm", bias=False),
+        *norm(rf"{layer}\.input_layernorm", f"{dst}/self_attention_norm", bias=False),
+        *norm(rf"{layer}\.post_attention_layernorm", f"{dst}/mlp_norm", bias=False),
+    ]
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        table += dense(rf"{layer}\.self_attn\.{proj}", f"{dst}/self_attention/{proj}", bias=False)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        table += dense(rf"{layer}\.mlp\.{proj}", f"{dst}/mlp/{proj}", bias=False)
+    return table
+
+
+# Rotary frequencies were a persistent buffer in the transformers versions LAVIS pinned (4.28-4.30),
+# so Vicuna files of that time carry them. (No named `layer` group: core reads that as a ViT depth.)
+_ROTARY_BUFFERS = [r"(language_model|llm_model)\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+                   r"(language_model|llm_model)\.model\.rotary_emb\.inv_freq"]
+
+HF_RULES: list[Rule] = [*rules.hf_image_rules(), *llama_rules("language_model")]
+HF_ALIASES: dict[str, str] = {}
+HF_UNUSED: list[str] = list(_ROTARY_BUFFERS)
+
+LAVIS_RULES: list[Rule] = [*rules.lavis_image_rules(r"llm_proj"), *llama_rules("llm_model", resize_vocab=True)]
+LAVIS_ALIASES: dict[str, str] = {}
+LAVIS_UNUSED: list[str] = [*rules.LAVIS_UNUSED, *_ROTARY_BUFFERS]
