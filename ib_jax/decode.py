@@ -120,26 +120,22 @@ def _t5_adapter(model) -> LMAdapter:
 
 
 def _llama_adapter(model) -> LMAdapter:
-    """Decoder-only hook. Expects (when ib_jax/models/llama.py lands) two InstructBlip methods:
-    `prefill(pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask,
-    max_decode_length) -> logits [B, V]` (mutable 'cache') and `decode_step(tokens [N, 1]) -> logits
-    [N, 1, V]` (mutable 'cache'). The prompt ids seed the repetition penalty, as in HF (which also
-    counts the `<image>` placeholders; we do not have them)."""
-    from ib_jax.models.instructblip import InstructBlip
+    """Vicuna: `InstructBlip.decoder_only_prefill` / `decoder_only_step` (ib_jax/models/llama.py).
 
-    if not hasattr(InstructBlip, "prefill") or not hasattr(InstructBlip, "decode_step"):
-        raise NotImplementedError("generation for lm_type='llama' needs InstructBlip.prefill / decode_step "
-                                  "(ib_jax/models/llama.py); see ib_jax.decode._llama_adapter")
+    The prompt ids seed the repetition penalty, as in HF, except that HF also counts its `<image>`
+    placeholder ids, which our inputs do not have (they only matter with repetition_penalty != 1).
+    """
+    from ib_jax.models.instructblip import InstructBlip
 
     def start(params, batch, max_decode_length):
         logits, variables = model.apply({"params": params}, *(batch.get(k) for k in MODEL_INPUTS),
-                                        max_decode_length=max_decode_length, method=InstructBlip.prefill,
+                                        max_new_tokens=max_decode_length, method=InstructBlip.decoder_only_prefill,
                                         mutable=["cache"])
-        return logits, variables["cache"], batch["input_ids"], batch["attention_mask"]
+        return logits[:, -1], variables["cache"], batch["input_ids"], batch["attention_mask"]
 
     def step(params, tokens, cache):
         logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None],
-                                        method=InstructBlip.decode_step, mutable=["cache"])
+                                        method=InstructBlip.decoder_only_step, mutable=["cache"])
         return logits[:, -1], variables["cache"]
 
     return LMAdapter(start, step)
