@@ -348,10 +348,16 @@ def generate(model, params: Any, batch: dict[str, Any], *, max_new_tokens: int, 
 
 def decode_text(tokens: Array | np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
     """[B, T] ids -> strings, cut at the first EOS (tokenizer: anything with `.decode(ids)`)."""
+    # Model vocabularies are padded past the tokenizer's (FlanT5: 32128 vs 32100 pieces); those ids
+    # have no text and are dropped rather than crashing the tokenizer.
+    limit = getattr(tokenizer, "vocab_size", None)
     texts = []
     for row in np.asarray(tokens):
         end = np.flatnonzero(row == eos_token_id)
-        texts.append(tokenizer.decode(row[: end[0]] if end.size else row).strip())
+        row = row[: end[0]] if end.size else row
+        if limit is not None:
+            row = row[row < limit]
+        texts.append(tokenizer.decode(row).strip())
     return texts
 
 

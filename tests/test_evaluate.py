@@ -1,0 +1,131 @@
+"""The evaluation job end to end on the demo data with a tiny random model (one-shot and watch)."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common, data_demo
+from data_pipelines import pipeline, sources
+from ib_jax import evaluate
+from ib_jax.eval import evaluators
+
+DATASETS = ["demo_vqa", "demo_caption", "demo_mc"]
+
+
+def _config(root: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = common.model(
+        vision=dict(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, image_size=32, patch_size=16),
+        qformer=dict(vocab_size=288, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                     max_position_embeddings=64, cross_attention_frequency=1, encoder_hidden_size=16),
+        text=dict(common.FLAN_T5, vocab_size=288, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
+                  num_heads=2),
+        num_query_tokens=2, dtype="float32", scan_layers=False, remat_policy="none")
+    config.data = data_demo.get_config(f"root={root}")
+    config.data.update(dict(image_size=32, qformer_max_len=24, text_max_len=24, target_max_len=8,
+                            demo_num_train=8, demo_num_eval=3, global_batch_size=4, prefetch_batches=0))
+    config.train = ml_collections.ConfigDict(dict(num_steps=20))
+    # Short decoding keeps the test fast; the registry's settings are exercised in test_settings_*.
+    short = dict(num_beams=2, max_new_tokens=4, min_new_tokens=1)
+    config.eval = ml_collections.ConfigDict(dict(
+        datasets=DATASETS, batch_size=4, overrides={"demo_vqa": short, "demo_caption": short,
+                                                   "demo_mc": dict(candidate_max_len=6)}))
+    return config
+
+
+def _params(config, seed: int):
+    from ib_jax.models.configs import from_config_dict
+    from ib_jax.models.instructblip import InstructBlip, init_params
+
+    model = InstructBlip(from_config_dict(config.model))
+    batch = {"pixel_values": np.zeros((1, 32, 32, 3), np.float32), "qformer_input_ids": np.ones((1, 4), np.int32),
+             "qformer_attention_mask": np.ones((1, 4), np.int32), "input_ids": np.ones((1, 4), np.int32),
+             "attention_mask": np.ones((1, 4), np.int32), "labels": np.ones((1, 2), np.int32)}
+    import flax
+    return model, flax.linen.meta.unbox(init_params(model, jax.random.key(seed), batch))
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return _config(str(tmp_path_factory.mktemp("demo_data")))
+
+
+def test_settings_come_from_the_registry_with_overrides():
+    s = evaluators.settings_for("vqav2")
+    assert (s.eval_mode, s.metric, s.num_beams, s.max_new_tokens, s.length_penalty) == ("generate", "vqa_accuracy",
+                                                                                          5, 10, -1.0)
+    assert evaluators.settings_for("nocaps", {"num_beams": 3}).num_beams == 3
+    with pytest.raises(ValueError, match="unknown fields"):
+        evaluators.settings_for("nocaps", {"beams": 3})
+
+
+def test_one_shot_on_a_converted_directory(config, tmp_path):
+    from ib_jax.convert import api
+    from ib_jax.models.configs import from_config_dict
+
+    _, params = _params(config, seed=0)
+    converted = str(tmp_path / "converted")
+    api.save_converted(converted, from_config_dict(config.model), params)
+    workdir = str(tmp_path / "run")
+    results = evaluate.run(config, workdir, converted)
+
+    assert set(results) == set(DATASETS)
+    sizes = [len(sources.load_records(pipeline.find_eval_entry(config.data, n, "eval"))) for n in DATASETS]
+    assert any(size % 4 for size in sizes)  # some last batch is padded: padding rows must not count
+    for name, metric in [("demo_vqa", "vqa_accuracy"), ("demo_caption", "cider"), ("demo_mc", "accuracy")]:
+        m = results[name]
+        # Every example is counted once; the padding rows of the last batch (batch size 4) are not.
+        expected = len(sources.load_records(pipeline.find_eval_entry(config.data, name, "eval")))
+        assert m["num_examples"] == expected and m["num_scored"] == expected
+        assert m["missing_images"] == 0
+        assert 0.0 <= m[metric] <= (10.0 if metric == "cider" else 1.0)
+        with open(os.path.join(workdir, "eval", "predictions", name, "converted.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        assert len(rows) == expected and len({r["id"] for r in rows}) == expected
+    mc = [json.loads(line) for line in open(os.path.join(workdir, "eval", "predictions", "demo_mc", "converted.jsonl"))]
+    # The rank prediction is the argmax of the candidate scores, scored against answer_index.
+    for row in mc:
+        assert row["prediction"] == int(np.argmax(row["scores"]))
+        assert row["score"] == float(row["prediction"] == row["reference"])
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "eval", "metrics.jsonl"))]
+    assert sorted(line["dataset"] for line in lines) == sorted(DATASETS)
+    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "eval", "tensorboard")))
+
+
+def _save_training_checkpoint(workdir, step, params, config):
+    import orbax.checkpoint as ocp
+
+    from ib_jax import checkpoint
+
+    manager = checkpoint.make_manager(workdir, async_save=False)
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                               config=ocp.args.JsonSave(config.to_dict())))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def test_watch_evaluates_each_checkpoint_once_and_resumes(config, tmp_path):
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.eval.datasets = ["demo_mc"]
+    workdir = str(tmp_path / "run")
+    _, params_a = _params(config, seed=1)
+    _, params_b = _params(config, seed=2)
+    _save_training_checkpoint(workdir, 10, params_a, config)
+    _save_training_checkpoint(workdir, 20, params_b, config)  # 20 == train.num_steps: training is over
+
+    assert evaluate.run(config, workdir, watch_mode=True, poll_seconds=0.01, timeout_seconds=5) == [10, 20]
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "eval", "metrics.jsonl"))]
+    assert [(line["step"], line["dataset"]) for line in lines] == [(10, "demo_mc"), (20, "demo_mc")]
+    # Different parameters, different candidate scores: each step was really restored.
+    preds = {s: [json.loads(x)["scores"] for x in open(os.path.join(workdir, "eval", "predictions", "demo_mc",
+                                                                     f"step_{s}.jsonl"))] for s in (10, 20)}
+    assert preds[10] != preds[20]
+
+    # A restarted job finds both steps in done.json and evaluates nothing.
+    assert evaluate.run(config, workdir, watch_mode=True, poll_seconds=0.01, timeout_seconds=1) == []
+    assert json.load(open(os.path.join(workdir, "eval", "done.json")))["steps"] == [10, 20]
+    assert len(open(os.path.join(workdir, "eval", "metrics.jsonl")).readlines()) == 2
