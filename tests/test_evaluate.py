@@ -63,6 +63,20 @@ def test_settings_come_from_the_registry_with_overrides():
         evaluators.settings_for("nocaps", {"beams": 3})
 
 
+def test_heldout_config_names_the_13_datasets_with_registry_settings():
+    from ib_jax import configs_util
+
+    config = configs_util.load_config("configs/eval_heldout.py:root=/data")
+    assert len(config.eval.datasets) == 13
+    names = [e["name"] for e in config.data.eval_datasets]
+    assert names == list(config.eval.datasets) and all(e["ann_path"].startswith("/data/") for e in config.data.eval_datasets)
+    settings = {n: evaluate._eval_settings(config, n) for n in names}
+    assert (settings["gqa"].num_beams, settings["gqa"].max_new_tokens, settings["gqa"].length_penalty) == (5, 10, -1.0)
+    assert (settings["nocaps"].max_new_tokens, settings["nocaps"].min_new_tokens) == (80, 10)
+    assert settings["hateful_memes"].candidates == ("yes", "no") and settings["visdial"].metric == "mrr"
+    assert config.data.num_frames == 4
+
+
 def test_one_shot_on_a_converted_directory(config, tmp_path):
     from ib_jax.convert import api
     from ib_jax.models.configs import from_config_dict
