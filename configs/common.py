@@ -59,6 +59,8 @@ def train(**overrides) -> ml_collections.ConfigDict:
         # Regexes over "/"-joined parameter paths; everything else is frozen (no gradient, no optimizer state).
         trainable=[r"^qformer/", r"^language_projection/", r"^vision/post_layernorm/"],
         frozen_dtype="bfloat16", log_every=50, seed=0,
+        stop_after_steps=0,  # > 0: save and return after this many steps of this invocation (time-boxed jobs)
+        peak_flops_per_device=0.0,  # for MFU where the device kind is not in ib_jax/train/flops.py
     )
     values.update(overrides)
     return ml_collections.ConfigDict(values)

@@ -29,9 +29,10 @@ class MetricsWriter:
         self.jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"train/{name}", value, step)
-        done = step - self.start_step
+        if step == self.start_step + 1:  # the first step includes compilation: time the rest
+            self.started, self.start_step = time.perf_counter(), step
         elapsed = time.perf_counter() - self.started
-        eta = elapsed / max(done, 1) * (self.total_steps - step)
+        eta = elapsed / max(step - self.start_step, 1) * (self.total_steps - step)
         extras = f" mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
         print(f"step {step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['learning_rate']:.2e} "
               f"|g| {metrics['grad_norm']:.3f} {metrics['examples_per_s']:.1f} ex/s{extras} "

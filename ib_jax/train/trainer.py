@@ -47,8 +47,9 @@ def example_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtype
 
 def _init_fn(model: InstructBlip, batch: dict[str, Any]):
     def init(rng):
-        return model.init(rng, batch["pixel_values"], batch["qformer_input_ids"], batch["qformer_attention_mask"],
-                          batch["input_ids"], batch["attention_mask"], labels=batch["labels"])["params"]
+        batch_ = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()}
+        return model.init(rng, batch_["pixel_values"], batch_["qformer_input_ids"], batch_["qformer_attention_mask"],
+                          batch_["input_ids"], batch_["attention_mask"], labels=batch_["labels"])["params"]
     return init
 
 
@@ -175,8 +176,11 @@ def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, 
                 last["mfu"] = step_flops / step_time / (peak * jax.device_count())
             writer.write(step, last)
             window_start, window_steps = time.perf_counter(), 0
-        stop = preemption.any_process()
+        stop = preemption.any_process() or step - start == tcfg.get("stop_after_steps", 0)
         if stop or is_last or step % config.checkpoint.every_steps == 0:
+            if not np.isfinite(float(metrics["loss"])):  # never save a diverged state
+                raise NonFiniteLossError(f"non-finite loss at step {step}; the last good checkpoint "
+                                         f"(step {manager.latest_step()}) is untouched")
             checkpoint.save(manager, step, merge_params(state.trainable, frozen), state.opt_state, data_iterator,
                             config, force=stop or is_last)
         if stop:
