@@ -46,7 +46,11 @@ def _params(config, seed: int):
              "qformer_attention_mask": np.ones((1, 4), np.int32), "input_ids": np.ones((1, 4), np.int32),
              "attention_mask": np.ones((1, 4), np.int32), "labels": np.ones((1, 2), np.int32)}
     import flax
-    return model, flax.linen.meta.unbox(init_params(model, jax.random.key(seed), batch))
+    # Shapes from eval_shape, values drawn with numpy: compiling the init of even a tiny model
+    # costs ~20 s here, and the job only needs some random model.
+    shapes = flax.linen.meta.unbox(jax.eval_shape(lambda rng: init_params(model, rng, batch), jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    return model, jax.tree_util.tree_map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
 @pytest.fixture(scope="module")
