@@ -60,6 +60,12 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: tuple) -> Any:
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def unboxed(boxed_tree: Any) -> Any:
+    """Values of `nn.Partitioned` leaves without applying sharding constraints (safe outside jit)."""
+    return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed_tree,
+                                  is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 

@@ -56,6 +56,9 @@ def _llama(c: dict[str, Any]) -> LlamaConfig:
     if any(unsupported.values()):
         raise ValueError(f"text_config: LLaMA variants with {[k for k, v in unsupported.items() if v]} are not "
                          "supported (InstructBLIP-Vicuna uses none of them)")
+    # Token ids are read as saved. Beware: Vicuna-era config.json files carry ids that disagree with
+    # the tokenizer the released models were trained with (LAVIS issue #509: bos 0 / eos 1 / pad -1);
+    # that tokenizer's ids (2 / 2 / 32000) are LlamaConfig's defaults and configs/instructblip_vicuna*.py's.
     return LlamaConfig(vocab_size=c.get("vocab_size", 32001), hidden_size=c.get("hidden_size", 4096),
                        intermediate_size=c.get("intermediate_size", 11008), num_layers=c.get("num_hidden_layers", 32),
                        num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,

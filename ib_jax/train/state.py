@@ -45,4 +45,11 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
 
 
 def cast_floating(tree: Any, dtype: str) -> Any:
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+    """Floating leaves (arrays or ShapeDtypeStructs) to `dtype`; others unchanged."""
+    def cast(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
+        return x.astype(dtype)
+    return jax.tree_util.tree_map(cast, tree)

@@ -7,16 +7,19 @@ saves a checkpoint and returns; a non-finite loss stops the run before anything 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
 from data_pipelines import demo_data, pipeline
 from ib_jax import checkpoint, sharding
@@ -88,52 +91,91 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+@dataclasses.dataclass
+class TrainProgram:
+    """Everything about a training step that follows from (config, mesh), before any array exists.
+
+    `abstract_*` are ShapeDtypeStructs carrying their shardings: enough to compile the step for a
+    device topology that is not here (launch/aot.py), or to restore a checkpoint onto this mesh.
+    """
+
+    model: InstructBlip
+    optimizer: optax.GradientTransformation
+    init: Callable[[jax.Array], Any]       # rng -> boxed params
+    param_shardings: Any
+    abstract_state: TrainState
+    abstract_frozen: Any
+    abstract_batch: dict[str, jax.ShapeDtypeStruct]
+    step_fn: Callable                      # jitted (state, frozen, batch) -> (state, metrics)
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> TrainProgram:
+    """Call under `sharding.activate(mesh, rules)`."""
+    model = InstructBlip(from_config_dict(config.model))
+    tx = optim.make_optimizer(config.train)
+    init = _init_fn(model, example_batch(config))
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    boxed_trainable, boxed_frozen = split_params(boxed, config.train.trainable)
+    boxed_opt_state = jax.eval_shape(tx.init, boxed_trainable)  # moments keep their parameters' axis names
+    shard = lambda tree: sharding.logical_shardings(tree, mesh, rules)  # noqa: E731
+    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
+                       trainable=checkpoint.abstract_like(sharding.unboxed(boxed_trainable), shard(boxed_trainable)),
+                       opt_state=checkpoint.abstract_like(sharding.unboxed(boxed_opt_state), shard(boxed_opt_state)))
+    frozen = checkpoint.abstract_like(cast_floating(sharding.unboxed(boxed_frozen), config.train.frozen_dtype),
+                                      shard(boxed_frozen))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, len(v.shape)))
+             for k, v in example_batch(config).items()}
+    shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
+    step_fn = jax.jit(make_train_step(model, tx, config.train.grad_accum_steps),
+                      in_shardings=(shardings_of(state), shardings_of(frozen), shardings_of(batch)),
+                      out_shardings=(shardings_of(state), sharding.replicated(mesh)), donate_argnums=(0,))
+    return TrainProgram(model, tx, init, shard(boxed), state, frozen, batch, step_fn)
+
+
+def initial_state(config: ml_collections.ConfigDict, program: TrainProgram) -> tuple[TrainState, Any]:
+    """Pretrained (config.init.pretrained) or random parameters, placed on the mesh; fresh optimizer."""
+    tcfg = config.train
+    if config.init.get("pretrained"):
+        params = jax.device_put(_pretrained_params(config, program.model.config), program.param_shardings)
+    else:
+        params = jax.jit(lambda r: nn.unbox(program.init(r)),
+                         out_shardings=program.param_shardings)(jax.random.key(tcfg.seed))
+    trainable, frozen = split_params(params, tcfg.trainable)
+    shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
+    frozen = jax.jit(lambda f: cast_floating(f, tcfg.frozen_dtype),
+                     out_shardings=shardings_of(program.abstract_frozen))(frozen)
+    opt_state = jax.jit(program.optimizer.init,
+                        out_shardings=shardings_of(program.abstract_state.opt_state))(trainable)
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state), frozen
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train per `config` in `workdir`; returns the last logged metrics."""
-    model_config = from_config_dict(config.model)
-    model = InstructBlip(model_config)
-    mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     tcfg = config.train
-    tx = optim.make_optimizer(tcfg)
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     demo_data.ensure_from_config(config.data)
     dataset = pipeline.build_train_dataset(config.data, process_index=jax.process_index(),
                                            process_count=jax.process_count())
     data_iterator = iter(dataset)
 
     with sharding.activate(mesh, rules):
-        init = _init_fn(model, example_batch(config))
-        boxed = jax.eval_shape(init, jax.random.key(0))
-        param_shardings = sharding.logical_shardings(boxed, mesh, rules)
-        if config.init.get("pretrained"):
-            params = jax.device_put(_pretrained_params(config, model_config), param_shardings)
-        else:
-            params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=param_shardings)(jax.random.key(tcfg.seed))
-        trainable, frozen = split_params(params, tcfg.trainable)
-        frozen = jax.jit(lambda f: cast_floating(f, tcfg.frozen_dtype))(frozen)
-        opt_state = jax.jit(tx.init)(trainable)
-        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state)
-        state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-        frozen_shardings = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
-
+        program = build_program(config, mesh, rules)
         manager = checkpoint.make_manager(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
                                           config.checkpoint.async_save)
         start = manager.latest_step()
-        if start is not None:
-            restored = checkpoint.restore(
-                manager, start, checkpoint.abstract_like(merge_params(state.trainable, frozen),
-                                                         merge_params(state_shardings.trainable, frozen_shardings)),
-                checkpoint.abstract_like(state.opt_state, state_shardings.opt_state), data_iterator)
+        if start is None:
+            state, frozen = initial_state(config, program)
+            start = 0
+        else:
+            abstract = program.abstract_state
+            restored = checkpoint.restore(manager, start, merge_params(abstract.trainable, program.abstract_frozen),
+                                          abstract.opt_state, data_iterator)
             trainable, frozen = split_params(restored["params"], tcfg.trainable)
             state = TrainState(step=jnp.asarray(start, jnp.int32), trainable=trainable,
                                opt_state=restored["opt_state"])
             logger.info("resumed from step %d", start)
-        start = start or 0
 
-        batch_shardings = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in example_batch(config).items()}
-        step_fn = jax.jit(make_train_step(model, tx, tcfg.grad_accum_steps),
-                          in_shardings=(state_shardings, frozen_shardings, batch_shardings),
-                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-        schedule = optim.learning_rate_schedule(tcfg)
+        model_config = program.model.config
         shapes = flops.Shapes(config.data.global_batch_size, config.data.image_size, config.data.qformer_max_len,
                               config.data.text_max_len, config.data.target_max_len)
         step_flops = flops.train_step_flops(model_config, shapes) if model_config.lm_type == "t5" else None
@@ -142,8 +184,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         preemption = _Preemption()
         last: dict[str, float] = {}
         try:
-            last = _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, preemption,
-                         schedule, step_flops, peak, start)
+            last = _loop(config, state, frozen, program.step_fn, data_iterator, mesh, manager, writer, preemption,
+                         optim.learning_rate_schedule(tcfg), step_flops, peak, start)
         finally:
             preemption.restore()
             manager.wait_until_finished()
