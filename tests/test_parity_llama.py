@@ -225,3 +225,14 @@ def test_lavis_state_dict_with_separate_vicuna_file(tmp_path):
     assert "llm_model.model.layers.0.self_attn.rotary_emb.inv_freq" in report["unused"]
     out = _run(InstructBlip(config), params, batch)
     np.testing.assert_allclose(float(out.loss), float(expected.loss), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [dict(attention_bias=True), dict(mlp_bias=True), dict(head_dim=16),
+                                     dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1e4))])
+def test_unsupported_llama_variants_are_refused(variant):
+    from ib_jax.convert.hf_config import model_config_from_hf
+
+    config = reference.tiny_config("llama").to_dict()
+    config["text_config"].update(variant)
+    with pytest.raises(ValueError, match="not supported"):
+        model_config_from_hf(config)
