@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -19,10 +21,14 @@ def main(argv: list[str]) -> None:
     distributed.initialize(_CONFIG.value)
 
     from ib_jax.train import trainer
-    trainer.train(_CONFIG.value, _WORKDIR.value)
-    if _CONFIG.value.get("eval") and _CONFIG.value.eval.get("after_training", False):
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    trainer.train(config, workdir)
+    finished = os.path.exists(os.path.join(workdir, trainer.FINAL_MARKER))
+    if finished and config.get("eval") and config.eval.get("after_training", False):
         from ib_jax import evaluate
-        evaluate.evaluate_latest(_CONFIG.value, _WORKDIR.value)
+        results = evaluate.run(config, workdir)
+        print("held-out evaluation of the final checkpoint:")
+        print(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import time
 from typing import Any, Callable
@@ -31,6 +32,8 @@ from ib_jax.train.state import TrainState, cast_floating, merge_params, split_pa
 from ib_jax.train.step import make_train_step
 
 logger = logging.getLogger(__name__)
+
+FINAL_MARKER = "TRAINING_DONE"  # ib_jax.evaluate's watch mode stops once it sees this
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -184,18 +187,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         preemption = _Preemption()
         last: dict[str, float] = {}
         try:
-            last = _loop(config, state, frozen, program.step_fn, data_iterator, mesh, manager, writer, preemption,
-                         optim.learning_rate_schedule(tcfg), step_flops, peak, start)
+            last, finished = _loop(config, state, frozen, program.step_fn, data_iterator, mesh, manager, writer,
+                                   preemption, optim.learning_rate_schedule(tcfg), step_flops, peak, start)
         finally:
             preemption.restore()
             manager.wait_until_finished()
             manager.close()
             writer.close()
+    if finished and jax.process_index() == 0:
+        # Tells an evaluation job watching this workdir that no further checkpoint will come.
+        open(os.path.join(workdir, FINAL_MARKER), "w").close()
     return last
 
 
 def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, preemption, schedule,
-          step_flops, peak, start) -> dict[str, float]:
+          step_flops, peak, start) -> tuple[dict[str, float], bool]:
+    """Steps start+1.. until num_steps, a preemption or stop_after_steps; (last metrics, finished)."""
     tcfg = config.train
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
@@ -226,8 +233,8 @@ def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, 
             checkpoint.save(manager, step, merge_params(state.trainable, frozen), state.opt_state, data_iterator,
                             config, force=stop or is_last)
         if stop:
-            break
-    return last
+            return last, False
+    return last, True
 
 
 def _tokens(config: ml_collections.ConfigDict) -> int:
