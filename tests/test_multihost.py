@@ -1,0 +1,107 @@
+"""Two real processes (jax.distributed on 127.0.0.1, 4 CPU devices each) against one process x 8 devices.
+
+With P processes, process i reads the records [i::P] of every dataset, shuffles and mixes them
+itself, and contributes `global_batch_size / P` rows; the global batch is the concatenation of the
+process-local batches in process order (the mesh lists process 0's devices first). One process
+reading all records sees *other* examples, so the single-process reference here emulates the two
+shards: it builds both per-process pipelines and concatenates their batches. Same global batches
+-> the losses must agree to float-reduction order.
+
+The checkpoint the two processes write must restore in one process onto the 8-device mesh
+(parameters and optimizer state), and continue with the 2-process run's losses. The data iterator
+state is per process (`data_iterator/process_<i>-of-<P>.json`), so it cannot be restored by a
+different number of processes: that is an error naming the missing file.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_pipelines import demo_data, pipeline
+from ib_jax import checkpoint, sharding
+from ib_jax.configs_util import load_config
+from ib_jax.train import trainer
+from ib_jax.train.state import TrainState, merge_params, split_params
+from launch import local
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS, SAVE_EVERY = 4, 2
+OVERRIDES = [f"--config.train.num_steps={NUM_STEPS}", f"--config.checkpoint.every_steps={SAVE_EVERY}",
+             "--config.checkpoint.async_save=False"]
+
+
+def _config(data_root):
+    config = load_config(os.path.join(REPO, f"configs/tiny.py:root={data_root}"))
+    config.unlock()
+    config.train.num_steps, config.checkpoint.every_steps = NUM_STEPS, SAVE_EVERY
+    return config
+
+
+def _emulated_two_process_batches(config, num_batches):
+    """Global batches of a 2-process run, built in one process: [process 0 rows; process 1 rows]."""
+    iterators = [iter(pipeline.build_train_dataset(config.data, process_index=i, process_count=2)) for i in range(2)]
+    return [{key: np.concatenate([local_batch[key] for local_batch in locals_])
+             for key in locals_[0]}
+            for locals_ in ([next(it) for it in iterators] for _ in range(num_batches))]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("demo_data"))
+    config = _config(root)
+    demo_data.ensure_from_config(config.data)  # once, before the processes (they would race on it)
+    workdir = str(tmp_path_factory.mktemp("two_process"))
+    local.launch(["-m", "ib_jax.train", f"--config={REPO}/configs/tiny.py:root={root}", f"--workdir={workdir}",
+                  *OVERRIDES], num_processes=2, devices_per_process=4, timeout_s=300,
+                 log_dir=os.path.join(workdir, "logs"))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        losses = {row["step"]: row["loss"] for row in map(json.loads, f)}
+    return config, workdir, losses
+
+
+def test_two_processes_match_one_process_and_checkpoint_restores_in_one(two_process_run):
+    config, workdir, losses_2p = two_process_run
+    assert sorted(losses_2p) == list(range(1, NUM_STEPS + 1))
+    assert jax.process_count() == 1 and jax.device_count() == 8
+    batches = _emulated_two_process_batches(config, NUM_STEPS)
+
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
+    with sharding.activate(mesh, rules):
+        program = trainer.build_program(config, mesh, rules)
+        state, frozen = trainer.initial_state(config, program)
+        losses_1p = {}
+        for step, batch in enumerate(batches, start=1):
+            state, metrics = program.step_fn(state, frozen, sharding.global_batch(batch, mesh))
+            losses_1p[step] = float(metrics["loss"])
+            if step == SAVE_EVERY:
+                trainable_at_save = jax.device_get(state.trainable)
+        for step in losses_1p:
+            np.testing.assert_allclose(losses_2p[step], losses_1p[step], rtol=1e-5, err_msg=f"step {step}")
+
+        # The 2-process checkpoint, restored by one process onto its 8-device mesh.
+        manager = checkpoint.make_manager(workdir, read_only=True)
+        assert manager.all_steps() == [SAVE_EVERY, NUM_STEPS]
+        abstract = program.abstract_state
+        restored = checkpoint.restore(manager, SAVE_EVERY, merge_params(abstract.trainable, program.abstract_frozen),
+                                      abstract.opt_state, data_iterator=None)
+        trainable, frozen = split_params(restored["params"], config.train.trainable)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                               jax.device_get(trainable), trainable_at_save)
+        state = TrainState(step=jnp.asarray(SAVE_EVERY, jnp.int32), trainable=trainable,
+                           opt_state=restored["opt_state"])
+        for step in range(SAVE_EVERY + 1, NUM_STEPS + 1):
+            state, metrics = program.step_fn(state, frozen, sharding.global_batch(batches[step - 1], mesh))
+            np.testing.assert_allclose(float(metrics["loss"]), losses_2p[step], rtol=1e-5,
+                                       err_msg=f"step {step} after restoring the 2-process checkpoint")
+
+        # The per-process data iterator state cannot move to another process count.
+        one_process_iterator = iter(pipeline.build_train_dataset(config.data, process_index=0, process_count=1))
+        with pytest.raises(ValueError, match=r"process_0-of-1\.json does not exist"):
+            checkpoint.restore(manager, SAVE_EVERY, merge_params(abstract.trainable, program.abstract_frozen),
+                               abstract.opt_state, data_iterator=one_process_iterator)
+        assert os.path.exists(os.path.join(manager.directory, str(SAVE_EVERY), "data_iterator", "process_1-of-2.json"))
+        manager.close()
