@@ -22,7 +22,12 @@ Array = jax.Array
 DType = Any
 Axes = tuple[str | None, ...]
 
-default_kernel_init = nn.initializers.normal(stddev=0.02)
+def fan_in_init(num_contracted: int, num_out: int) -> Callable:
+    """LeCun-normal over a kernel whose first `num_contracted` dims are the inputs: activations keep
+    unit scale through every Dense, whatever the head layout (matters only when training from scratch)."""
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                            in_axis=tuple(range(num_contracted)),
+                                            out_axis=tuple(range(num_contracted, num_contracted + num_out)))
 
 # Exact-erf GELU is what the released checkpoints use ("gelu" in HF); flax's default is tanh.
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -64,7 +69,7 @@ class DenseGeneral(nn.Module):
     bias_axes: Axes | None = None
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
-    kernel_init: Callable = default_kernel_init
+    kernel_init: Callable | None = None  # default: fan_in_init
     precision: Any = None
 
     @nn.compact
@@ -75,9 +80,10 @@ class DenseGeneral(nn.Module):
         in_shape = tuple(inputs.shape[a] for a in axis)
         if len(self.kernel_axes) != len(in_shape) + len(features):
             raise ValueError(f"kernel_axes {self.kernel_axes} do not match kernel rank {len(in_shape) + len(features)}")
+        kernel_init = self.kernel_init or fan_in_init(len(in_shape), len(features))
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            nn.with_logical_partitioning(kernel_init, self.kernel_axes),
             in_shape + features,
             self.param_dtype,
         )
