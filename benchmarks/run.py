@@ -63,6 +63,7 @@ class BenchConfig:
     matmul_size: int = 2048
     compile_layers: tuple[int, ...] = (12, 48)   # total LM layers (half encoder, half decoder), tiny widths
     compile_width: int = 32
+    compile_scan: tuple[bool, ...] = (False, True)
     memory_remat: tuple[str, ...] = ("none", "dots_no_batch", "full")
     pipeline_images: int = 64
     pipeline_batches: int = 10
@@ -74,8 +75,8 @@ class BenchConfig:
 
 def tiny() -> BenchConfig:
     """Small enough that the whole suite runs in well under a minute (tests)."""
-    return BenchConfig(vision_width=32, vision_layers=2, image_size=56, qformer_width=32, qformer_layers=2,
-                       num_query_tokens=4, qformer_vocab=128, t5_width=32, t5_layers=2, t5_heads=4, t5_d_kv=8,
+    return BenchConfig(vision_width=32, vision_layers=1, image_size=56, qformer_width=32, qformer_layers=2,
+                       num_query_tokens=4, qformer_vocab=128, t5_width=32, t5_layers=1, t5_heads=4, t5_d_kv=8,
                        t5_d_ff=64, vocab_size=256, batch=2, instruction_len=6, target_len=4, new_tokens=4,
                        num_beams=2, warmup=1, repeats=2, matmul_size=128, compile_layers=(2, 4), compile_width=16,
                        memory_remat=("none", "full"), pipeline_images=8, pipeline_batches=2)
@@ -408,7 +409,7 @@ def compile_times(bc: BenchConfig) -> dict[str, float]:
                                 num_query_tokens=4)
     out = {}
     for layers in bc.compile_layers:
-        for scan in (False, True):
+        for scan in bc.compile_scan:
             cfg = ModelConfig(
                 vision=VisionConfig(hidden_size=w, intermediate_size=2 * w, num_layers=2, num_heads=2,
                                     image_size=small.image_size, patch_size=bc.patch_size),
@@ -504,18 +505,25 @@ def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("comp
     import ib_jax
 
     res: dict[str, Any] = {"config": dataclasses.asdict(bc), "threads": threads or torch.get_num_threads(),
-                           "load_before": load_snapshot()}
+                           "load_before": load_snapshot(), "section_s": {}}
+    clock = {"name": "setup", "start": time.perf_counter()}
+
+    def log_section(name: str) -> None:
+        now = time.perf_counter()
+        res["section_s"][clock["name"]] = round(now - clock["start"], 1)
+        clock.update(name=name, start=now)
+        log(f"[{sum(res['section_s'].values()):.0f} s] {name}")
     with tempfile.TemporaryDirectory() as directory:
         log("building the reference and converting it")
         hf_model = build_reference(bc)
         hf_model.save_pretrained(directory)
         model, params = ib_jax.load_pretrained(directory)
     batch = make_batch(bc)
-    log("measuring the matmul peak")
+    log_section("measuring the matmul peak")
     res["peak"] = matmul_peak(bc)
-    log("measuring the reference")
+    log_section("measuring the reference")
     res["reference"], ref_tokens = bench_reference(bc, hf_model, batch)
-    log("measuring ib_jax")
+    log_section("measuring ib_jax")
     res["ours"], our_tokens = bench_ours(bc, model, params, batch)
     res["tokens_match"] = {k: float(np.mean(ref_tokens[k] == our_tokens[k])) for k in ref_tokens}
     step = res["ours"]["train_step"]["median_s"]
@@ -523,14 +531,15 @@ def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("comp
     res["mfu_reference"] = (res["ours"]["analytic_train_flops"] / res["reference"]["train_step"]["median_s"]
                             / res["peak"]["torch_flops_per_s"])
     if "memory" in sections:
-        log("compiling the step with remat policies")
+        log_section("compiling the step with remat policies")
         res["memory"] = memory_by_remat(bc, model.config, res["ours"]["memory"]["none (headline)"])
     if "compile" in sections:
-        log("compile time vs depth")
+        log_section("compile time vs depth")
         res["compile"] = compile_times(bc)
     if "pipeline" in sections:
-        log("input pipeline")
+        log_section("input pipeline")
         res["input_pipeline"] = input_pipeline(bc)
+    log_section("done")
     res["load_after"] = load_snapshot()
     return res
 

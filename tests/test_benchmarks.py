@@ -1,0 +1,21 @@
+"""The benchmark suite runs end to end on a tiny configuration (nothing is asserted about speed)."""
+
+import dataclasses
+
+from benchmarks import run
+
+
+def test_benchmark_runs_end_to_end_on_a_tiny_config():
+    # One compile per section beyond the four measured programs keeps this well under a minute on a quiet
+    # machine (compiles dominate; `python -m benchmarks.run --tiny` runs every variant).
+    config = dataclasses.replace(run.tiny(), compile_layers=(2,), compile_scan=(True,), memory_remat=("none",))
+    results = run.run(config, sections=("compile", "memory", "pipeline"), log=lambda _: None)
+    text = run.table(results)
+    for row in ("training step", "forward + loss", "greedy", "beams", "MFU", "compiled / analytic FLOPs",
+                "input pipeline", "remat=none", "2 layers, scan=on"):
+        assert row in text, row
+    for side in ("reference", "ours"):
+        for key in ("train_step", "forward", "greedy", "beam"):
+            assert results[side][key]["median_s"] > 0
+    assert abs(results["reference"]["forward_loss"] - results["ours"]["forward_loss"]) < 1e-3  # same weights
+    assert results["reference"]["trainable_params"] == results["ours"]["trainable_params"]  # same trainable set
