@@ -15,19 +15,29 @@ def initialize(config: ml_collections.ConfigDict) -> None:
     """Join the process group when the config or the environment describes one.
 
     `config.distributed` (coordinator_address, num_processes, process_id) wins; otherwise
-    `IB_JAX_COORDINATOR`/`IB_JAX_NUM_PROCESSES`/`IB_JAX_PROCESS_ID`; otherwise on TPU pods and
-    SLURM, jax's own auto-detection (`jax.distributed.initialize()` with no arguments).
+    `IB_JAX_COORDINATOR`/`IB_JAX_NUM_PROCESSES`/`IB_JAX_PROCESS_ID`; otherwise jax's own
+    auto-detection (`jax.distributed.initialize()` with no arguments) when asked for
+    (`config.distributed.auto` or `IB_JAX_DISTRIBUTED=auto`, set by launch/tpu_pod.py: a TPU VM
+    shell has no environment variable that says it is one worker of a pod) or under SLURM.
     """
     dist = config.get("distributed") or {}
     address = dist.get("coordinator_address") or os.environ.get("IB_JAX_COORDINATOR")
     if address:
-        num_processes = int(dist.get("num_processes") or os.environ["IB_JAX_NUM_PROCESSES"])
+        num_processes = int(dist.get("num_processes") or _required_env("IB_JAX_NUM_PROCESSES", address))
         process_id = int(dist.get("process_id") if dist.get("process_id") is not None
-                         else os.environ["IB_JAX_PROCESS_ID"])
+                         else _required_env("IB_JAX_PROCESS_ID", address))
         jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
-    elif dist.get("auto") or "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ:
+    elif (dist.get("auto") or os.environ.get("IB_JAX_DISTRIBUTED") == "auto" or "SLURM_JOB_ID" in os.environ
+          or "TPU_WORKER_HOSTNAMES" in os.environ):
         jax.distributed.initialize()
     else:
         return
     logger.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                 jax.local_device_count(), jax.device_count())
+
+
+def _required_env(name: str, address: str) -> str:
+    if name not in os.environ:
+        raise ValueError(f"coordinator {address} is set (config.distributed / IB_JAX_COORDINATOR) but {name} is "
+                         "not: every process needs IB_JAX_NUM_PROCESSES and its own IB_JAX_PROCESS_ID")
+    return os.environ[name]
