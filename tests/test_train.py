@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,32 +92,39 @@ def test_gradient_accumulation_matches_full_batch(data_root):
     assert max(float(np.abs(a - b).max()) for a, b in leaves) < 1e-2
 
 
-def test_resume_on_another_mesh_continues_with_the_same_losses(data_root, tmp_path):
-    straight = str(tmp_path / "straight")
-    trainer.train(_config(data_root, data=8), straight)
+@pytest.fixture(scope="module")
+def straight_run(data_root, tmp_path_factory):
+    """6 uninterrupted steps, checkpoints at 3 and 6."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    trainer.train(_config(data_root, data=8), workdir)
+    return workdir
+
+
+def test_resume_on_another_mesh_continues_with_the_same_losses(data_root, straight_run, tmp_path):
     interrupted = str(tmp_path / "interrupted")
     first = _config(data_root, data=8)
     first.train.stop_after_steps = 3  # same schedule (a function of num_steps), interrupted at step 3
     trainer.train(first, interrupted)
     assert checkpoint.make_manager(interrupted, read_only=True).latest_step() == 3
+    assert not os.path.exists(os.path.join(interrupted, trainer.FINAL_MARKER))
     trainer.train(_config(data_root, data=2, fsdp=2, tensor=2), interrupted)
-    expected, resumed = _losses(straight), _losses(interrupted)
+    expected, resumed = _losses(straight_run), _losses(interrupted)
     assert sorted(resumed) == list(range(1, 7))
     for step in range(4, 7):
         np.testing.assert_allclose(resumed[step], expected[step], rtol=1e-5, err_msg=f"step {step}")
+    assert os.path.exists(os.path.join(interrupted, trainer.FINAL_MARKER))
 
 
-def test_non_finite_loss_stops_without_touching_checkpoints(data_root, tmp_path):
+def test_non_finite_loss_stops_without_touching_checkpoints(data_root, straight_run, tmp_path):
     workdir = str(tmp_path / "diverged")
+    shutil.copytree(straight_run, workdir)
     config = _config(data_root, data=8)
-    config.train.num_steps = 3
-    trainer.train(config, workdir)
-    config.train.num_steps = 9
+    config.train.num_steps = 12
     config.train.learning_rate = 1e12
     config.train.warmup_steps = 0
     with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
         trainer.train(config, workdir)
-    assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [3]
+    assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [3, 6]
 
 
 def test_sigterm_saves_and_exits_cleanly(data_root, tmp_path):
