@@ -101,6 +101,9 @@ def topology_devices(topology: Topology) -> list:
     # libtpu looks for these to describe the host it runs on; the planner describes a slice instead.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu takes /tmp/libtpu_lockfile to own the chips; compile-only devices own nothing, and
+    # several plans (--table --jobs) may run at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
     return list(topologies.get_topology_desc(topology.spec, "tpu").devices)
 
@@ -311,8 +314,8 @@ def report(p: Plan) -> str:
     return "\n".join(lines)
 
 
-TABLE_HEADER = ("| model | topology | mesh (data,fsdp,tensor) | batch | remat | HBM/device GiB: args + temp = total "
-                "/ capacity | fits | PFLOP/step | step s @ MFU | compile s |\n"
+TABLE_HEADER = ("| model | topology | mesh (data,fsdp,tensor) | batch | remat | per device GiB: arguments / temporaries "
+                "/ total (of HBM) | fits | PFLOP/step (analytic) | step s @ MFU | compile s (here) |\n"
                 "|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -321,12 +324,12 @@ def table_row(p: Plan) -> str:
     mesh = f"{p.mesh['data']},{p.mesh['fsdp']},{p.mesh['tensor']}"
     if p.memory:
         m = p.memory
-        memory = (f"{_gib(m['arguments'])} + {_gib(m['temporaries'])} = {_gib(m['total'])} / "
-                  f"{_gib(p.hbm_per_device)}")
+        memory = (f"{_gib(m['arguments'])} / {_gib(m['temporaries'])} / {_gib(m['total'])} "
+                  f"({_gib(p.hbm_per_device)})")
     else:
-        memory = f"compile OOM / {_gib(p.hbm_per_device)}"
+        memory = f"XLA: out of memory ({_gib(p.hbm_per_device)})"
     return (f"| {name} | {p.topology} | {mesh} | {p.batch_size} | {p.remat_policy} | {memory} | "
-            f"{'yes' if p.fits else 'no'} | {p.step_flops / 1e15:.1f} | {p.step_time_s:.2f} @ {p.mfu:.0%} | "
+            f"{'yes' if p.fits else 'no'} | {p.step_flops / 1e15:.2f} | {p.step_time_s:.3f} @ {p.mfu:.0%} | "
             f"{p.compile_s:.0f} |")
 
 
@@ -337,7 +340,6 @@ TABLE_RUNS = [
     ("configs/instructblip_flant5xxl.py", "v5p-128", None),
     ("configs/instructblip_vicuna7b.py", "v5p-128", None),
     ("configs/instructblip_vicuna13b.py", "v5p-128", None),
-    ("configs/instructblip_flant5xl.py", "v5e-64", None),
     ("configs/instructblip_flant5xl.py", "v5e-64", "1,64,1"),
     ("configs/instructblip_flant5xxl.py", "v5e-64", "1,64,1"),
     ("configs/instructblip_vicuna7b.py", "v5e-64", "1,64,1"),
@@ -345,21 +347,37 @@ TABLE_RUNS = [
 ]
 
 
-def run_table(runs: Sequence[tuple[str, str, str | None]], mfu: float, out: str | None) -> str:
+def _run_row(config_path: str, topology: str, mesh: str | None, mfu: float, cache_dir: str | None) -> str:
+    cache = None
+    if cache_dir:
+        stem = f"{os.path.basename(config_path).removesuffix('.py')}_{topology}_{(mesh or 'config').replace(',', '_')}"
+        cache = os.path.join(cache_dir, stem + ".json")
+        if os.path.exists(cache):
+            with open(cache) as f:
+                return table_row(Plan(**json.load(f)))
+    command = [sys.executable, "-m", "launch.aot", f"--config={config_path}", f"--topology={topology}",
+               f"--mfu={mfu}", "--json"] + ([f"--mesh={mesh}"] if mesh else [])
+    print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode not in (0, 1) or not done.stdout.strip():  # 1 = compiled, does not fit
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        return f"| {config_path} | {topology} | {mesh or 'config'} | | | planner failed: {last} | | | | |"
+    result = Plan(**json.loads(done.stdout.strip().splitlines()[-1]))
+    print(report(result), file=sys.stderr, flush=True)
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(cache, "w") as f:
+            json.dump(dataclasses.asdict(result), f)
+    return table_row(result)
+
+
+def run_table(runs: Sequence[tuple[str, str, str | None]], mfu: float, out: str | None, jobs: int = 1,
+              cache_dir: str | None = None) -> str:
     """Each row in its own process (a failed or huge compile cannot take the others down)."""
-    rows = []
-    for config_path, topology, mesh in runs:
-        command = [sys.executable, "-m", "launch.aot", f"--config={config_path}", f"--topology={topology}",
-                   f"--mfu={mfu}", "--json"] + ([f"--mesh={mesh}"] if mesh else [])
-        print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            rows.append(f"| {config_path} | {topology} | {mesh or 'config'} | | | planner failed: "
-                        f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode} | | | | |")
-            continue
-        result = Plan(**json.loads(done.stdout.strip().splitlines()[-1]))
-        print(report(result), file=sys.stderr, flush=True)
-        rows.append(table_row(result))
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max(jobs, 1)) as pool:
+        rows = list(pool.map(lambda run: _run_row(*run, mfu, cache_dir), runs))
     text = TABLE_HEADER + "\n" + "\n".join(rows)
     if out:
         with open(out, "w") as f:
@@ -382,11 +400,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON line")
     parser.add_argument("--table", action="store_true", help="run the README table (every row compiles)")
     parser.add_argument("--out", help="with --table: also write the markdown table here")
+    parser.add_argument("--jobs", type=int, default=1, help="with --table: rows compiled at once")
+    parser.add_argument("--cache_dir", help="with --table: one JSON per row; rows already there are not recompiled")
     flags = parser.parse_args(argv)
+    # Compile-only TPU devices need no TPU backend; with libtpu installed jax would otherwise try
+    # (and fail, slowly) to open a TPU on this machine.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
         if flags.table:
             require_libtpu()
-            print(run_table(TABLE_RUNS, flags.mfu, flags.out))
+            print(run_table(TABLE_RUNS, flags.mfu, flags.out, flags.jobs, flags.cache_dir))
             return 0
         if not flags.config or not flags.topology:
             parser.error("--config and --topology are required (or --table)")
