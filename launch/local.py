@@ -53,8 +53,9 @@ def process_env(process_id: int, num_processes: int, devices_per_process: int, p
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices_per_process),
                IB_JAX_COORDINATOR=f"127.0.0.1:{port}", IB_JAX_NUM_PROCESSES=str(num_processes),
                IB_JAX_PROCESS_ID=str(process_id))
-    # XLA_FLAGS' host-device count would override JAX_NUM_CPU_DEVICES in some versions: drop it.
-    env.pop("XLA_FLAGS", None)
+    # An inherited host-device count in XLA_FLAGS would fight JAX_NUM_CPU_DEVICES: drop just that flag.
+    xla_flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    env["XLA_FLAGS"] = " ".join(xla_flags)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
     return env
 

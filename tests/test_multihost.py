@@ -31,8 +31,7 @@ from launch import local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, SAVE_EVERY = 4, 2
-OVERRIDES = [f"--config.train.num_steps={NUM_STEPS}", f"--config.checkpoint.every_steps={SAVE_EVERY}",
-             "--config.checkpoint.async_save=False"]
+OVERRIDES = [f"--config.train.num_steps={NUM_STEPS}", f"--config.checkpoint.every_steps={SAVE_EVERY}"]
 
 
 def _config(data_root):
