@@ -136,20 +136,24 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
 
 
 def initial_state(config: ml_collections.ConfigDict, program: TrainProgram) -> tuple[TrainState, Any]:
-    """Pretrained (config.init.pretrained) or random parameters, placed on the mesh; fresh optimizer."""
+    """Pretrained (config.init.pretrained) or random parameters, placed on the mesh; fresh optimizer.
+
+    One compiled program makes the whole state (compiles dominate small runs)."""
     tcfg = config.train
+    shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
+    out_shardings = (shardings_of(program.abstract_state), shardings_of(program.abstract_frozen))
+
+    def make(params):
+        trainable, frozen = split_params(params, tcfg.trainable)
+        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                           opt_state=program.optimizer.init(trainable))
+        return state, cast_floating(frozen, tcfg.frozen_dtype)
+
     if config.init.get("pretrained"):
         params = jax.device_put(_pretrained_params(config, program.model.config), program.param_shardings)
-    else:
-        params = jax.jit(lambda r: nn.unbox(program.init(r)),
-                         out_shardings=program.param_shardings)(jax.random.key(tcfg.seed))
-    trainable, frozen = split_params(params, tcfg.trainable)
-    shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
-    frozen = jax.jit(lambda f: cast_floating(f, tcfg.frozen_dtype),
-                     out_shardings=shardings_of(program.abstract_frozen))(frozen)
-    opt_state = jax.jit(program.optimizer.init,
-                        out_shardings=shardings_of(program.abstract_state.opt_state))(trainable)
-    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state), frozen
+        return jax.jit(make, out_shardings=out_shardings)(params)
+    return jax.jit(lambda rng: make(nn.unbox(program.init(rng))),
+                   out_shardings=out_shardings)(jax.random.key(tcfg.seed))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
