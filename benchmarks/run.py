@@ -12,7 +12,9 @@ Same model, same weights, same batch, same threads, fp32:
   `torch.set_num_threads(N)`, and XLA gets `--xla_cpu_multi_thread_eigen=<N > 1>
   intra_op_parallelism_threads=N` in XLA_FLAGS before its CPU client starts (XLA's intra-op pool
   is sized from the affinity mask, so pinning is what actually bounds it).
-- every timing is the median of `--repeats` runs after `--warmup` runs; jax results are blocked on.
+- every timing is the median of `--repeats` runs after `--warmup` runs, the two sides timed in
+  alternation (ref, ours, ref, ...) so that both see the same background load; jax results are
+  blocked on.
 
 Rows: training step (frozen ViT and LM, AdamW on the Q-Former, query tokens, projection and
 ln_vision on both sides), forward with loss, greedy and 5-beam generation of exactly 20 new tokens
@@ -236,29 +238,34 @@ def load_snapshot() -> str:
 # The reference (PyTorch)
 # ---------------------------------------------------------------------------------------------
 
-def bench_reference(bc: BenchConfig, hf_model, batch) -> dict[str, Any]:
+MEASURED = ("train_step", "forward", "greedy", "beam", "first_token")
+
+
+def prepare_reference(bc: BenchConfig, hf_model, batch) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """The reference's measured calls (name -> fn) and facts about them."""
     import torch
 
-    results: dict[str, Any] = {"attn_implementation": getattr(hf_model.config, "_attn_implementation", None)}
+    info: dict[str, Any] = {"attn_implementation": getattr(hf_model.config, "_attn_implementation", None)}
     inputs = to_hf(bc, batch)
     gen_inputs = to_hf(bc, batch, labels=False)
+    fns: dict[str, Callable[[], Any]] = {}
 
-    hf_model.eval()
-    with torch.no_grad():
-        results["forward"] = timed(lambda: hf_model(**inputs), bc.warmup, bc.repeats)
-        results["forward_loss"] = float(hf_model(**inputs).loss)
+    def forward():
+        hf_model.eval()
+        with torch.no_grad():
+            return hf_model(**inputs)
+    fns["forward"] = forward
+    info["forward_loss"] = float(forward().loss)
 
-    tokens = {}
     for name, beams, new in (("greedy", 1, bc.new_tokens), ("beam", bc.num_beams, bc.new_tokens), ("first_token", 1, 1)):
         def generate(beams=beams, new=new):
+            hf_model.eval()
             with torch.no_grad():
                 return hf_model.generate(**gen_inputs, max_new_tokens=new, min_new_tokens=new,
                                          num_beams=beams, do_sample=False)
-        results[name] = timed(generate, 1, max(3, bc.repeats // 2))
-        tokens[name] = generate().numpy()[:, 1:]  # drop the decoder start token
+        fns[name] = generate
 
     # Training: frozen ViT (its post_layernorm, LAVIS's ln_vision, trains as in ours) and frozen LM.
-    hf_model.train()
     for p in hf_model.vision_model.parameters():
         p.requires_grad_(False)
     for p in hf_model.vision_model.post_layernorm.parameters():
@@ -269,51 +276,45 @@ def bench_reference(bc: BenchConfig, hf_model, batch) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.999), weight_decay=0.05)
 
     def train_step():
+        hf_model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = hf_model(**inputs).loss
         loss.backward()
         optimizer.step()
         return loss
-
-    results["train_step"] = timed(train_step, bc.warmup, bc.repeats)
-    results["trainable_params"] = sum(p.numel() for p in trainable)
-    hf_model.eval()
-    return results, tokens
+    fns["train_step"] = train_step
+    info["trainable_params"] = sum(p.numel() for p in trainable)
+    return fns, info
 
 
-# ---------------------------------------------------------------------------------------------
-# Ours (JAX)
-# ---------------------------------------------------------------------------------------------
-
-def bench_ours(bc: BenchConfig, model, params, batch) -> dict[str, Any]:
+def prepare_ours(bc: BenchConfig, model, params, batch) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """Our measured calls (name -> fn, compiled here) and facts about them."""
     import jax
     import jax.numpy as jnp
 
     import ib_jax
     from ib_jax import sharding
-    from ib_jax.train.state import TrainState, split_params
     from ib_jax.train import flops
+    from ib_jax.train.state import TrainState, split_params
 
-    results: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    fns: dict[str, Callable[[], Any]] = {}
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
     params = jax.device_put(params)
 
     forward = jax.jit(lambda p, b: (lambda out: (out.logits, out.loss))(model.apply({"params": p}, **b)))
-    forward(params, device_batch)
-    results["forward"] = timed(lambda: jax.block_until_ready(forward(params, device_batch)), bc.warmup, bc.repeats)
-    results["forward_loss"] = float(forward(params, device_batch)[1])
+    fns["forward"] = lambda: jax.block_until_ready(forward(params, device_batch))
+    info["forward_loss"] = float(forward(params, device_batch)[1])
 
     gen_batch = {k: v for k, v in device_batch.items() if k != "labels"}
-    tokens = {}
     for name, beams, new in (("greedy", 1, bc.new_tokens), ("beam", bc.num_beams, bc.new_tokens), ("first_token", 1, 1)):
         def generate(beams=beams, new=new):
             return jax.block_until_ready(ib_jax.generate(model, params, gen_batch, max_new_tokens=new,
                                                          min_new_tokens=new, num_beams=beams))
         start = time.perf_counter()
         generate()
-        results[f"{name}_compile_s"] = time.perf_counter() - start
-        results[name] = timed(generate, 1, max(3, bc.repeats // 2))
-        tokens[name] = np.asarray(generate())
+        info[f"{name}_compile_s"] = time.perf_counter() - start
+        fns[name] = generate
 
     # Training step: the trainer's program (jitted step from ib_jax/train/step.py, default trainable set).
     config = train_config(bc, model.config)
@@ -322,32 +323,54 @@ def bench_ours(bc: BenchConfig, model, params, batch) -> dict[str, Any]:
         trainable, frozen = split_params(params, config.train.trainable)
         shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
         trainable = jax.device_put(trainable, shardings_of(program.abstract_state.trainable))
+        # The step donates its state: copy, so that `params` (forward, generate) stays alive.
+        trainable = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), trainable)
         frozen = jax.device_put(frozen, shardings_of(program.abstract_frozen))
         opt_state = jax.jit(program.optimizer.init,
                             out_shardings=shardings_of(program.abstract_state.opt_state))(trainable)
         state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state)
         step_batch = sharding.global_batch(batch, mesh)
-
         start = time.perf_counter()
         compiled = program.step_fn.lower(program.abstract_state, program.abstract_frozen,
                                          program.abstract_batch).compile()
-        results["train_compile_s"] = time.perf_counter() - start
-        holder = {"state": state}
+        info["train_compile_s"] = time.perf_counter() - start
+    holder = {"state": state}
 
-        def train_step():
-            holder["state"], metrics = compiled(holder["state"], frozen, step_batch)
-            return jax.block_until_ready(metrics)
-
-        results["train_first_loss"] = float(train_step()["loss"])
-        results["train_step"] = timed(train_step, bc.warmup, bc.repeats)
-        results["trainable_params"] = int(sum(x.size for x in jax.tree_util.tree_leaves(trainable)))
-        results["compiled_flops"] = _cost(compiled).get("flops")
-        results["memory"] = {"none (headline)": _memory(compiled)}
-
+    def train_step():
+        holder["state"], metrics = compiled(holder["state"], frozen, step_batch)
+        return jax.block_until_ready(metrics)
+    fns["train_step"] = train_step
+    info["train_first_loss"] = float(train_step()["loss"])
+    info["trainable_params"] = int(sum(x.size for x in jax.tree_util.tree_leaves(trainable)))
+    info["compiled_flops"] = _cost(compiled).get("flops")
+    info["memory"] = {"none (headline)": _memory(compiled)}
     shapes = flops.Shapes(bc.batch, bc.image_size, bc.instruction_len, bc.instruction_len, bc.target_len)
-    results["analytic_train_flops"] = flops.train_step_flops(model.config, shapes)
-    results["analytic_forward_flops"] = flops.forward_flops(model.config, shapes)
-    return results, tokens
+    info["analytic_train_flops"] = flops.train_step_flops(model.config, shapes)
+    info["analytic_forward_flops"] = flops.forward_flops(model.config, shapes)
+    return fns, info
+
+
+def paired(ref_fns: dict, our_fns: dict, warmup: int, repeats: int, log: Callable[[str], None]
+           ) -> tuple[dict, dict]:
+    """Time each measurement on both sides in alternation (ref, ours, ref, ours, ...), so that both
+    see the same background load; medians of `repeats` after `warmup` runs of each."""
+    ref_times: dict[str, list] = {}
+    our_times: dict[str, list] = {}
+    for name in MEASURED:
+        for _ in range(warmup):
+            ref_fns[name]()
+            our_fns[name]()
+        ref_times[name], our_times[name] = [], []
+        for _ in range(repeats):
+            for fn, times in ((ref_fns[name], ref_times[name]), (our_fns[name], our_times[name])):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+        log(f"  {name}: reference {statistics.median(ref_times[name]):.3f} s, "
+            f"ours {statistics.median(our_times[name]):.3f} s")
+    summary = lambda ts: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),  # noqa: E731
+                          "runs": len(ts), "all_s": [round(t, 4) for t in ts]}
+    return ({k: summary(v) for k, v in ref_times.items()}, {k: summary(v) for k, v in our_times.items()})
 
 
 def _cost(compiled) -> dict[str, float]:
@@ -421,8 +444,13 @@ def compile_times(bc: BenchConfig) -> dict[str, float]:
                 num_query_tokens=4)
             start = time.perf_counter()
             program, _, _ = one_device_program(train_config(small, cfg, scan=scan))
-            program.step_fn.lower(program.abstract_state, program.abstract_frozen, program.abstract_batch).compile()
-            out[f"{layers} layers, scan={'on' if scan else 'off'}"] = time.perf_counter() - start
+            lowered = program.step_fn.lower(program.abstract_state, program.abstract_frozen, program.abstract_batch)
+            traced = time.perf_counter()
+            lowered.compile()
+            done = time.perf_counter()
+            out[f"{layers} layers, scan={'on' if scan else 'off'}"] = {
+                "total_s": done - start, "trace_lower_s": traced - start, "xla_compile_s": done - traced,
+                "hlo_lines": lowered.as_text().count("\n")}
     return out
 
 
@@ -488,8 +516,10 @@ def table(res: dict[str, Any]) -> str:
     rows.append(f"| loss (forward) | {ref['forward_loss']:.5f} | {ours['forward_loss']:.5f} | | | |")
     out = ["\n".join(rows)]
     if res.get("compile"):
-        out.append("| training-step compile (trace + lower + compile), tiny widths | seconds |\n|---|---|\n" +
-                   "\n".join(f"| {k} | {v:.1f} |" for k, v in res["compile"].items()))
+        out.append("| training-step compile, tiny widths, LM layers (half encoder, half decoder) | total s | "
+                   "trace + lower s | XLA compile s | StableHLO lines |\n|---|---|---|---|---|\n" +
+                   "\n".join(f"| {k} | {v['total_s']:.1f} | {v['trace_lower_s']:.1f} | {v['xla_compile_s']:.1f} | "
+                             f"{v['hlo_lines']} |" for k, v in res["compile"].items()))
     if res.get("memory"):
         lines = ["| training-step memory (memory_analysis) | temp | arguments | outputs | peak (args + out - "
                  "aliased + temp) |", "|---|---|---|---|---|"]
@@ -527,10 +557,15 @@ def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("comp
     batch = make_batch(bc)
     log_section("measuring the matmul peak")
     res["peak"] = matmul_peak(bc)
-    log_section("measuring the reference")
-    res["reference"], ref_tokens = bench_reference(bc, hf_model, batch)
-    log_section("measuring ib_jax")
-    res["ours"], our_tokens = bench_ours(bc, model, params, batch)
+    log_section("preparing (compiling) both sides")
+    ref_fns, res["reference"] = prepare_reference(bc, hf_model, batch)
+    our_fns, res["ours"] = prepare_ours(bc, model, params, batch)
+    ref_tokens = {k: np.asarray(ref_fns[k]().numpy())[:, 1:] for k in ("greedy", "beam")}  # drop the start token
+    our_tokens = {k: np.asarray(our_fns[k]()) for k in ("greedy", "beam")}
+    log_section("timing both sides in alternation")
+    ref_times, our_times = paired(ref_fns, our_fns, bc.warmup, bc.repeats, log)
+    res["reference"].update(ref_times)
+    res["ours"].update(our_times)
     res["tokens_match"] = {k: float(np.mean(ref_tokens[k] == our_tokens[k])) for k in ref_tokens}
     for side in ("reference", "ours"):  # (greedy - first token) / (n - 1): one decode step, encode excluded
         r = res[side]
