@@ -41,3 +41,17 @@ def _required_env(name: str, address: str) -> str:
         raise ValueError(f"coordinator {address} is set (config.distributed / IB_JAX_COORDINATOR) but {name} is "
                          "not: every process needs IB_JAX_NUM_PROCESSES and its own IB_JAX_PROCESS_ID")
     return os.environ[name]
+
+
+def barrier(name: str, timeout_seconds: int = 1800) -> None:
+    """Wait until every process reaches `name`, through the coordination service.
+
+    Used before the first collective of a program: processes can finish compiling far apart
+    (one slow host, a loaded machine), and XLA:CPU's Gloo set-up gives up after 30 s, whereas
+    this barrier waits as long as it is told to.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client orbax's barriers use as well
+
+    jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_seconds * 1000)

@@ -23,7 +23,7 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipelines import demo_data, pipeline
-from ib_jax import checkpoint, sharding
+from ib_jax import checkpoint, distributed, sharding
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip
 from ib_jax.train import flops, optimizer as optim
@@ -117,7 +117,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
     model = InstructBlip(from_config_dict(config.model))
     tx = optim.make_optimizer(config.train)
     init = _init_fn(model, example_batch(config))
-    boxed = jax.eval_shape(init, jax.random.key(0))
+    boxed = jax.eval_shape(lambda: init(jax.random.key(0)))  # no eager op: works on compile-only meshes
     boxed_trainable, boxed_frozen = split_params(boxed, config.train.trainable)
     boxed_opt_state = jax.eval_shape(tx.init, boxed_trainable)  # moments keep their parameters' axis names
     shard = lambda tree: sharding.logical_shardings(tree, mesh, rules)  # noqa: E731
@@ -178,7 +178,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             restored = checkpoint.restore(manager, start, merge_params(abstract.trainable, program.abstract_frozen),
                                           abstract.opt_state, data_iterator)
             trainable, frozen = split_params(restored["params"], tcfg.trainable)
-            state = TrainState(step=jnp.asarray(start, jnp.int32), trainable=trainable,
+            step = jax.device_put(jnp.asarray(start, jnp.int32), abstract.step.sharding)
+            state = TrainState(step=step, trainable=trainable,
                                opt_state=restored["opt_state"])
             logger.info("resumed from step %d", start)
 
@@ -187,11 +188,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                               config.data.text_max_len, config.data.target_max_len)
         step_flops = flops.train_step_flops(model_config, shapes) if model_config.lm_type == "t5" else None
         peak = flops.device_peak_flops(jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0))
+        started = time.perf_counter()
+        step_fn = program.step_fn.lower(program.abstract_state, program.abstract_frozen,
+                                        program.abstract_batch).compile()
+        logger.info("train step compiled in %.1f s", time.perf_counter() - started)
+        distributed.barrier("ib_jax_train_step_compiled")
         writer = MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
         preemption = _Preemption()
         last: dict[str, float] = {}
         try:
-            last, finished = _loop(config, state, frozen, program.step_fn, data_iterator, mesh, manager, writer,
+            last, finished = _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer,
                                    preemption, optim.learning_rate_schedule(tcfg), step_flops, peak, start)
         finally:
             preemption.restore()
