@@ -20,7 +20,8 @@ ITEMS = ("params", "opt_state", "data_iterator", "config")
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """`WORKDIR/checkpoints`; bucket URLs (gs://...) are kept as they are for Orbax."""
+    return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
 
 
 def make_manager(workdir: str, every_steps: int = 1, keep: int = 3, async_save: bool = True,
