@@ -6,16 +6,15 @@ Weights: convert the released checkpoint with `python -m ib_jax.convert` and poi
 
 import ml_collections
 
-from configs import common
+from configs import common, data_heldin
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
     config = ml_collections.ConfigDict()
     config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, common.FLAN_T5_XL)
     config.init = ml_collections.ConfigDict(dict(pretrained=""))
     config.mesh = common.mesh(data=-1, fsdp=1, tensor=1)
-    config.train = common.train(batch_size=192)
+    config.train = common.train()
     config.checkpoint = common.checkpoint()
-    config.data = ml_collections.ConfigDict()  # the held-in mixture: see configs/data_heldin.py
+    config.data = data_heldin.get_config(arg or "batch=192")  # the paper's batch size
     return config
