@@ -153,31 +153,14 @@ def load_planned_config(path: str, *, batch_size: int | None = None, mesh: str |
 # FLOPs
 # ------------------------------------------------------------------------------------------
 
-def llama_forward(text, prefix_len: int, text_len: int, target_len: int) -> float:
-    """Vicuna forward over `[queries][instruction][target]`; the head runs on the target slots only."""
-    seq, d, heads, kv_heads = prefix_len + text_len + target_len, text.hidden_size, text.num_heads, text.num_kv_heads
-    head_dim = d // heads
-    projections = 2 * seq * d * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v
-    mlp = 2 * seq * 3 * d * text.intermediate_size                    # SwiGLU: gate, up, down
-    attention = 4 * seq * seq * heads * head_dim                       # scores + weighted sum (dense mask)
-    return text.num_layers * (projections + mlp + attention) + 2 * target_len * d * text.vocab_size
-
-
 def train_step_flops(config) -> float:
-    """Model FLOPs of one step (remat recomputation not counted, as MFU conventionally does)."""
-    from ib_jax.models.configs import T5Config, from_config_dict
+    """Model FLOPs of one step (ib_jax/train/flops.py; remat recomputation not counted)."""
+    from ib_jax.models.configs import from_config_dict
     from ib_jax.train import flops
 
-    model = from_config_dict(config.model)
     d = config.data
     shapes = flops.Shapes(d.global_batch_size, d.image_size, d.qformer_max_len, d.text_max_len, d.target_max_len)
-    if isinstance(model.text, T5Config):
-        return flops.train_step_flops(model, shapes)
-    # Same accounting as flops.train_step_flops: frozen ViT forward only, trainable Q-Former 3x,
-    # frozen LM 2x (forward + input gradients).
-    lm = llama_forward(model.text, model.num_query_tokens, d.text_max_len, d.target_max_len)
-    return d.global_batch_size * (flops.vision_forward(model, shapes) + 3 * flops.qformer_forward(model, shapes)
-                                  + 2 * lm)
+    return flops.train_step_flops(from_config_dict(config.model), shapes)
 
 
 # ------------------------------------------------------------------------------------------

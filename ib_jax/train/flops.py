@@ -1,4 +1,4 @@
-"""Analytic model FLOPs of an InstructBLIP-T5 training step (matmuls and attention; 2 per MAC).
+"""Analytic model FLOPs of an InstructBLIP training step (matmuls and attention; 2 per MAC).
 
 With frozen towers the backward pass does less than 2x the forward: the ViT, ahead of every
 trainable parameter, has no backward at all; the frozen LM needs input gradients (1x its forward)
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ib_jax.models.configs import ModelConfig, T5Config
+from ib_jax.models.configs import LlamaConfig, ModelConfig, T5Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,20 +62,32 @@ def t5_forward(t: T5Config, source_len: int, target_len: int) -> float:
     return encoder + decoder + 2 * target_len * t.d_model * t.vocab_size
 
 
+def llama_forward(text: LlamaConfig, prefix_len: int, text_len: int, target_len: int) -> float:
+    """Vicuna over `[queries][instruction][target]`; the head runs on the target slots only."""
+    seq, d, heads, kv_heads = prefix_len + text_len + target_len, text.hidden_size, text.num_heads, text.num_kv_heads
+    head_dim = d // heads
+    projections = 2 * seq * d * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v
+    mlp = 2 * seq * 3 * d * text.intermediate_size                    # SwiGLU: gate, up, down
+    attention = 4 * seq * seq * heads * head_dim                       # scores + weighted sum (dense mask)
+    return text.num_layers * (projections + mlp + attention) + 2 * target_len * d * text.vocab_size
+
+
+def lm_forward(cfg: ModelConfig, s: Shapes) -> float:
+    prefix_len = s.num_frames * cfg.num_query_tokens
+    if isinstance(cfg.text, T5Config):
+        return t5_forward(cfg.text, prefix_len + s.text_len, s.target_len)
+    return llama_forward(cfg.text, prefix_len, s.text_len, s.target_len)
+
+
 def train_step_flops(cfg: ModelConfig, s: Shapes) -> float:
-    """FLOPs of one training step on a batch (frozen ViT and LM, trainable Q-Former/projection)."""
-    if not isinstance(cfg.text, T5Config):
-        raise NotImplementedError("analytic FLOPs are written for the T5 path")
-    source_len = s.num_frames * cfg.num_query_tokens + s.text_len
-    per_example = (vision_forward(cfg, s) + 3 * qformer_forward(cfg, s)
-                   + 2 * t5_forward(cfg.text, source_len, s.target_len))
-    return s.batch * per_example
+    """FLOPs of one training step on a batch (frozen ViT and LM, trainable Q-Former/projection).
+
+    Remat recomputation is not counted, as MFU conventionally does."""
+    return s.batch * (vision_forward(cfg, s) + 3 * qformer_forward(cfg, s) + 2 * lm_forward(cfg, s))
 
 
 def forward_flops(cfg: ModelConfig, s: Shapes) -> float:
-    source_len = s.num_frames * cfg.num_query_tokens + s.text_len
-    return s.batch * (vision_forward(cfg, s) + qformer_forward(cfg, s) + t5_forward(cfg.text, source_len,
-                                                                                      s.target_len))
+    return s.batch * (vision_forward(cfg, s) + qformer_forward(cfg, s) + lm_forward(cfg, s))
 
 
 # Dense bf16 peak per chip, for the MFU estimate on accelerators (CPU peaks must be measured).

@@ -186,7 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         model_config = program.model.config
         shapes = flops.Shapes(config.data.global_batch_size, config.data.image_size, config.data.qformer_max_len,
                               config.data.text_max_len, config.data.target_max_len)
-        step_flops = flops.train_step_flops(model_config, shapes) if model_config.lm_type == "t5" else None
+        step_flops = flops.train_step_flops(model_config, shapes)
         peak = flops.device_peak_flops(jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0))
         started = time.perf_counter()
         step_fn = program.step_fn.lower(program.abstract_state, program.abstract_frozen,
