@@ -26,6 +26,7 @@ next to `num_examples`.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from typing import Any, Callable, Iterable
@@ -91,7 +92,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
     """Subclasses implement `predict(model, params, batch, rows) -> list of per-row predictions`
     and `reference(batch, row)`; `run` does the bookkeeping shared by all."""
 
@@ -104,8 +105,9 @@ class Evaluator:
                              f"{key[1]!r}; supported: {sorted(_REFERENCE_FIELD)}")
         self.reference_field = _REFERENCE_FIELD[key]
 
+    @abc.abstractmethod
     def predict(self, model, params, batch: dict[str, Any], rows: list[int]) -> list[Any]:
-        raise NotImplementedError
+        """Per-row predictions for the batch rows `rows`."""
 
     def reference(self, batch: dict[str, Any], row: int) -> Any:
         value = _meta(batch, self.reference_field, row)
