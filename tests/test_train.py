@@ -9,6 +9,7 @@ import sys
 import time
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,3 +144,26 @@ def test_sigterm_saves_and_exits_cleanly(data_root, tmp_path):
     assert process.returncode == 0, output[-3000:]
     saved = checkpoint.make_manager(workdir, read_only=True).latest_step()
     assert saved is not None and saved >= 3
+
+
+def test_pretrained_init_trains_only_the_trainable_parameters(data_root, tmp_path):
+    from ib_jax.convert import api
+
+    config = _config(data_root, data=8)
+    config.train.num_steps = 2
+    config.checkpoint.every_steps = 2
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
+    with sharding.activate(mesh, rules):
+        program = trainer.build_program(config, mesh, rules)
+        pretrained = jax.device_get(nn.unbox(program.init(jax.random.key(7))))
+    api.save_converted(str(tmp_path / "pretrained"), model_config(config), pretrained)
+    config.init.pretrained = str(tmp_path / "pretrained")
+    workdir = str(tmp_path / "finetune")
+    trainer.train(config, workdir)
+    _, trained, _ = checkpoint.restore_params(workdir)
+    before = traverse_util.flatten_dict(pretrained, sep="/")
+    after = traverse_util.flatten_dict(trained, sep="/")
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    assert changed, "nothing trained"
+    assert all(path.startswith(("qformer/", "language_projection/", "vision/post_layernorm/")) for path in changed)
+    assert "qformer/query_tokens" in changed

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from data_pipelines import demo_data, pipeline
 from ib_jax import checkpoint, distributed, sharding
 from ib_jax.models.configs import ModelConfig, from_config_dict
-from ib_jax.models.instructblip import InstructBlip
+from ib_jax.models.instructblip import InstructBlip, init_params
 from ib_jax.train import flops, optimizer as optim
 from ib_jax.train.metrics_writer import MetricsWriter
 from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
@@ -51,21 +51,19 @@ def example_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtype
             "labels": ints(d.target_max_len)}
 
 
-def _init_fn(model: InstructBlip, batch: dict[str, Any]):
-    def init(rng):
-        batch_ = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()}
-        return model.init(rng, batch_["pixel_values"], batch_["qformer_input_ids"], batch_["qformer_attention_mask"],
-                          batch_["input_ids"], batch_["attention_mask"], labels=batch_["labels"])["params"]
-    return init
+def _init_fn(model: InstructBlip, batch: dict[str, jax.ShapeDtypeStruct]) -> Callable[[jax.Array], Any]:
+    """rng -> boxed params, for a batch given by shapes only."""
+    return lambda rng: init_params(model, rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()})
 
 
 def _pretrained_params(config: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
     from ib_jax.convert import api
 
     path = config.init.pretrained
-    loaded_config, params = (api.load_converted(path, scan_layers=model_config.scan_layers)
-                             if api.is_converted_directory(path)
-                             else api.convert_hf(path, scan_layers=model_config.scan_layers)[::2])
+    if api.is_converted_directory(path):
+        loaded_config, params = api.load_converted(path, scan_layers=model_config.scan_layers)
+    else:
+        loaded_config, params, _ = api.convert_hf(path, scan_layers=model_config.scan_layers)
     arch = lambda c: (c.vision, c.qformer, c.text, c.num_query_tokens)  # noqa: E731
     if arch(loaded_config) != arch(model_config):
         raise ValueError(f"config.init.pretrained={path} has another architecture than config.model")
