@@ -1,20 +1,15 @@
-"""InstructBLIP FlanT5-XXL (released architecture): EVA ViT-g + Q-Former + FlanT5-XXL.
+"""InstructBLIP FlanT5-XXL (released architecture): the FlanT5-XL config with FlanT5-XXL as the LM.
 
 Weights: convert the released checkpoint with `python -m ib_jax.convert` and point
-`config.init.pretrained` at the output. Data: the paper's held-in mixture (data_pipelines).
+`config.init.pretrained` at the output. Data: the paper's held-in mixture (configs/data_heldin.py).
 """
 
 import ml_collections
 
-from configs import common, data_heldin
+from configs import common, instructblip_flant5xl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, common.FLAN_T5_XXL)
-    config.init = ml_collections.ConfigDict(dict(pretrained=""))
-    config.mesh = common.mesh(data=-1, fsdp=1, tensor=1)
-    config.train = common.train()
-    config.checkpoint = common.checkpoint()
-    config.data = data_heldin.get_config(arg or "batch=192")  # the paper's batch size
+    config = instructblip_flant5xl.get_config(arg)
+    config.model.text = dict(common.FLAN_T5_XXL)
     return config

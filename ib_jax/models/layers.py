@@ -201,6 +201,28 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | 
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
 
 
+def cached_key_value(module: nn.Module, key: Array, value: Array, decode_mode: str | None, max_decode_length: int,
+                     position: Array | None) -> tuple[Array, Array]:
+    """The decode cache of a self-attention, shared by the T5 and LLaMA decoders.
+
+    key/value [B, T, H, Dh]. "prefill" writes the T prompt positions at slot 0 and returns them (the
+    prompt attends to itself); "step" writes one position at `position` and returns the whole cache
+    [B, max_decode_length, H, Dh] (the caller masks the slots not written yet).
+    """
+    if decode_mode is None:
+        return key, value
+    batch, _, heads, head_dim = key.shape
+    shape = (batch, max_decode_length, heads, head_dim)
+    cached_key = module.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+    cached_value = module.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+    start = (0, 0 if decode_mode == "prefill" else position, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+    if decode_mode == "prefill":
+        return key, value
+    return cached_key.value, cached_value.value
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,

@@ -81,25 +81,11 @@ class LlamaAttention(nn.Module):
         query = apply_rotary(self._project("q_proj", x, cfg.num_heads), positions, cfg.rope_theta)
         key = apply_rotary(self._project("k_proj", x, cfg.num_kv_heads), positions, cfg.rope_theta)
         value = self._project("v_proj", x, cfg.num_kv_heads)
-        key, value = self._cached_key_value(key, value, slot)
+        key, value = layers.cached_key_value(self, key, value, self.decode_mode, self.max_decode_length, slot)
         out = layers.dot_product_attention(query, key, value, bias=bias, scale=cfg.head_dim ** -0.5)
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
         return layers.DenseGeneral(cfg.hidden_size, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
                                    use_bias=False, name="o_proj", dtype=self.dtype, param_dtype=self.param_dtype)(out)
-
-    def _cached_key_value(self, key: Array, value: Array, slot: Array | None) -> tuple[Array, Array]:
-        if self.decode_mode is None:
-            return key, value
-        batch, _, heads, head_dim = key.shape
-        shape = (batch, self.max_decode_length, heads, head_dim)
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
-        start = (0, 0 if self.decode_mode == "prefill" else slot, 0, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-        if self.decode_mode == "prefill":
-            return key, value  # the prompt attends to itself only; the empty slots would be masked anyway
-        return cached_key.value, cached_value.value
 
 
 class LlamaMLP(nn.Module):

@@ -87,7 +87,8 @@ class T5Attention(nn.Module):
             key, value = self._cross_key_value(kv_inputs)
         else:
             key, value = self._project("k", x), self._project("v", x)
-            key, value = self._self_key_value(key, value, position)
+            key, value = layers.cached_key_value(self, key, value, self.decode_mode, self.max_decode_length,
+                                                 position)
         out = layers.dot_product_attention(query, key, value, bias=bias)
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
         return layers.DenseGeneral(self.config.d_model, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
@@ -102,21 +103,6 @@ class T5Attention(nn.Module):
             return key, value
         # The encoder output was projected once, at prefill, instead of once per token.
         return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
-
-    def _self_key_value(self, key: Array, value: Array, position: Array | None) -> tuple[Array, Array]:
-        if self.decode_mode is None:
-            return key, value
-        batch, length, heads, d_kv = key.shape
-        shape = (batch, self.max_decode_length, heads, d_kv)
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
-        if self.decode_mode == "prefill":
-            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, 0, 0))
-            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, 0, 0, 0))
-            return key, value
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, position, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, position, 0, 0))
-        return cached_key.value, cached_value.value
 
 
 class T5FeedForward(nn.Module):
