@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test venv venv-test clean
+.PHONY: demo test lint format venv venv-test clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,16 @@ venv-test: $(VENV)/.test
 demo: $(VENV)/.runtime
 	$(PY) -m ib_jax.train --config=configs/demo.py --workdir=$(WORKDIR)
 
-test: $(VENV)/.test
+# Style is checked before any test runs: a formatting or lint error fails `make test` (and CI).
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(PY) -m pytest -n 2 -q tests
 
 clean:

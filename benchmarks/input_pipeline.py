@@ -7,6 +7,7 @@ VQAv2-style (LAVIS) annotation file into a temporary directory, then times the r
 pipeline (`build_train_dataset`: decode, template, bicubic resize, CLIP normalize, WordPiece +
 SentencePiece, batch) after a warm-up. Prints one JSON line per worker count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,57 +27,86 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "came
 
 
 def write_jpegs(root: str, num_images: int) -> str:
-  """JPEG photos + a LAVIS VQAv2 annotation file; returns the annotation path."""
-  os.makedirs(os.path.join(root, "images"), exist_ok=True)
-  rng = np.random.default_rng(0)
-  photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((800, 600))
-            for name in PHOTOS]
-  rows = []
-  for i in tqdm(range(num_images), desc="writing JPEGs", leave=False):
-    photo = photos[i % len(photos)]
-    left, top = int(rng.integers(0, 160)), int(rng.integers(0, 120))
-    name = f"{i:06d}.jpg"
-    photo.crop((left, top, left + 640, top + 480)).save(os.path.join(root, "images", name), quality=90)
-    rows.append({"question_id": i, "question": "what is shown in the picture?",
-                 "answer": ["a photo"] * 10, "image": name})
-  ann_path = os.path.join(root, "vqa.json")
-  with open(ann_path, "w") as f:
-    json.dump(rows, f)
-  return ann_path
+    """JPEG photos + a LAVIS VQAv2 annotation file; returns the annotation path."""
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    rng = np.random.default_rng(0)
+    photos = [
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((800, 600))
+        for name in PHOTOS
+    ]
+    rows = []
+    for i in tqdm(range(num_images), desc="writing JPEGs", leave=False):
+        photo = photos[i % len(photos)]
+        left, top = int(rng.integers(0, 160)), int(rng.integers(0, 120))
+        name = f"{i:06d}.jpg"
+        photo.crop((left, top, left + 640, top + 480)).save(
+            os.path.join(root, "images", name), quality=90
+        )
+        rows.append(
+            {
+                "question_id": i,
+                "question": "what is shown in the picture?",
+                "answer": ["a photo"] * 10,
+                "image": name,
+            }
+        )
+    ann_path = os.path.join(root, "vqa.json")
+    with open(ann_path, "w") as f:
+        json.dump(rows, f)
+    return ann_path
 
 
 def measure(root: str, ann_path: str, workers: int, batch_size: int, batches: int) -> dict:
-  config = {
-      "datasets": [{"name": "vqav2", "ann_path": ann_path, "image_root": os.path.join(root, "images")}],
-      "image_size": 224, "qformer_max_len": 64, "text_max_len": 128, "target_max_len": 16,
-      "qformer_vocab": demo_data.DEMO_VOCAB, "lm_spm": demo_data.DEMO_SPM,
-      "global_batch_size": batch_size, "seed": 0, "worker_count": workers, "max_bad_fraction": 0.0,
-      "augment": False, "prefetch_batches": 2,
-  }
-  iterator = iter(pipeline.build_train_dataset(config, process_index=0, process_count=1))
-  for _ in range(3):  # warm-up: worker start, tokenizer load, first buffers
-    next(iterator)
-  start = time.perf_counter()
-  for _ in tqdm(range(batches), desc=f"workers={workers}", leave=False):
-    next(iterator)
-  seconds = time.perf_counter() - start
-  iterator.close()
-  return {"workers": workers, "image_size": 224, "batch_size": batch_size, "batches": batches,
-          "examples_per_s": round(batches * batch_size / seconds, 1), "cpus": os.cpu_count()}
+    config = {
+        "datasets": [
+            {"name": "vqav2", "ann_path": ann_path, "image_root": os.path.join(root, "images")}
+        ],
+        "image_size": 224,
+        "qformer_max_len": 64,
+        "text_max_len": 128,
+        "target_max_len": 16,
+        "qformer_vocab": demo_data.DEMO_VOCAB,
+        "lm_spm": demo_data.DEMO_SPM,
+        "global_batch_size": batch_size,
+        "seed": 0,
+        "worker_count": workers,
+        "max_bad_fraction": 0.0,
+        "augment": False,
+        "prefetch_batches": 2,
+    }
+    iterator = iter(pipeline.build_train_dataset(config, process_index=0, process_count=1))
+    for _ in range(3):  # warm-up: worker start, tokenizer load, first buffers
+        next(iterator)
+    start = time.perf_counter()
+    for _ in tqdm(range(batches), desc=f"workers={workers}", leave=False):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    iterator.close()
+    return {
+        "workers": workers,
+        "image_size": 224,
+        "batch_size": batch_size,
+        "batches": batches,
+        "examples_per_s": round(batches * batch_size / seconds, 1),
+        "cpus": os.cpu_count(),
+    }
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--num_images", type=int, default=256)
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--batches", type=int, default=20)
-  parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
-  args = parser.parse_args()
-  with tempfile.TemporaryDirectory() as root:
-    ann_path = write_jpegs(root, args.num_images)
-    for workers in (int(w) for w in args.workers.split(",")):
-      print(json.dumps(measure(root, ann_path, workers, args.batch_size, args.batches)), flush=True)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--num_images", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        ann_path = write_jpegs(root, args.num_images)
+        for workers in (int(w) for w in args.workers.split(",")):
+            print(
+                json.dumps(measure(root, ann_path, workers, args.batch_size, args.batches)),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -33,7 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,20 +51,23 @@ class BenchConfig:
     num_query_tokens: int = 32
     qformer_vocab: int = 30523
     t5_width: int = 256
-    t5_layers: int = 4            # encoder layers = decoder layers
+    t5_layers: int = 4  # encoder layers = decoder layers
     t5_heads: int = 4
     t5_d_kv: int = 64
     t5_d_ff: int = 1024
     vocab_size: int = 32128
     batch: int = 8
-    instruction_len: int = 24     # LM instruction tokens and Q-Former instruction tokens
+    instruction_len: int = 24  # LM instruction tokens and Q-Former instruction tokens
     target_len: int = 12
     new_tokens: int = 20
     num_beams: int = 5
     warmup: int = 2
     repeats: int = 7
     matmul_size: int = 2048
-    compile_layers: tuple[int, ...] = (12, 48)   # total LM layers (half encoder, half decoder), tiny widths
+    compile_layers: tuple[int, ...] = (
+        12,
+        48,
+    )  # total LM layers (half encoder, half decoder), tiny widths
     compile_width: int = 32
     compile_scan: tuple[bool, ...] = (False, True)
     memory_remat: tuple[str, ...] = ("none", "dots_no_batch", "full")
@@ -77,16 +81,40 @@ class BenchConfig:
 
 def tiny() -> BenchConfig:
     """Small enough that the whole suite runs in well under a minute (tests)."""
-    return BenchConfig(vision_width=32, vision_layers=1, image_size=56, qformer_width=32, qformer_layers=2,
-                       num_query_tokens=4, qformer_vocab=128, t5_width=32, t5_layers=1, t5_heads=4, t5_d_kv=8,
-                       t5_d_ff=64, vocab_size=256, batch=2, instruction_len=6, target_len=4, new_tokens=4,
-                       num_beams=2, warmup=1, repeats=2, matmul_size=128, compile_layers=(2, 4), compile_width=16,
-                       memory_remat=("none", "full"), pipeline_images=8, pipeline_batches=2)
+    return BenchConfig(
+        vision_width=32,
+        vision_layers=1,
+        image_size=56,
+        qformer_width=32,
+        qformer_layers=2,
+        num_query_tokens=4,
+        qformer_vocab=128,
+        t5_width=32,
+        t5_layers=1,
+        t5_heads=4,
+        t5_d_kv=8,
+        t5_d_ff=64,
+        vocab_size=256,
+        batch=2,
+        instruction_len=6,
+        target_len=4,
+        new_tokens=4,
+        num_beams=2,
+        warmup=1,
+        repeats=2,
+        matmul_size=128,
+        compile_layers=(2, 4),
+        compile_width=16,
+        memory_remat=("none", "full"),
+        pipeline_images=8,
+        pipeline_batches=2,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Threads
 # ---------------------------------------------------------------------------------------------
+
 
 def pin_threads(threads: int) -> int:
     """Pin this process to `threads` cores and set XLA's flags; call before jax's backend starts."""
@@ -98,6 +126,7 @@ def pin_threads(threads: int) -> int:
     flags += f" intra_op_parallelism_threads={threads}"
     os.environ["XLA_FLAGS"] = flags.strip()
     import torch
+
     torch.set_num_threads(threads)
     return threads
 
@@ -106,6 +135,7 @@ def pin_threads(threads: int) -> int:
 # The shared model and batch
 # ---------------------------------------------------------------------------------------------
 
+
 def image_token(bc: BenchConfig) -> int:
     return bc.vocab_size - 1
 
@@ -113,19 +143,50 @@ def image_token(bc: BenchConfig) -> int:
 def hf_config(bc: BenchConfig):
     from transformers import InstructBlipConfig
 
-    vision = dict(hidden_size=bc.vision_width, intermediate_size=4 * bc.vision_width,
-                  num_hidden_layers=bc.vision_layers, num_attention_heads=bc.heads, image_size=bc.image_size,
-                  patch_size=bc.patch_size, attention_dropout=0.0)
-    qformer = dict(vocab_size=bc.qformer_vocab, hidden_size=bc.qformer_width, intermediate_size=4 * bc.qformer_width,
-                   num_hidden_layers=bc.qformer_layers, num_attention_heads=max(1, bc.qformer_width // 64),
-                   max_position_embeddings=512, cross_attention_frequency=bc.cross_attention_frequency,
-                   encoder_hidden_size=bc.vision_width, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    text = dict(model_type="t5", vocab_size=bc.vocab_size, d_model=bc.t5_width, d_kv=bc.t5_d_kv, d_ff=bc.t5_d_ff,
-                num_layers=bc.t5_layers, num_decoder_layers=bc.t5_layers, num_heads=bc.t5_heads,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text,
-                              num_query_tokens=bc.num_query_tokens, image_token_index=image_token(bc))
+    vision = dict(
+        hidden_size=bc.vision_width,
+        intermediate_size=4 * bc.vision_width,
+        num_hidden_layers=bc.vision_layers,
+        num_attention_heads=bc.heads,
+        image_size=bc.image_size,
+        patch_size=bc.patch_size,
+        attention_dropout=0.0,
+    )
+    qformer = dict(
+        vocab_size=bc.qformer_vocab,
+        hidden_size=bc.qformer_width,
+        intermediate_size=4 * bc.qformer_width,
+        num_hidden_layers=bc.qformer_layers,
+        num_attention_heads=max(1, bc.qformer_width // 64),
+        max_position_embeddings=512,
+        cross_attention_frequency=bc.cross_attention_frequency,
+        encoder_hidden_size=bc.vision_width,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    text = dict(
+        model_type="t5",
+        vocab_size=bc.vocab_size,
+        d_model=bc.t5_width,
+        d_kv=bc.t5_d_kv,
+        d_ff=bc.t5_d_ff,
+        num_layers=bc.t5_layers,
+        num_decoder_layers=bc.t5_layers,
+        num_heads=bc.t5_heads,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return InstructBlipConfig(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=bc.num_query_tokens,
+        image_token_index=image_token(bc),
+    )
 
 
 def build_reference(bc: BenchConfig, seed: int = 0):
@@ -150,12 +211,17 @@ def make_batch(bc: BenchConfig, seed: int = 1) -> dict[str, np.ndarray]:
     mask = np.ones((b, li), np.int32)
     labels = rng.integers(3, image_token(bc), (b, lt)).astype(np.int32)
     for row in range(b // 2, b):
-        qformer_ids[row, -li // 4:], qformer_mask[row, -li // 4:] = 0, 0
-        input_ids[row, -li // 3:], mask[row, -li // 3:] = 0, 0
-        labels[row, -lt // 4:] = -100
-    return {"pixel_values": rng.normal(size=(b, bc.image_size, bc.image_size, 3)).astype(np.float32),
-            "qformer_input_ids": qformer_ids, "qformer_attention_mask": qformer_mask,
-            "input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        qformer_ids[row, -li // 4 :], qformer_mask[row, -li // 4 :] = 0, 0
+        input_ids[row, -li // 3 :], mask[row, -li // 3 :] = 0, 0
+        labels[row, -lt // 4 :] = -100
+    return {
+        "pixel_values": rng.normal(size=(b, bc.image_size, bc.image_size, 3)).astype(np.float32),
+        "qformer_input_ids": qformer_ids,
+        "qformer_attention_mask": qformer_mask,
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": labels,
+    }
 
 
 def to_hf(bc: BenchConfig, batch: dict[str, np.ndarray], labels: bool = True) -> dict[str, Any]:
@@ -164,12 +230,19 @@ def to_hf(bc: BenchConfig, batch: dict[str, np.ndarray], labels: bool = True) ->
 
     b = batch["input_ids"].shape[0]
     placeholders = np.full((b, bc.num_query_tokens), image_token(bc), np.int64)
-    out = {"pixel_values": torch.from_numpy(batch["pixel_values"].transpose(0, 3, 1, 2).copy()),
-           "qformer_input_ids": torch.from_numpy(batch["qformer_input_ids"].astype(np.int64)),
-           "qformer_attention_mask": torch.from_numpy(batch["qformer_attention_mask"].astype(np.int64)),
-           "input_ids": torch.from_numpy(np.concatenate([placeholders, batch["input_ids"]], 1)),
-           "attention_mask": torch.from_numpy(np.concatenate([np.ones_like(placeholders),
-                                                              batch["attention_mask"]], 1).astype(np.int64))}
+    out = {
+        "pixel_values": torch.from_numpy(batch["pixel_values"].transpose(0, 3, 1, 2).copy()),
+        "qformer_input_ids": torch.from_numpy(batch["qformer_input_ids"].astype(np.int64)),
+        "qformer_attention_mask": torch.from_numpy(
+            batch["qformer_attention_mask"].astype(np.int64)
+        ),
+        "input_ids": torch.from_numpy(np.concatenate([placeholders, batch["input_ids"]], 1)),
+        "attention_mask": torch.from_numpy(
+            np.concatenate([np.ones_like(placeholders), batch["attention_mask"]], 1).astype(
+                np.int64
+            )
+        ),
+    }
     if labels:
         out["labels"] = torch.from_numpy(batch["labels"].astype(np.int64))
     return out
@@ -183,13 +256,28 @@ def train_config(bc: BenchConfig, model_config, *, scan: bool = False, remat: st
     from ib_jax.models.configs import to_config_dict
 
     config = ml_collections.ConfigDict()
-    config.model = to_config_dict(dataclasses.replace(model_config, scan_layers=scan, remat_policy=remat,
-                                                      dtype="float32", param_dtype="float32"))
-    config.data = ml_collections.ConfigDict(dict(global_batch_size=bc.batch, image_size=bc.image_size,
-                                                 qformer_max_len=bc.instruction_len, text_max_len=bc.instruction_len,
-                                                 target_max_len=bc.target_len))
+    config.model = to_config_dict(
+        dataclasses.replace(
+            model_config,
+            scan_layers=scan,
+            remat_policy=remat,
+            dtype="float32",
+            param_dtype="float32",
+        )
+    )
+    config.data = ml_collections.ConfigDict(
+        dict(
+            global_batch_size=bc.batch,
+            image_size=bc.image_size,
+            qformer_max_len=bc.instruction_len,
+            text_max_len=bc.instruction_len,
+            target_max_len=bc.target_len,
+        )
+    )
     config.mesh = common.mesh(data=1)
-    config.train = common.train(frozen_dtype="float32", warmup_steps=10, num_steps=1000, learning_rate=1e-5)
+    config.train = common.train(
+        frozen_dtype="float32", warmup_steps=10, num_steps=1000, learning_rate=1e-5
+    )
     config.init = ml_collections.ConfigDict(dict(pretrained=""))
     return config
 
@@ -200,7 +288,10 @@ def one_device_program(config):
     from ib_jax import sharding
     from ib_jax.train import trainer
 
-    mesh, rules = sharding.make_mesh(config.mesh, jax.devices()[:1]), sharding.axis_rules(config.mesh)
+    mesh, rules = (
+        sharding.make_mesh(config.mesh, jax.devices()[:1]),
+        sharding.axis_rules(config.mesh),
+    )
     with sharding.activate(mesh, rules):
         return trainer.build_program(config, mesh, rules), mesh, rules
 
@@ -208,6 +299,7 @@ def one_device_program(config):
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
+
 
 def timed(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
     for _ in range(warmup):
@@ -217,7 +309,12 @@ def timed(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "runs": repeats,
+    }
 
 
 def load_snapshot() -> str:
@@ -225,10 +322,19 @@ def load_snapshot() -> str:
     load = os.getloadavg()
     try:
         import subprocess
-        top = subprocess.run(["ps", "-eo", "pcpu,pid,args", "--sort=-pcpu"], capture_output=True, text=True,
-                             timeout=10).stdout.splitlines()[1:4]
+
+        top = subprocess.run(
+            ["ps", "-eo", "pcpu,pid,args", "--sort=-pcpu"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()[1:4]
         mine = str(os.getpid())
-        top = [" ".join(line.split()[:1] + line.split()[2:5])[:90] for line in top if line.split()[1] != mine]
+        top = [
+            " ".join(line.split()[:1] + line.split()[2:5])[:90]
+            for line in top
+            if line.split()[1] != mine
+        ]
     except Exception:  # noqa: BLE001 - informational only
         top = []
     return f"loadavg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; busiest others: {top}"
@@ -241,11 +347,15 @@ def load_snapshot() -> str:
 MEASURED = ("train_step", "forward", "greedy", "beam", "first_token")
 
 
-def prepare_reference(bc: BenchConfig, hf_model, batch) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+def prepare_reference(
+    bc: BenchConfig, hf_model, batch
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """The reference's measured calls (name -> fn) and facts about them."""
     import torch
 
-    info: dict[str, Any] = {"attn_implementation": getattr(hf_model.config, "_attn_implementation", None)}
+    info: dict[str, Any] = {
+        "attn_implementation": getattr(hf_model.config, "_attn_implementation", None)
+    }
     inputs = to_hf(bc, batch)
     gen_inputs = to_hf(bc, batch, labels=False)
     fns: dict[str, Callable[[], Any]] = {}
@@ -254,15 +364,27 @@ def prepare_reference(bc: BenchConfig, hf_model, batch) -> tuple[dict[str, Calla
         hf_model.eval()
         with torch.no_grad():
             return hf_model(**inputs)
+
     fns["forward"] = forward
     info["forward_loss"] = float(forward().loss)
 
-    for name, beams, new in (("greedy", 1, bc.new_tokens), ("beam", bc.num_beams, bc.new_tokens), ("first_token", 1, 1)):
+    for name, beams, new in (
+        ("greedy", 1, bc.new_tokens),
+        ("beam", bc.num_beams, bc.new_tokens),
+        ("first_token", 1, 1),
+    ):
+
         def generate(beams=beams, new=new):
             hf_model.eval()
             with torch.no_grad():
-                return hf_model.generate(**gen_inputs, max_new_tokens=new, min_new_tokens=new,
-                                         num_beams=beams, do_sample=False)
+                return hf_model.generate(
+                    **gen_inputs,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    num_beams=beams,
+                    do_sample=False,
+                )
+
         fns[name] = generate
 
     # Training: frozen ViT (its post_layernorm, LAVIS's ln_vision, trains as in ours) and frozen LM.
@@ -282,12 +404,15 @@ def prepare_reference(bc: BenchConfig, hf_model, batch) -> tuple[dict[str, Calla
         loss.backward()
         optimizer.step()
         return loss
+
     fns["train_step"] = train_step
     info["trainable_params"] = sum(p.numel() for p in trainable)
     return fns, info
 
 
-def prepare_ours(bc: BenchConfig, model, params, batch) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+def prepare_ours(
+    bc: BenchConfig, model, params, batch
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """Our measured calls (name -> fn, compiled here) and facts about them."""
     import jax
     import jax.numpy as jnp
@@ -302,15 +427,31 @@ def prepare_ours(bc: BenchConfig, model, params, batch) -> tuple[dict[str, Calla
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
     params = jax.device_put(params)
 
-    forward = jax.jit(lambda p, b: (lambda out: (out.logits, out.loss))(model.apply({"params": p}, **b)))
+    forward = jax.jit(
+        lambda p, b: (lambda out: (out.logits, out.loss))(model.apply({"params": p}, **b))
+    )
     fns["forward"] = lambda: jax.block_until_ready(forward(params, device_batch))
     info["forward_loss"] = float(forward(params, device_batch)[1])
 
     gen_batch = {k: v for k, v in device_batch.items() if k != "labels"}
-    for name, beams, new in (("greedy", 1, bc.new_tokens), ("beam", bc.num_beams, bc.new_tokens), ("first_token", 1, 1)):
+    for name, beams, new in (
+        ("greedy", 1, bc.new_tokens),
+        ("beam", bc.num_beams, bc.new_tokens),
+        ("first_token", 1, 1),
+    ):
+
         def generate(beams=beams, new=new):
-            return jax.block_until_ready(ib_jax.generate(model, params, gen_batch, max_new_tokens=new,
-                                                         min_new_tokens=new, num_beams=beams))
+            return jax.block_until_ready(
+                ib_jax.generate(
+                    model,
+                    params,
+                    gen_batch,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    num_beams=beams,
+                )
+            )
+
         start = time.perf_counter()
         generate()
         info[f"{name}_compile_s"] = time.perf_counter() - start
@@ -326,32 +467,38 @@ def prepare_ours(bc: BenchConfig, model, params, batch) -> tuple[dict[str, Calla
         # The step donates its state: copy, so that `params` (forward, generate) stays alive.
         trainable = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), trainable)
         frozen = jax.device_put(frozen, shardings_of(program.abstract_frozen))
-        opt_state = jax.jit(program.optimizer.init,
-                            out_shardings=shardings_of(program.abstract_state.opt_state))(trainable)
+        opt_state = jax.jit(
+            program.optimizer.init, out_shardings=shardings_of(program.abstract_state.opt_state)
+        )(trainable)
         state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state)
         step_batch = sharding.global_batch(batch, mesh)
         start = time.perf_counter()
-        compiled = program.step_fn.lower(program.abstract_state, program.abstract_frozen,
-                                         program.abstract_batch).compile()
+        compiled = program.step_fn.lower(
+            program.abstract_state, program.abstract_frozen, program.abstract_batch
+        ).compile()
         info["train_compile_s"] = time.perf_counter() - start
     holder = {"state": state}
 
     def train_step():
         holder["state"], metrics = compiled(holder["state"], frozen, step_batch)
         return jax.block_until_ready(metrics)
+
     fns["train_step"] = train_step
     info["train_first_loss"] = float(train_step()["loss"])
     info["trainable_params"] = int(sum(x.size for x in jax.tree_util.tree_leaves(trainable)))
     info["compiled_flops"] = _cost(compiled).get("flops")
     info["memory"] = {"none (headline)": _memory(compiled)}
-    shapes = flops.Shapes(bc.batch, bc.image_size, bc.instruction_len, bc.instruction_len, bc.target_len)
+    shapes = flops.Shapes(
+        bc.batch, bc.image_size, bc.instruction_len, bc.instruction_len, bc.target_len
+    )
     info["analytic_train_flops"] = flops.train_step_flops(model.config, shapes)
     info["analytic_forward_flops"] = flops.forward_flops(model.config, shapes)
     return fns, info
 
 
-def paired(ref_fns: dict, our_fns: dict, warmup: int, repeats: int, log: Callable[[str], None]
-           ) -> tuple[dict, dict]:
+def paired(
+    ref_fns: dict, our_fns: dict, warmup: int, repeats: int, log: Callable[[str], None]
+) -> tuple[dict, dict]:
     """Time each measurement on both sides in alternation (ref, ours, ref, ours, ...), so that both
     see the same background load; medians of `repeats` after `warmup` runs of each."""
     ref_times: dict[str, list] = {}
@@ -366,11 +513,24 @@ def paired(ref_fns: dict, our_fns: dict, warmup: int, repeats: int, log: Callabl
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
-        log(f"  {name}: reference {statistics.median(ref_times[name]):.3f} s, "
-            f"ours {statistics.median(our_times[name]):.3f} s")
-    summary = lambda ts: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),  # noqa: E731
-                          "runs": len(ts), "all_s": [round(t, 4) for t in ts]}
-    return ({k: summary(v) for k, v in ref_times.items()}, {k: summary(v) for k, v in our_times.items()})
+        log(
+            f"  {name}: reference {statistics.median(ref_times[name]):.3f} s, "
+            f"ours {statistics.median(our_times[name]):.3f} s"
+        )
+
+    def summary(ts):
+        return {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "runs": len(ts),
+            "all_s": [round(t, 4) for t in ts],
+        }
+
+    return (
+        {k: summary(v) for k, v in ref_times.items()},
+        {k: summary(v) for k, v in our_times.items()},
+    )
 
 
 def _cost(compiled) -> dict[str, float]:
@@ -384,10 +544,19 @@ def _memory(compiled) -> dict[str, int]:
     m = compiled.memory_analysis()
     if m is None:
         return {}
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+    )
     out = {f: int(getattr(m, f, 0) or 0) for f in fields}
-    out["peak_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"] - out["alias_size_in_bytes"]
-                         + out["temp_size_in_bytes"])
+    out["peak_bytes"] = (
+        out["argument_size_in_bytes"]
+        + out["output_size_in_bytes"]
+        - out["alias_size_in_bytes"]
+        + out["temp_size_in_bytes"]
+    )
     return out
 
 
@@ -405,9 +574,14 @@ def matmul_peak(bc: BenchConfig) -> dict[str, float]:
     xla = timed(lambda: dot(a, b).block_until_ready(), 2, max(5, bc.repeats))
     ta, tb = torch.randn(n, n), torch.randn(n, n)
     tor = timed(lambda: torch.mm(ta, tb), 2, max(5, bc.repeats))
-    flop = 2.0 * n ** 3
-    return {"size": n, "xla_flops_per_s": flop / xla["median_s"], "xla_best_flops_per_s": flop / xla["min_s"],
-            "torch_flops_per_s": flop / tor["median_s"], "torch_best_flops_per_s": flop / tor["min_s"]}
+    flop = 2.0 * n**3
+    return {
+        "size": n,
+        "xla_flops_per_s": flop / xla["median_s"],
+        "xla_best_flops_per_s": flop / xla["min_s"],
+        "torch_flops_per_s": flop / tor["median_s"],
+        "torch_best_flops_per_s": flop / tor["min_s"],
+    }
 
 
 def memory_by_remat(bc: BenchConfig, model_config, headline: dict) -> dict[str, dict]:
@@ -417,8 +591,9 @@ def memory_by_remat(bc: BenchConfig, model_config, headline: dict) -> dict[str, 
             out["none"] = headline
             continue
         program, _, _ = one_device_program(train_config(bc, model_config, remat=remat))
-        compiled = program.step_fn.lower(program.abstract_state, program.abstract_frozen,
-                                         program.abstract_batch).compile()
+        compiled = program.step_fn.lower(
+            program.abstract_state, program.abstract_frozen, program.abstract_batch
+        ).compile()
         out[remat] = _memory(compiled) | {"flops": _cost(compiled).get("flops")}
     return out
 
@@ -428,29 +603,62 @@ def compile_times(bc: BenchConfig) -> dict[str, float]:
     from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
 
     w = bc.compile_width
-    small = dataclasses.replace(bc, image_size=2 * bc.patch_size, batch=2, instruction_len=8, target_len=4,
-                                num_query_tokens=4)
+    small = dataclasses.replace(
+        bc,
+        image_size=2 * bc.patch_size,
+        batch=2,
+        instruction_len=8,
+        target_len=4,
+        num_query_tokens=4,
+    )
     out = {}
     for layers in bc.compile_layers:
         for scan in bc.compile_scan:
             cfg = ModelConfig(
-                vision=VisionConfig(hidden_size=w, intermediate_size=2 * w, num_layers=2, num_heads=2,
-                                    image_size=small.image_size, patch_size=bc.patch_size),
-                qformer=QFormerConfig(vocab_size=64, hidden_size=w, intermediate_size=2 * w, num_layers=2,
-                                      num_heads=2, max_position_embeddings=32, encoder_hidden_size=w),
-                text=T5Config(vocab_size=64, d_model=w, d_kv=8, d_ff=2 * w, num_heads=2, num_layers=layers // 2,
-                              num_decoder_layers=layers // 2, relative_attention_num_buckets=8,
-                              relative_attention_max_distance=16),
-                num_query_tokens=4)
+                vision=VisionConfig(
+                    hidden_size=w,
+                    intermediate_size=2 * w,
+                    num_layers=2,
+                    num_heads=2,
+                    image_size=small.image_size,
+                    patch_size=bc.patch_size,
+                ),
+                qformer=QFormerConfig(
+                    vocab_size=64,
+                    hidden_size=w,
+                    intermediate_size=2 * w,
+                    num_layers=2,
+                    num_heads=2,
+                    max_position_embeddings=32,
+                    encoder_hidden_size=w,
+                ),
+                text=T5Config(
+                    vocab_size=64,
+                    d_model=w,
+                    d_kv=8,
+                    d_ff=2 * w,
+                    num_heads=2,
+                    num_layers=layers // 2,
+                    num_decoder_layers=layers // 2,
+                    relative_attention_num_buckets=8,
+                    relative_attention_max_distance=16,
+                ),
+                num_query_tokens=4,
+            )
             start = time.perf_counter()
             program, _, _ = one_device_program(train_config(small, cfg, scan=scan))
-            lowered = program.step_fn.lower(program.abstract_state, program.abstract_frozen, program.abstract_batch)
+            lowered = program.step_fn.lower(
+                program.abstract_state, program.abstract_frozen, program.abstract_batch
+            )
             traced = time.perf_counter()
             lowered.compile()
             done = time.perf_counter()
             out[f"{layers} layers, scan={'on' if scan else 'off'}"] = {
-                "total_s": done - start, "trace_lower_s": traced - start, "xla_compile_s": done - traced,
-                "hlo_lines": lowered.as_text().count("\n")}
+                "total_s": done - start,
+                "trace_lower_s": traced - start,
+                "xla_compile_s": done - traced,
+                "hlo_lines": lowered.as_text().count("\n"),
+            }
     return out
 
 
@@ -467,81 +675,126 @@ def input_pipeline(bc: BenchConfig) -> dict[str, Any]:
 # Report
 # ---------------------------------------------------------------------------------------------
 
+
 def _fmt_s(x: float) -> str:
     return f"{x * 1e3:.0f} ms" if x < 1 else f"{x:.2f} s"
 
 
 def _mib(x: int) -> str:
-    return f"{x / 2 ** 20:.1f} MiB"
+    return f"{x / 2**20:.1f} MiB"
 
 
 def table(res: dict[str, Any]) -> str:
     ref, ours = res["reference"], res["ours"]
-    rows = ["| measurement | PyTorch reference | ib_jax | ratio (ref / ours) | target | met |",
-            "|---|---|---|---|---|---|"]
-    for key, label, target in (("train_step", "training step (frozen ViT + LM)", 1.0),
-                               ("forward", "forward + loss", 1.0),
-                               ("greedy", f"generate, greedy, {res['config']['new_tokens']} tokens", 3.0),
-                               ("beam", f"generate, {res['config']['num_beams']} beams, "
-                                        f"{res['config']['new_tokens']} tokens", 3.0)):
+    rows = [
+        "| measurement | PyTorch reference | ib_jax | ratio (ref / ours) | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label, target in (
+        ("train_step", "training step (frozen ViT + LM)", 1.0),
+        ("forward", "forward + loss", 1.0),
+        ("greedy", f"generate, greedy, {res['config']['new_tokens']} tokens", 3.0),
+        (
+            "beam",
+            f"generate, {res['config']['num_beams']} beams, {res['config']['new_tokens']} tokens",
+            3.0,
+        ),
+    ):
         r, o = ref[key]["median_s"], ours[key]["median_s"]
         ratio = r / o
-        rows.append(f"| {label} | {_fmt_s(r)} | {_fmt_s(o)} | {ratio:.2f}x | >= {target:.1f}x | "
-                    f"{'yes' if ratio >= target else 'NO'} |")
+        rows.append(
+            f"| {label} | {_fmt_s(r)} | {_fmt_s(o)} | {ratio:.2f}x | >= {target:.1f}x | "
+            f"{'yes' if ratio >= target else 'NO'} |"
+        )
     r, o = ref["first_token"]["median_s"], ours["first_token"]["median_s"]
-    rows.append(f"| generate 1 token (encode + first step: the floor under every generation) | {_fmt_s(r)} | "
-                f"{_fmt_s(o)} | {r / o:.2f}x | | |")
+    rows.append(
+        f"| generate 1 token (encode + first step: the floor under every generation) | {_fmt_s(r)} | "
+        f"{_fmt_s(o)} | {r / o:.2f}x | | |"
+    )
     r, o = ref["greedy_per_step_s"], ours["greedy_per_step_s"]
-    rows.append(f"| one greedy decode step ((n tokens - 1 token) / (n - 1)) | {r * 1e3:.1f} ms | {o * 1e3:.1f} ms | "
-                f"{r / o:.2f}x | | |")
+    rows.append(
+        f"| one greedy decode step ((n tokens - 1 token) / (n - 1)) | {r * 1e3:.1f} ms | {o * 1e3:.1f} ms | "
+        f"{r / o:.2f}x | | |"
+    )
     mfu = res["mfu"]
-    rows.append(f"| MFU of the training step (analytic {ours['analytic_train_flops'] / 1e9:.1f} GFLOP, "
-                f"XLA fp32 matmul peak {res['peak']['xla_best_flops_per_s'] / 1e9:.1f} GFLOP/s) | "
-                f"{res['mfu_reference'] * 100:.1f}% (vs torch.mm peak {res['peak']['torch_best_flops_per_s'] / 1e9:.1f} "
-                f"GFLOP/s) | {mfu * 100:.1f}% | | >= 40% | {'yes' if mfu >= 0.4 else 'NO'} |")
+    rows.append(
+        f"| MFU of the training step (analytic {ours['analytic_train_flops'] / 1e9:.1f} GFLOP, "
+        f"XLA fp32 matmul peak {res['peak']['xla_best_flops_per_s'] / 1e9:.1f} GFLOP/s) | "
+        f"{res['mfu_reference'] * 100:.1f}% (vs torch.mm peak {res['peak']['torch_best_flops_per_s'] / 1e9:.1f} "
+        f"GFLOP/s) | {mfu * 100:.1f}% | | >= 40% | {'yes' if mfu >= 0.4 else 'NO'} |"
+    )
     cf = ours.get("compiled_flops")
     if cf:
         dev = cf / ours["analytic_train_flops"] - 1
-        rows.append(f"| compiled / analytic FLOPs of the step | | {cf / 1e9:.1f} / "
-                    f"{ours['analytic_train_flops'] / 1e9:.1f} GFLOP ({dev * 100:+.1f}%) | | within 10% | "
-                    f"{'yes' if abs(dev) <= 0.10 else 'NO'} |")
+        rows.append(
+            f"| compiled / analytic FLOPs of the step | | {cf / 1e9:.1f} / "
+            f"{ours['analytic_train_flops'] / 1e9:.1f} GFLOP ({dev * 100:+.1f}%) | | within 10% | "
+            f"{'yes' if abs(dev) <= 0.10 else 'NO'} |"
+        )
     ip = res.get("input_pipeline")
     if ip:
         need = res["config"]["batch"] / ours["train_step"]["median_s"]
-        rows.append(f"| input pipeline, 224 px JPEGs, 1 core (workers=0) | | {ip['examples_per_s']:.1f} ex/s "
-                    f"(step consumes {need:.1f} ex/s) | | keeps up | "
-                    f"{'yes' if ip['examples_per_s'] >= need else 'NO'} |")
-    rows.append(f"| generated tokens equal to the reference's (greedy / beam) | | "
-                f"{res['tokens_match']['greedy'] * 100:.0f}% / {res['tokens_match']['beam'] * 100:.0f}% | | | |")
-    rows.append(f"| loss (forward) | {ref['forward_loss']:.5f} | {ours['forward_loss']:.5f} | | | |")
+        rows.append(
+            f"| input pipeline, 224 px JPEGs, 1 core (workers=0) | | {ip['examples_per_s']:.1f} ex/s "
+            f"(step consumes {need:.1f} ex/s) | | keeps up | "
+            f"{'yes' if ip['examples_per_s'] >= need else 'NO'} |"
+        )
+    rows.append(
+        f"| generated tokens equal to the reference's (greedy / beam) | | "
+        f"{res['tokens_match']['greedy'] * 100:.0f}% / {res['tokens_match']['beam'] * 100:.0f}% | | | |"
+    )
+    rows.append(
+        f"| loss (forward) | {ref['forward_loss']:.5f} | {ours['forward_loss']:.5f} | | | |"
+    )
     out = ["\n".join(rows)]
     if res.get("compile"):
-        out.append("| training-step compile, tiny widths, LM layers (half encoder, half decoder) | total s | "
-                   "trace + lower s | XLA compile s | StableHLO lines |\n|---|---|---|---|---|\n" +
-                   "\n".join(f"| {k} | {v['total_s']:.1f} | {v['trace_lower_s']:.1f} | {v['xla_compile_s']:.1f} | "
-                             f"{v['hlo_lines']} |" for k, v in res["compile"].items()))
+        out.append(
+            "| training-step compile, tiny widths, LM layers (half encoder, half decoder) | total s | "
+            "trace + lower s | XLA compile s | StableHLO lines |\n|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {k} | {v['total_s']:.1f} | {v['trace_lower_s']:.1f} | {v['xla_compile_s']:.1f} | "
+                f"{v['hlo_lines']} |"
+                for k, v in res["compile"].items()
+            )
+        )
     if res.get("memory"):
-        lines = ["| training-step memory (memory_analysis) | temp | arguments | outputs | peak (args + out - "
-                 "aliased + temp) |", "|---|---|---|---|---|"]
+        lines = [
+            "| training-step memory (memory_analysis) | temp | arguments | outputs | peak (args + out - "
+            "aliased + temp) |",
+            "|---|---|---|---|---|",
+        ]
         for k, m in res["memory"].items():
             if m:
-                lines.append(f"| remat={k} | {_mib(m['temp_size_in_bytes'])} | {_mib(m['argument_size_in_bytes'])}"
-                             f" | {_mib(m['output_size_in_bytes'])} | {_mib(m['peak_bytes'])} |")
+                lines.append(
+                    f"| remat={k} | {_mib(m['temp_size_in_bytes'])} | {_mib(m['argument_size_in_bytes'])}"
+                    f" | {_mib(m['output_size_in_bytes'])} | {_mib(m['peak_bytes'])} |"
+                )
         out.append("\n".join(lines))
-    out.append(f"threads: {res['threads']}; reference attention: {ref['attn_implementation']}; "
-               f"load before: {res['load_before']}; load after: {res['load_after']}")
+    out.append(
+        f"threads: {res['threads']}; reference attention: {ref['attn_implementation']}; "
+        f"load before: {res['load_before']}; load after: {res['load_after']}"
+    )
     return "\n\n".join(out)
 
 
-def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("compile", "memory", "pipeline"),
-        log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
+def run(
+    bc: BenchConfig,
+    threads: int = 0,
+    *,
+    sections: tuple[str, ...] = ("compile", "memory", "pipeline"),
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
     """Everything; returns the raw results (call `table` on them). Threads must be pinned already."""
     import torch
 
     import ib_jax
 
-    res: dict[str, Any] = {"config": dataclasses.asdict(bc), "threads": threads or torch.get_num_threads(),
-                           "load_before": load_snapshot(), "section_s": {}}
+    res: dict[str, Any] = {
+        "config": dataclasses.asdict(bc),
+        "threads": threads or torch.get_num_threads(),
+        "load_before": load_snapshot(),
+        "section_s": {},
+    }
     clock = {"name": "setup", "start": time.perf_counter()}
 
     def log_section(name: str) -> None:
@@ -549,6 +802,7 @@ def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("comp
         res["section_s"][clock["name"]] = round(now - clock["start"], 1)
         clock.update(name=name, start=now)
         log(f"[{sum(res['section_s'].values()):.0f} s] {name}")
+
     with tempfile.TemporaryDirectory() as directory:
         log("building the reference and converting it")
         hf_model = build_reference(bc)
@@ -560,22 +814,31 @@ def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("comp
     log_section("preparing (compiling) both sides")
     ref_fns, res["reference"] = prepare_reference(bc, hf_model, batch)
     our_fns, res["ours"] = prepare_ours(bc, model, params, batch)
-    ref_tokens = {k: np.asarray(ref_fns[k]().numpy())[:, 1:] for k in ("greedy", "beam")}  # drop the start token
+    ref_tokens = {
+        k: np.asarray(ref_fns[k]().numpy())[:, 1:] for k in ("greedy", "beam")
+    }  # drop the start token
     our_tokens = {k: np.asarray(our_fns[k]()) for k in ("greedy", "beam")}
     log_section("timing both sides in alternation")
     ref_times, our_times = paired(ref_fns, our_fns, bc.warmup, bc.repeats, log)
     res["reference"].update(ref_times)
     res["ours"].update(our_times)
     res["tokens_match"] = {k: float(np.mean(ref_tokens[k] == our_tokens[k])) for k in ref_tokens}
-    for side in ("reference", "ours"):  # (greedy - first token) / (n - 1): one decode step, encode excluded
+    for side in (
+        "reference",
+        "ours",
+    ):  # (greedy - first token) / (n - 1): one decode step, encode excluded
         r = res[side]
-        r["greedy_per_step_s"] = ((r["greedy"]["median_s"] - r["first_token"]["median_s"])
-                                  / max(1, bc.new_tokens - 1))
+        r["greedy_per_step_s"] = (r["greedy"]["median_s"] - r["first_token"]["median_s"]) / max(
+            1, bc.new_tokens - 1
+        )
     step = res["ours"]["train_step"]["median_s"]
     # The peak is the best of its runs (a peak; the median under load would flatter the MFU).
     res["mfu"] = res["ours"]["analytic_train_flops"] / step / res["peak"]["xla_best_flops_per_s"]
-    res["mfu_reference"] = (res["ours"]["analytic_train_flops"] / res["reference"]["train_step"]["median_s"]
-                            / res["peak"]["torch_best_flops_per_s"])
+    res["mfu_reference"] = (
+        res["ours"]["analytic_train_flops"]
+        / res["reference"]["train_step"]["median_s"]
+        / res["peak"]["torch_best_flops_per_s"]
+    )
     if "memory" in sections:
         log_section("compiling the step with remat policies")
         res["memory"] = memory_by_remat(bc, model.config, res["ours"]["memory"]["none (headline)"])
@@ -591,11 +854,19 @@ def run(bc: BenchConfig, threads: int = 0, *, sections: tuple[str, ...] = ("comp
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (seconds; for tests)")
-    parser.add_argument("--threads", type=int, default=0, help="cores for both frameworks (0: all available)")
-    parser.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (0: config default)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: compile,memory,pipeline")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="cores for both frameworks (0: all available)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=0, help="timed runs per measurement (0: config default)"
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: compile,memory,pipeline"
+    )
     parser.add_argument("--json", default="", help="also write the raw results here")
     parser.add_argument("--markdown", default="", help="also write the table here")
     args = parser.parse_args(argv)

@@ -22,8 +22,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     root = options.get("root", "/data/instructblip")
     config = ml_collections.ConfigDict()
     config.datasets = [
-        {"name": name, "ann_path": os.path.join(root, name, "annotations.json"),
-         "image_root": os.path.join(root, name, "images"), "multiplier": MULTIPLIERS.get(name, 1.0)}
+        {
+            "name": name,
+            "ann_path": os.path.join(root, name, "annotations.json"),
+            "image_root": os.path.join(root, name, "images"),
+            "multiplier": MULTIPLIERS.get(name, 1.0),
+        }
         for name in registry.held_in()
     ]
     config.eval_datasets = []  # zero-shot evaluation: configs/eval_heldout.py

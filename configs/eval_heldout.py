@@ -15,8 +15,21 @@ import ml_collections
 
 from configs import common
 
-HELD_OUT = ("nocaps", "flickr30k", "gqa", "vsr", "iconqa", "textvqa", "vizwiz", "scienceqa", "msvd_qa", "msrvtt_qa",
-            "ivqa", "visdial", "hateful_memes")
+HELD_OUT = (
+    "nocaps",
+    "flickr30k",
+    "gqa",
+    "vsr",
+    "iconqa",
+    "textvqa",
+    "vizwiz",
+    "scienceqa",
+    "msvd_qa",
+    "msrvtt_qa",
+    "ivqa",
+    "visdial",
+    "hateful_memes",
+)
 
 # (annotation file, image/video root, parse options) relative to `root`; replace with your layout.
 PATHS = {
@@ -56,18 +69,41 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config = ml_collections.ConfigDict()
     config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, common.FLAN_T5_XL)
-    config.data = ml_collections.ConfigDict(dict(
-        image_size=224, num_frames=4, qformer_max_len=256, text_max_len=256, target_max_len=32,
-        qformer_vocab=os.path.join(root, "tokenizers/bert-base-uncased-vocab.txt"),
-        lm_spm=os.path.join(root, "tokenizers/flan-t5-spiece.model"),
-        global_batch_size=16, eval_batch_size=16, seed=0, worker_count=4, worker_buffer_size=8,
-        prefetch_batches=2, max_bad_fraction=0.01, augment=False,
-        eval_datasets=[{"name": name, "split": "eval", "ann_path": os.path.join(root, PATHS[name][0]),
-                        "image_root": os.path.join(root, PATHS[name][1]), "parse_options": PATHS[name][2]}
-                       for name in datasets],
-    ))
-    config.eval = ml_collections.ConfigDict(dict(
-        datasets=datasets, batch_size=16, split="eval",
-        overrides={name: OVERRIDES.get(name, {}) for name in datasets},
-    ))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            image_size=224,
+            num_frames=4,
+            qformer_max_len=256,
+            text_max_len=256,
+            target_max_len=32,
+            qformer_vocab=os.path.join(root, "tokenizers/bert-base-uncased-vocab.txt"),
+            lm_spm=os.path.join(root, "tokenizers/flan-t5-spiece.model"),
+            global_batch_size=16,
+            eval_batch_size=16,
+            seed=0,
+            worker_count=4,
+            worker_buffer_size=8,
+            prefetch_batches=2,
+            max_bad_fraction=0.01,
+            augment=False,
+            eval_datasets=[
+                {
+                    "name": name,
+                    "split": "eval",
+                    "ann_path": os.path.join(root, PATHS[name][0]),
+                    "image_root": os.path.join(root, PATHS[name][1]),
+                    "parse_options": PATHS[name][2],
+                }
+                for name in datasets
+            ],
+        )
+    )
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            datasets=datasets,
+            batch_size=16,
+            split="eval",
+            overrides={name: OVERRIDES.get(name, {}) for name in datasets},
+        )
+    )
     return config

@@ -11,14 +11,28 @@ from configs import common
 
 # Vicuna v1.1 (LLaMA): RMSNorm 1e-6, rotary theta 1e4, SwiGLU, untied head. The vocabulary and the
 # token ids are those of LAVIS's tokenizer: LLaMA's 32000 + [PAD] (32000); </s> (2) is BOS and EOS.
-VICUNA = dict(vocab_size=32001, rms_norm_eps=1e-6, rope_theta=10000.0,
-              max_position_embeddings=2048, hidden_act="silu", tie_word_embeddings=False, bos_token_id=2,
-              eos_token_id=2, pad_token_id=32000)
+VICUNA = dict(
+    vocab_size=32001,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    max_position_embeddings=2048,
+    hidden_act="silu",
+    tie_word_embeddings=False,
+    bos_token_id=2,
+    eos_token_id=2,
+    pad_token_id=32000,
+)
 
 
 def vicuna(hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int) -> dict:
-    return dict(VICUNA, hidden_size=hidden_size, intermediate_size=intermediate_size, num_layers=num_layers,
-                num_heads=num_heads, num_kv_heads=num_heads)
+    return dict(
+        VICUNA,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_heads,
+    )
 
 
 VICUNA_7B = vicuna(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32)

@@ -8,12 +8,39 @@ from configs import common, data_demo
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = common.model(
-        vision=dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, image_size=32, patch_size=8),
-        qformer=dict(vocab_size=288, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                     max_position_embeddings=64, cross_attention_frequency=1, encoder_hidden_size=32),
-        text=dict(common.FLAN_T5, vocab_size=288, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                  num_heads=4),
-        num_query_tokens=4, dtype="float32", scan_layers=False, remat_policy="none")
+        vision=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=2,
+            num_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer=dict(
+            vocab_size=288,
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=2,
+            num_heads=4,
+            max_position_embeddings=64,
+            cross_attention_frequency=1,
+            encoder_hidden_size=32,
+        ),
+        text=dict(
+            common.FLAN_T5,
+            vocab_size=288,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+        ),
+        num_query_tokens=4,
+        dtype="float32",
+        scan_layers=False,
+        remat_policy="none",
+    )
     config.init = ml_collections.ConfigDict(dict(pretrained=""))
     config.data = data_demo.get_config(arg)
     config.data.image_size = 32
@@ -25,8 +52,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.demo_num_train = 64
     config.data.demo_num_eval = 16
     config.mesh = common.mesh(data=-1)
-    config.train = common.train(num_steps=6, warmup_steps=2, learning_rate=1e-3, weight_decay=0.01, log_every=1,
-                                frozen_dtype="float32")
+    config.train = common.train(
+        num_steps=6,
+        warmup_steps=2,
+        learning_rate=1e-3,
+        weight_decay=0.01,
+        log_every=1,
+        frozen_dtype="float32",
+    )
     config.checkpoint = common.checkpoint(every_steps=3, keep=5, async_save=True)
-    config.eval = ml_collections.ConfigDict(dict(datasets=["demo_vqa"], batch_size=8, after_training=False))
+    config.eval = ml_collections.ConfigDict(
+        dict(datasets=["demo_vqa"], batch_size=8, after_training=False)
+    )
     return config

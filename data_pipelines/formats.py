@@ -48,7 +48,8 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 Record = dict[str, Any]
 PathLike = str | os.PathLike
@@ -67,8 +68,8 @@ class EntryError(ValueError):
 class ParseReport:
     path: str
     num_records: int = 0
-    num_skipped: int = 0        # entries left out on purpose (e.g. no image, other split)
-    num_errors: int = 0         # malformed entries
+    num_skipped: int = 0  # entries left out on purpose (e.g. no image, other split)
+    num_errors: int = 0  # malformed entries
     messages: list[str] = dataclasses.field(default_factory=list)
 
     def add_error(self, where: str, problem: str) -> None:
@@ -79,15 +80,20 @@ class ParseReport:
     def check(self, max_errors: int) -> None:
         """Stop when more than `max_errors` entries were malformed."""
         if self.num_errors > max_errors:
-            raise ParseError(f"{self.num_errors} malformed entries in {self.path} (allowed: "
-                             f"{max_errors}); first ones:\n  " + "\n  ".join(self.messages))
+            raise ParseError(
+                f"{self.num_errors} malformed entries in {self.path} (allowed: "
+                f"{max_errors}); first ones:\n  " + "\n  ".join(self.messages)
+            )
 
     def summary(self) -> str:
-        return (f"{self.path}: {self.num_records} records, {self.num_skipped} skipped, "
-                f"{self.num_errors} malformed")
+        return (
+            f"{self.path}: {self.num_records} records, {self.num_skipped} skipped, "
+            f"{self.num_errors} malformed"
+        )
 
 
 # --- small helpers ------------------------------------------------------------------------------
+
 
 def _read_text(path: PathLike) -> str:
     if not os.path.isfile(path):
@@ -100,8 +106,9 @@ def _load_json(path: PathLike) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise ParseError(f"{os.fspath(path)}: invalid JSON at line {e.lineno} column {e.colno}: "
-                         f"{e.msg}") from None
+        raise ParseError(
+            f"{os.fspath(path)}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
 
 
 def _layout_error(path: PathLike, expected: str) -> ParseError:
@@ -133,8 +140,9 @@ def _join(root: PathLike, relative: str) -> str:
     return os.path.join(os.fspath(root), relative) if os.fspath(root) else relative
 
 
-def _convert_all(items: Iterable[tuple[str, Any]], convert: Callable[[str, Any], Any],
-                 report: ParseReport) -> list[Record]:
+def _convert_all(
+    items: Iterable[tuple[str, Any]], convert: Callable[[str, Any], Any], report: ParseReport
+) -> list[Record]:
     """Run `convert(key, entry)` over (where, entry) pairs. It returns a record, a list of
     records, or None (skipped on purpose); EntryError/KeyError/TypeError/ValueError become
     report entries naming `where`."""
@@ -179,8 +187,13 @@ def _as_set(value: Any) -> set | None:
 
 # --- captions -----------------------------------------------------------------------------------
 
-def parse_captions(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                   split: str | Sequence[str] | None = None) -> list[Record]:
+
+def parse_captions(
+    ann_path: PathLike,
+    image_root: PathLike,
+    report: ParseReport,
+    split: str | Sequence[str] | None = None,
+) -> list[Record]:
     """LAVIS list, official COCO/NoCaps, or Karpathy json -> one record per image with all its
     captions (the pipeline samples one per step)."""
     data = _load_json(ann_path)
@@ -201,9 +214,14 @@ def _lavis_captions(entries: list, image_root: PathLike, report: ParseReport) ->
         image = _get(entry, "image", str)
         caption = _get(entry, "caption", (str, list))
         captions = [caption] if isinstance(caption, str) else _str_list(entry, "caption")
-        record = by_image.setdefault(image, {
-            "id": str(entry.get("image_id", image)), "image": _join(image_root, image),
-            "captions": []})
+        record = by_image.setdefault(
+            image,
+            {
+                "id": str(entry.get("image_id", image)),
+                "image": _join(image_root, image),
+                "captions": [],
+            },
+        )
         record["captions"].extend(captions)
         return []  # records are collected per image in by_image
 
@@ -211,13 +229,16 @@ def _lavis_captions(entries: list, image_root: PathLike, report: ParseReport) ->
     return list(by_image.values())
 
 
-def _coco_captions(images: list, annotations: list | None, image_root: PathLike,
-                   report: ParseReport) -> list[Record]:
+def _coco_captions(
+    images: list, annotations: list | None, image_root: PathLike, report: ParseReport
+) -> list[Record]:
     by_id: dict[Any, Record] = {}
 
     def add_image(where: str, image: Any) -> list:
-        by_id[_get(image, "id")] = {"id": str(image["id"]),
-                                    "image": _join(image_root, _get(image, "file_name", str))}
+        by_id[_get(image, "id")] = {
+            "id": str(image["id"]),
+            "image": _join(image_root, _get(image, "file_name", str)),
+        }
         return []
 
     def add_caption(where: str, ann: Any) -> list:
@@ -229,27 +250,31 @@ def _coco_captions(images: list, annotations: list | None, image_root: PathLike,
 
     _convert_all(((f"images #{i}", e) for i, e in enumerate(images)), add_image, report)
     if annotations is not None:
-        _convert_all(((f"annotations #{i}", e) for i, e in enumerate(annotations)),
-                     add_caption, report)
+        _convert_all(
+            ((f"annotations #{i}", e) for i, e in enumerate(annotations)), add_caption, report
+        )
     return list(by_id.values())
 
 
-def _karpathy_captions(images: list, image_root: PathLike, report: ParseReport,
-                       splits: set | None) -> list[Record]:
+def _karpathy_captions(
+    images: list, image_root: PathLike, report: ParseReport, splits: set | None
+) -> list[Record]:
     def convert(where: str, image: Any) -> Record | None:
         if splits is not None and _get(image, "split", str) not in splits:
             return None
         filename = _get(image, "filename", str)
         relative = os.path.join(image["filepath"], filename) if image.get("filepath") else filename
         captions = [_get(s, "raw", str).strip() for s in _get(image, "sentences", list)]
-        return {"id": str(image.get("cocoid", image.get("imgid", filename))),
-                "image": _join(image_root, relative), "captions": captions}
+        return {
+            "id": str(image.get("cocoid", image.get("imgid", filename))),
+            "image": _join(image_root, relative),
+            "captions": captions,
+        }
 
     return _convert_all(_indexed(images), convert, report)
 
 
-def parse_textcaps(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                   ) -> list[Record]:
+def parse_textcaps(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise _layout_error(ann_path, 'an object with a "data" list (TextCaps_0.1_*.json)')
@@ -258,8 +283,9 @@ def parse_textcaps(ann_path: PathLike, image_root: PathLike, report: ParseReport
     def convert(where: str, entry: Any) -> list:
         image_id = _get(entry, "image_id", str)
         relative = entry.get("image_path") or f"{image_id}.jpg"
-        record = by_image.setdefault(image_id, {"id": image_id,
-                                                "image": _join(image_root, relative)})
+        record = by_image.setdefault(
+            image_id, {"id": image_id, "image": _join(image_root, relative)}
+        )
         if "caption_str" in entry:  # absent in the test split
             record.setdefault("captions", []).append(_get(entry, "caption_str", str))
         return []
@@ -270,8 +296,10 @@ def parse_textcaps(ann_path: PathLike, image_root: PathLike, report: ParseReport
 
 # --- question answering -------------------------------------------------------------------------
 
-def parse_vqav2(ann_path: PathLike | Sequence[PathLike], image_root: PathLike,
-                report: ParseReport) -> list[Record]:
+
+def parse_vqav2(
+    ann_path: PathLike | Sequence[PathLike], image_root: PathLike, report: ParseReport
+) -> list[Record]:
     """VQAv2 / OK-VQA: the official (questions, annotations) pair, questions alone, or LAVIS."""
     paths = [ann_path] if isinstance(ann_path, (str, os.PathLike)) else list(ann_path)
     questions = _load_json(paths[0])
@@ -283,31 +311,37 @@ def parse_vqav2(ann_path: PathLike | Sequence[PathLike], image_root: PathLike,
         raise _layout_error(paths[0], 'an object with a "questions" list, or a LAVIS list')
     subtype = questions.get("data_subtype")
     if not isinstance(subtype, str):
-        raise ParseError(f"{paths[0]}: missing field 'data_subtype' (e.g. \"train2014\"), needed "
-                         "for the COCO image file names")
+        raise ParseError(
+            f"{paths[0]}: missing field 'data_subtype' (e.g. \"train2014\"), needed "
+            "for the COCO image file names"
+        )
     answers_by_qid: dict[Any, list[str]] | None = None
     if len(paths) > 1:
         annotations = _load_json(paths[1])
-        if not isinstance(annotations, dict) or not isinstance(annotations.get("annotations"),
-                                                                list):
+        if not isinstance(annotations, dict) or not isinstance(
+            annotations.get("annotations"), list
+        ):
             raise _layout_error(paths[1], 'an object with an "annotations" list')
         answers_by_qid = {}
         ann_report = ParseReport(os.fspath(paths[1]))
 
         def index_answers(where: str, ann: Any) -> list:
             answers_by_qid[_get(ann, "question_id")] = [
-                _get(a, "answer", str) for a in _get(ann, "answers", list)]
+                _get(a, "answer", str) for a in _get(ann, "answers", list)
+            ]
             return []
 
         _convert_all(_indexed(annotations["annotations"]), index_answers, ann_report)
         report.num_errors += ann_report.num_errors
-        report.messages.extend(ann_report.messages[:MAX_MESSAGES - len(report.messages)])
+        report.messages.extend(ann_report.messages[: MAX_MESSAGES - len(report.messages)])
 
     def convert(where: str, q: Any) -> Record:
         qid, image_id = _get(q, "question_id", int), _get(q, "image_id", int)
-        record = {"id": str(qid), "question": _get(q, "question", str),
-                  "image": _join(image_root,
-                                 f"{subtype}/COCO_{subtype}_{image_id:012d}.jpg")}
+        record = {
+            "id": str(qid),
+            "question": _get(q, "question", str),
+            "image": _join(image_root, f"{subtype}/COCO_{subtype}_{image_id:012d}.jpg"),
+        }
         if answers_by_qid is not None:
             if qid not in answers_by_qid:
                 raise EntryError(f"question_id {qid} has no entry in {paths[1]}")
@@ -319,19 +353,20 @@ def parse_vqav2(ann_path: PathLike | Sequence[PathLike], image_root: PathLike,
 
 def _lavis_vqa(image_root: PathLike) -> Callable[[str, Any], Record]:
     def convert(where: str, entry: Any) -> Record:
-        record = {"id": str(_get(entry, "question_id")),
-                  "image": _join(image_root, _get(entry, "image", str)),
-                  "question": _get(entry, "question", str)}
+        record = {
+            "id": str(_get(entry, "question_id")),
+            "image": _join(image_root, _get(entry, "image", str)),
+            "question": _get(entry, "question", str),
+        }
         if "answer" in entry:
             answer = _get(entry, "answer", (str, list))
-            record["answers"] = [answer] if isinstance(answer, str) else _str_list(entry,
-                                                                                    "answer")
+            record["answers"] = [answer] if isinstance(answer, str) else _str_list(entry, "answer")
         return record
+
     return convert
 
 
-def parse_aokvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                 ) -> list[Record]:
+def parse_aokvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, list):
         raise _layout_error(ann_path, "a list of questions (aokvqa_v1p0_*.json)")
@@ -342,8 +377,12 @@ def parse_aokvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport
         else:  # official: COCO 2017 images, e.g. val2017/000000123456.jpg
             relative = f"{_get(entry, 'split', str)}2017/{_get(entry, 'image_id', int):012d}.jpg"
         choices = _str_list(entry, "choices")
-        record = {"id": str(_get(entry, "question_id")), "image": _join(image_root, relative),
-                  "question": _get(entry, "question", str), "choices": choices}
+        record = {
+            "id": str(_get(entry, "question_id")),
+            "image": _join(image_root, relative),
+            "question": _get(entry, "question", str),
+            "choices": choices,
+        }
         if entry.get("correct_choice_idx") is not None:  # absent in test
             index = _get(entry, "correct_choice_idx", int)
             if not 0 <= index < len(choices):
@@ -363,8 +402,11 @@ def parse_gqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> 
 
     def convert(where: str, item: tuple[str, Any]) -> Record:
         qid, q = item
-        record = {"id": str(qid), "image": _join(image_root, f"{_get(q, 'imageId', str)}.jpg"),
-                  "question": _get(q, "question", str)}
+        record = {
+            "id": str(qid),
+            "image": _join(image_root, f"{_get(q, 'imageId', str)}.jpg"),
+            "question": _get(q, "question", str),
+        }
         if "answer" in q:  # absent in the test/challenge splits
             record["answers"] = [_get(q, "answer", str)]
         return record
@@ -372,16 +414,18 @@ def parse_gqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> 
     return _convert_all(_keyed(data), convert, report)
 
 
-def parse_vizwiz(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                 ) -> list[Record]:
+def parse_vizwiz(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, list):
         raise _layout_error(ann_path, "a list of questions (VizWiz Annotations/*.json)")
 
     def convert(where: str, entry: Any) -> Record:
         image = _get(entry, "image", str)
-        record = {"id": os.path.splitext(image)[0], "image": _join(image_root, image),
-                  "question": _get(entry, "question", str)}
+        record = {
+            "id": os.path.splitext(image)[0],
+            "image": _join(image_root, image),
+            "question": _get(entry, "question", str),
+        }
         if "answers" in entry:
             record["answers"] = [_get(a, "answer", str) for a in _get(entry, "answers", list)]
         return record
@@ -389,8 +433,9 @@ def parse_vizwiz(ann_path: PathLike, image_root: PathLike, report: ParseReport
     return _convert_all(_indexed(data), convert, report)
 
 
-def parse_textvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                  ocr_path: PathLike | None = None) -> list[Record]:
+def parse_textvqa(
+    ann_path: PathLike, image_root: PathLike, report: ParseReport, ocr_path: PathLike | None = None
+) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise _layout_error(ann_path, 'an object with a "data" list (TextVQA_0.5.1_*.json)')
@@ -399,15 +444,21 @@ def parse_textvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
         ocr = _load_json(ocr_path)
         if not isinstance(ocr, dict) or not isinstance(ocr.get("data"), list):
             raise _layout_error(ocr_path, 'an object with a "data" list (Rosetta OCR json)')
-        ocr_by_image = {e["image_id"]: e["ocr_tokens"] for e in ocr["data"]
-                        if isinstance(e, dict) and "image_id" in e and "ocr_tokens" in e}
+        ocr_by_image = {
+            e["image_id"]: e["ocr_tokens"]
+            for e in ocr["data"]
+            if isinstance(e, dict) and "image_id" in e and "ocr_tokens" in e
+        }
 
     def convert(where: str, entry: Any) -> Record:
         image_id = _get(entry, "image_id", str)
         # Train and val images both live in train_images/ in the official release.
         folder = "test_images" if entry.get("set_name") == "test" else "train_images"
-        record = {"id": str(_get(entry, "question_id")), "question": _get(entry, "question", str),
-                  "image": _join(image_root, f"{folder}/{image_id}.jpg")}
+        record = {
+            "id": str(_get(entry, "question_id")),
+            "question": _get(entry, "question", str),
+            "image": _join(image_root, f"{folder}/{image_id}.jpg"),
+        }
         if "answers" in entry:
             record["answers"] = _str_list(entry, "answers")
         if "ocr_tokens" in entry:
@@ -422,8 +473,9 @@ def parse_textvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
 _OCRVQA_SPLITS = {"train": 1, "val": 2, "test": 3}
 
 
-def parse_ocrvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                 split: int | str | None = None) -> list[Record]:
+def parse_ocrvqa(
+    ann_path: PathLike, image_root: PathLike, report: ParseReport, split: int | str | None = None
+) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, dict):
         raise _layout_error(ann_path, "an object {image_id: {...}} (OCR-VQA dataset.json)")
@@ -439,15 +491,21 @@ def parse_ocrvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
         # The official downloader keeps the URL's extension.
         ext = os.path.splitext(str(entry.get("imageURL", "")))[1] or ".jpg"
         image = _join(image_root, f"{image_id}{ext}")
-        return [{"id": f"{image_id}_{i}", "image": image, "question": q, "answers": [a]}
-                for i, (q, a) in enumerate(zip(questions, answers))]
+        return [
+            {"id": f"{image_id}_{i}", "image": image, "question": q, "answers": [a]}
+            for i, (q, a) in enumerate(zip(questions, answers))
+        ]
 
     return _convert_all(_keyed(data), convert, report)
 
 
-def parse_iconqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                 ques_types: Sequence[str] | None = None, split: str | None = None
-                 ) -> list[Record]:
+def parse_iconqa(
+    ann_path: PathLike,
+    image_root: PathLike,
+    report: ParseReport,
+    ques_types: Sequence[str] | None = None,
+    split: str | None = None,
+) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, dict):
         raise _layout_error(ann_path, "an object {pid: problem} (IconQA problems.json)")
@@ -458,8 +516,11 @@ def parse_iconqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
         ques_type, p_split = _get(p, "ques_type", str), _get(p, "split", str)
         if (types is not None and ques_type not in types) or (splits and p_split not in splits):
             return None
-        record = {"id": str(pid), "question": _get(p, "question", str),
-                  "image": _join(image_root, f"{p_split}/{ques_type}/{pid}/image.png")}
+        record = {
+            "id": str(pid),
+            "question": _get(p, "question", str),
+            "image": _join(image_root, f"{p_split}/{ques_type}/{pid}/image.png"),
+        }
         answer = _get(p, "answer")
         if "choices" in p:  # choose_txt / choose_img: the answer is an index
             record["choices"] = _str_list(p, "choices")
@@ -474,8 +535,12 @@ def parse_iconqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
     return _convert_all(_keyed(data), convert, report)
 
 
-def parse_scienceqa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                    split: str | Sequence[str] | None = None) -> list[Record]:
+def parse_scienceqa(
+    ann_path: PathLike,
+    image_root: PathLike,
+    report: ParseReport,
+    split: str | Sequence[str] | None = None,
+) -> list[Record]:
     """ScienceQA (IMG): questions without an image are skipped (counted, not errors)."""
     data = _load_json(ann_path)
     if not isinstance(data, dict):
@@ -491,9 +556,13 @@ def parse_scienceqa(ann_path: PathLike, image_root: PathLike, report: ParseRepor
         index = _get(p, "answer", int)
         if not 0 <= index < len(choices):
             raise EntryError(f"answer {index} outside the {len(choices)} choices")
-        record = {"id": str(pid), "question": _get(p, "question", str), "choices": choices,
-                  "answer_index": index,
-                  "image": _join(image_root, f"{p_split}/{pid}/{_get(p, 'image', str)}")}
+        record = {
+            "id": str(pid),
+            "question": _get(p, "question", str),
+            "choices": choices,
+            "answer_index": index,
+            "image": _join(image_root, f"{p_split}/{pid}/{_get(p, 'image', str)}"),
+        }
         if p.get("hint"):  # the textual context shown with the question
             record["text"] = _get(p, "hint", str)
         return record
@@ -502,6 +571,7 @@ def parse_scienceqa(ann_path: PathLike, image_root: PathLike, report: ParseRepor
 
 
 # --- jsonl / csv formats ------------------------------------------------------------------------
+
 
 def _jsonl_entries(path: PathLike, report: ParseReport) -> list[tuple[str, Any]]:
     entries = []
@@ -527,18 +597,26 @@ def parse_vsr(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> 
     def convert(where: str, entry: Any) -> Record:
         image, caption = _get(entry, "image", str), _get(entry, "caption", str)
         label = _binary_label(_get(entry, "label"))
-        return {"id": f"{os.path.splitext(image)[0]}_{where.split()[-1]}",
-                "image": _join(image_root, image), "text": caption, "label": label,
-                "answers": ["true" if label else "false"]}
+        return {
+            "id": f"{os.path.splitext(image)[0]}_{where.split()[-1]}",
+            "image": _join(image_root, image),
+            "text": caption,
+            "label": label,
+            "answers": ["true" if label else "false"],
+        }
 
     return _convert_all(_jsonl_entries(ann_path, report), convert, report)
 
 
-def parse_hateful_memes(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                        ) -> list[Record]:
+def parse_hateful_memes(
+    ann_path: PathLike, image_root: PathLike, report: ParseReport
+) -> list[Record]:
     def convert(where: str, entry: Any) -> Record:
-        record = {"id": str(_get(entry, "id")), "image": _join(image_root, _get(entry, "img", str)),
-                  "text": _get(entry, "text", str)}
+        record = {
+            "id": str(_get(entry, "id")),
+            "image": _join(image_root, _get(entry, "img", str)),
+            "text": _get(entry, "text", str),
+        }
         if "label" in entry:  # absent in the unseen test split
             record["label"] = _binary_label(entry["label"])
         return record
@@ -556,14 +634,16 @@ _VISDIAL_IMAGES = {
 }
 
 
-def parse_visdial(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                  image_pattern: str | None = None) -> list[Record]:
+def parse_visdial(
+    ann_path: PathLike, image_root: PathLike, report: ParseReport, image_pattern: str | None = None
+) -> list[Record]:
     """One record per round that has answer options (every round in train/val, the last in
     test), with the earlier rounds as `dialog` history."""
     data = _load_json(ann_path)
     body = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(body, dict) or not all(isinstance(body.get(k), list)
-                                             for k in ("dialogs", "questions", "answers")):
+    if not isinstance(body, dict) or not all(
+        isinstance(body.get(k), list) for k in ("dialogs", "questions", "answers")
+    ):
         raise _layout_error(ann_path, '{"split", "data": {"dialogs", "questions", "answers"}}')
     pattern = image_pattern or _VISDIAL_IMAGES.get(str(data.get("split")), "{image_id:012d}.jpg")
     questions, answers = body["questions"], body["answers"]
@@ -577,14 +657,21 @@ def parse_visdial(ann_path: PathLike, image_root: PathLike, report: ParseReport,
             answer = answers[turn["answer"]] if "answer" in turn else None
             if "answer_options" in turn:
                 options = [answers[i] for i in _get(turn, "answer_options", list)]
-                record = {"id": f"{image_id}_{round_index}", "image": image,
-                          "captions": [_get(dialog, "caption", str)], "question": question,
-                          "dialog": [list(pair) for pair in history], "answer_options": options}
+                record = {
+                    "id": f"{image_id}_{round_index}",
+                    "image": image,
+                    "captions": [_get(dialog, "caption", str)],
+                    "question": question,
+                    "dialog": [list(pair) for pair in history],
+                    "answer_options": options,
+                }
                 if "gt_index" in turn:
                     gt = _get(turn, "gt_index", int)
                     if not 0 <= gt < len(options):
-                        raise EntryError(f"round {round_index}: gt_index {gt} outside the "
-                                         f"{len(options)} answer options")
+                        raise EntryError(
+                            f"round {round_index}: gt_index {gt} outside the "
+                            f"{len(options)} answer options"
+                        )
                     record["gt_index"] = gt
                 if answer is not None:
                     record["answers"] = [answer]
@@ -596,8 +683,9 @@ def parse_visdial(ann_path: PathLike, image_root: PathLike, report: ParseReport,
     return _convert_all(_indexed(body["dialogs"]), convert, report)
 
 
-def parse_llava_instruct(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                         ) -> list[Record]:
+def parse_llava_instruct(
+    ann_path: PathLike, image_root: PathLike, report: ParseReport
+) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, list):
         raise _layout_error(ann_path, 'a list of {"id", "image", "conversations"}')
@@ -610,18 +698,24 @@ def parse_llava_instruct(ann_path: PathLike, image_root: PathLike, report: Parse
         for i in range(0, len(turns), 2):
             human, gpt = turns[i], turns[i + 1]
             if _get(human, "from", str) != "human" or _get(gpt, "from", str) != "gpt":
-                raise EntryError(f"turn {i}: expected 'human' then 'gpt', got "
-                                 f"'{human['from']}' then '{gpt['from']}'")
+                raise EntryError(
+                    f"turn {i}: expected 'human' then 'gpt', got "
+                    f"'{human['from']}' then '{gpt['from']}'"
+                )
             # The image is fed through the Q-Former, not as an "<image>" token in the text.
             question = _get(human, "value", str).replace("<image>", "").strip()
             dialog.append([question, _get(gpt, "value", str).strip()])
-        return {"id": str(_get(entry, "id")), "image": _join(image_root, _get(entry, "image", str)),
-                "dialog": dialog}
+        return {
+            "id": str(_get(entry, "id")),
+            "image": _join(image_root, _get(entry, "image", str)),
+            "dialog": dialog,
+        }
 
     return _convert_all(_indexed(data), convert, report)
 
 
 # --- video QA -----------------------------------------------------------------------------------
+
 
 class _FrameLister:
     """Lists (and caches) the extracted frames of each video directory."""
@@ -639,8 +733,9 @@ class _FrameLister:
         return self.cache[video_dir]
 
 
-def _parse_video_qa(ann_path: PathLike, image_root: PathLike, report: ParseReport,
-                    dir_prefix: str) -> list[Record]:
+def _parse_video_qa(
+    ann_path: PathLike, image_root: PathLike, report: ParseReport, dir_prefix: str
+) -> list[Record]:
     data = _load_json(ann_path)
     if not isinstance(data, list):
         raise _layout_error(ann_path, 'a list of {"id", "question", "answer", "video_id"}')
@@ -651,8 +746,11 @@ def _parse_video_qa(ann_path: PathLike, image_root: PathLike, report: ParseRepor
             video_dir = os.path.splitext(_get(entry, "video", str))[0]
         else:  # official: integer ids; frames extracted into vid{N}/ or video{N}/
             video_dir = f"{dir_prefix}{_get(entry, 'video_id', int)}"
-        record = {"id": str(entry.get("id", entry.get("question_id", where))),
-                  "frames": frames(video_dir), "question": _get(entry, "question", str)}
+        record = {
+            "id": str(entry.get("id", entry.get("question_id", where))),
+            "frames": frames(video_dir),
+            "question": _get(entry, "question", str),
+        }
         if "answer" in entry:
             record["answers"] = [_get(entry, "answer", str)]
         return record
@@ -660,13 +758,11 @@ def _parse_video_qa(ann_path: PathLike, image_root: PathLike, report: ParseRepor
     return _convert_all(_indexed(data), convert, report)
 
 
-def parse_msvd_qa(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                  ) -> list[Record]:
+def parse_msvd_qa(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> list[Record]:
     return _parse_video_qa(ann_path, image_root, report, "vid")
 
 
-def parse_msrvtt_qa(ann_path: PathLike, image_root: PathLike, report: ParseReport
-                    ) -> list[Record]:
+def parse_msrvtt_qa(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> list[Record]:
     return _parse_video_qa(ann_path, image_root, report, "video")
 
 
@@ -686,8 +782,11 @@ def parse_ivqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) ->
         video = row["video_id"]
         if row.get("start") and row.get("end"):
             video = f"{video}_{row['start']}_{row['end']}"
-        record = {"id": f"{video}_{where.split()[-1]}", "frames": frames(video),
-                  "question": row["question"]}
+        record = {
+            "id": f"{video}_{where.split()[-1]}",
+            "frames": frames(video),
+            "question": row["question"],
+        }
         answers = [row[f"answer{k}"] for k in range(1, 6) if row.get(f"answer{k}")]
         if answers:
             record["answers"] = answers
@@ -705,7 +804,7 @@ PARSERS: dict[str, Callable[..., list[Record]]] = {
     "flickr30k": parse_captions,
     "textcaps": parse_textcaps,
     "vqav2": parse_vqav2,
-    "okvqa": parse_vqav2,        # OK-VQA ships in the VQA format (questions + annotations)
+    "okvqa": parse_vqav2,  # OK-VQA ships in the VQA format (questions + annotations)
     "aokvqa": parse_aokvqa,
     "gqa": parse_gqa,
     "vizwiz": parse_vizwiz,
@@ -731,9 +830,15 @@ class ParsedRecords(list):
         self.report = report
 
 
-def parse(format_name: str, ann_path: PathLike | Sequence[PathLike], image_root: PathLike,
-          *, dataset: str | None = None, max_errors: int | None = 0, **options: Any
-          ) -> ParsedRecords:
+def parse(
+    format_name: str,
+    ann_path: PathLike | Sequence[PathLike],
+    image_root: PathLike,
+    *,
+    dataset: str | None = None,
+    max_errors: int | None = 0,
+    **options: Any,
+) -> ParsedRecords:
     """Parse one dataset's annotation file(s) into canonical records.
 
     Returns the records as a list with the `ParseReport` attached (`records.report`). Image and
@@ -748,15 +853,19 @@ def parse(format_name: str, ann_path: PathLike | Sequence[PathLike], image_root:
     parser = PARSERS[format_name]
     if parser is not parse_vqav2:
         ann_path = _single_path(ann_path, format_name)
-    label = (os.fspath(ann_path) if isinstance(ann_path, (str, os.PathLike))
-             else " + ".join(os.fspath(p) for p in ann_path))
+    label = (
+        os.fspath(ann_path)
+        if isinstance(ann_path, (str, os.PathLike))
+        else " + ".join(os.fspath(p) for p in ann_path)
+    )
     report = ParseReport(label)
     try:
         records = parser(ann_path, os.path.abspath(image_root), report, **options)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
-            raise TypeError(f"format '{format_name}' does not take option(s) {sorted(options)}: "
-                            f"{e}") from None
+            raise TypeError(
+                f"format '{format_name}' does not take option(s) {sorted(options)}: {e}"
+            ) from None
         raise
     for record in records:
         record["dataset"] = dataset or format_name

@@ -12,12 +12,14 @@ Unreadable or missing images are skipped, counted and logged with their path; pa
 `max_bad_fraction` the preparation stops. Next to each file a `.json` sidecar records the counts
 and the source; the printed config entries use `array_record=` instead of `ann_path/image_root`.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from absl import app, flags
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -29,75 +31,88 @@ from data_pipelines import demo_data, images, sources
 logger = logging.getLogger(__name__)
 
 
-
-def prepare_entry(entry: Mapping[str, Any], out_path: str, max_bad_fraction: float = 0.01
-                  ) -> dict[str, Any]:
-  """Writes one config entry's records to `out_path`; returns the sidecar dict (counts, paths)."""
-  records = sources.load_records(entry, max_bad_fraction)
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  writer = ArrayRecordWriter(out_path, "group_size:1")
-  written, skipped = 0, []
-  try:
-    for record in tqdm(records, desc=f"prepare {entry['name']}", unit="ex"):
-      try:
-        _check_decodable(record)
-        data = sources.serialize_record(record)
-      except (OSError, images.BadImageError) as error:
-        skipped.append(f"{record.get('id', '?')}: {error}")
-        logger.warning("skipped %s/%s: %s", entry["name"], record.get("id", "?"), error)
-        if len(skipped) > max_bad_fraction * len(records):
-          raise ValueError(f"dataset {entry['name']!r}: {len(skipped)} of {len(records)} images "
-                           f"unreadable (max_bad_fraction={max_bad_fraction}); first: {skipped[:5]}")
-        continue
-      writer.write(data)
-      written += 1
-  finally:
-    writer.close()
-  sidecar = {"dataset": entry["name"], "array_record": out_path, "num_records": written,
-             "num_skipped": len(skipped), "skipped": skipped[:100],
-             "source": {k: entry[k] for k in ("ann_path", "image_root") if k in entry}}
-  with open(out_path + ".json", "w") as f:
-    json.dump(sidecar, f, indent=1)
-  return sidecar
+def prepare_entry(
+    entry: Mapping[str, Any], out_path: str, max_bad_fraction: float = 0.01
+) -> dict[str, Any]:
+    """Writes one config entry's records to `out_path`; returns the sidecar dict (counts, paths)."""
+    records = sources.load_records(entry, max_bad_fraction)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    writer = ArrayRecordWriter(out_path, "group_size:1")
+    written, skipped = 0, []
+    try:
+        for record in tqdm(records, desc=f"prepare {entry['name']}", unit="ex"):
+            try:
+                _check_decodable(record)
+                data = sources.serialize_record(record)
+            except (OSError, images.BadImageError) as error:
+                skipped.append(f"{record.get('id', '?')}: {error}")
+                logger.warning("skipped %s/%s: %s", entry["name"], record.get("id", "?"), error)
+                if len(skipped) > max_bad_fraction * len(records):
+                    raise ValueError(
+                        f"dataset {entry['name']!r}: {len(skipped)} of {len(records)} images "
+                        f"unreadable (max_bad_fraction={max_bad_fraction}); first: {skipped[:5]}"
+                    ) from error
+                continue
+            writer.write(data)
+            written += 1
+    finally:
+        writer.close()
+    sidecar = {
+        "dataset": entry["name"],
+        "array_record": out_path,
+        "num_records": written,
+        "num_skipped": len(skipped),
+        "skipped": skipped[:100],
+        "source": {k: entry[k] for k in ("ann_path", "image_root") if k in entry},
+    }
+    with open(out_path + ".json", "w") as f:
+        json.dump(sidecar, f, indent=1)
+    return sidecar
 
 
 def _check_decodable(record: Mapping[str, Any]) -> None:
-  """Decode once now, so a corrupt file is caught at preparation, not in every epoch."""
-  if "frames" in record:
-    for path in record["frames"]:
-      images.load_image(path)
-  elif "image" in record:
-    images.load_image(record["image"])
+    """Decode once now, so a corrupt file is caught at preparation, not in every epoch."""
+    if "frames" in record:
+        for path in record["frames"]:
+            images.load_image(path)
+    elif "image" in record:
+        images.load_image(record["image"])
 
 
 def prepare_config(data_config, out_dir: str) -> list[dict[str, Any]]:
-  """Every training and eval entry of a data config -> ArrayRecord files under `out_dir`."""
-  results = []
-  max_bad = float(data_config.get("max_bad_fraction", 0.01))
-  for entry in list(data_config.get("datasets", [])) + list(data_config.get("eval_datasets", [])):
-    split = entry.get("split", "train")
-    out_path = os.path.join(out_dir, entry["name"], f"{split}{sources.ARRAY_RECORD_SUFFIX}")
-    results.append(prepare_entry(entry, out_path, max_bad))
-  return results
+    """Every training and eval entry of a data config -> ArrayRecord files under `out_dir`."""
+    results = []
+    max_bad = float(data_config.get("max_bad_fraction", 0.01))
+    for entry in list(data_config.get("datasets", [])) + list(data_config.get("eval_datasets", [])):
+        split = entry.get("split", "train")
+        out_path = os.path.join(out_dir, entry["name"], f"{split}{sources.ARRAY_RECORD_SUFFIX}")
+        results.append(prepare_entry(entry, out_path, max_bad))
+    return results
 
 
 def _define_flags() -> None:
-  """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
-  global _CONFIG, _OUT_DIR
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "data config file (configs/data_*.py)")
-  _OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write <dataset>/<split>.array_record")
+    """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
+    global _CONFIG, _OUT_DIR
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "data config file (configs/data_*.py)"
+    )
+    _OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write <dataset>/<split>.array_record")
 
 
 def main(argv) -> None:
-  del argv
-  logging.basicConfig(level=logging.WARNING)
-  if _CONFIG.value is None or _OUT_DIR.value is None:
-    raise app.UsageError("--config and --out_dir are required")
-  demo_data.ensure_from_config(_CONFIG.value)
-  for sidecar in prepare_config(_CONFIG.value, _OUT_DIR.value):
-    print(json.dumps({k: sidecar[k] for k in ("dataset", "array_record", "num_records", "num_skipped")}))
+    del argv
+    logging.basicConfig(level=logging.WARNING)
+    if _CONFIG.value is None or _OUT_DIR.value is None:
+        raise app.UsageError("--config and --out_dir are required")
+    demo_data.ensure_from_config(_CONFIG.value)
+    for sidecar in prepare_config(_CONFIG.value, _OUT_DIR.value):
+        print(
+            json.dumps(
+                {k: sidecar[k] for k in ("dataset", "array_record", "num_records", "num_skipped")}
+            )
+        )
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+    _define_flags()
+    app.run(main)

@@ -16,10 +16,12 @@ Two dataset flags shape the choice (paper, section 2.2):
 
 The choice is a pure function of (seed, dataset name, example index), so a run is reproducible.
 """
+
 from __future__ import annotations
 
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +87,7 @@ DIALOG_TEMPLATES = (
     "Continue the conversation about the image. {history} Question: {question} Answer briefly:",
     "Dialog: {history} Using the image, answer: {question}",
     "{history} Question: {question} A short answer to the question is",
-    "The dialog so far is {history} What is the answer to the question \"{question}\"?",
+    'The dialog so far is {history} What is the answer to the question "{question}"?',
 )
 
 CLASSIFICATION_TEMPLATES = (
@@ -120,81 +122,97 @@ SHORT_WORDS = ("short", "brief", "few words", "three words")
 
 
 def is_short_template(template: str) -> bool:
-  lowered = template.lower()
-  return any(word in lowered for word in SHORT_WORDS)
+    lowered = template.lower()
+    return any(word in lowered for word in SHORT_WORDS)
 
 
 def template_pool(category: str, *, short_answer: bool) -> tuple[str, ...]:
-  """The templates a dataset of `category` draws from."""
-  if category not in TEMPLATES:
-    raise KeyError(f"no instruction templates for task category {category!r}; "
-                   f"known: {sorted(TEMPLATES)}")
-  pool = TEMPLATES[category]
-  if not short_answer:
-    pool = tuple(t for t in pool if not is_short_template(t)) or pool
-  return pool
+    """The templates a dataset of `category` draws from."""
+    if category not in TEMPLATES:
+        raise KeyError(
+            f"no instruction templates for task category {category!r}; known: {sorted(TEMPLATES)}"
+        )
+    pool = TEMPLATES[category]
+    if not short_answer:
+        pool = tuple(t for t in pool if not is_short_template(t)) or pool
+    return pool
 
 
 def example_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
-  """A Generator that depends only on (seed, dataset name, example index): crc32 is stable across
-  processes and Python runs (unlike `hash`)."""
-  return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(dataset.encode()), int(index)])
+    """A Generator that depends only on (seed, dataset name, example index): crc32 is stable across
+    processes and Python runs (unlike `hash`)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(dataset.encode()), int(index)])
 
 
 def most_weighted_choice(answers: list[str], rng: np.random.Generator) -> str:
-  """An answer drawn with probability proportional to how many annotators gave it (as LAVIS)."""
-  unique, counts = np.unique(np.asarray(answers, dtype=object).astype(str), return_counts=True)
-  return str(rng.choice(unique, p=counts / counts.sum()))
+    """An answer drawn with probability proportional to how many annotators gave it (as LAVIS)."""
+    unique, counts = np.unique(np.asarray(answers, dtype=object).astype(str), return_counts=True)
+    return str(rng.choice(unique, p=counts / counts.sum()))
 
 
 def _format_options(choices: list[str]) -> str:
-  return ", ".join(choices)
+    return ", ".join(choices)
 
 
 def _fill(template: str, **fields: str) -> str:
-  return template.format(**fields).strip()
+    return template.format(**fields).strip()
 
 
-def make_instruction(record: Mapping[str, Any], category: str, *, short_answer: bool, ocr: bool,
-                     rng: np.random.Generator) -> tuple[str, str]:
-  """A canonical record (docs/CONTRACTS.md) -> (filled instruction, target text) for training.
+def make_instruction(
+    record: Mapping[str, Any],
+    category: str,
+    *,
+    short_answer: bool,
+    ocr: bool,
+    rng: np.random.Generator,
+) -> tuple[str, str]:
+    """A canonical record (docs/CONTRACTS.md) -> (filled instruction, target text) for training.
 
-  Raises KeyError naming the missing field when the record lacks what its category needs.
-  """
-  def need(field: str) -> Any:
-    if field not in record or record[field] in (None, "", []):
-      raise KeyError(f"{category} example {record.get('id', '?')!r} of {record.get('dataset', '?')!r} "
-                     f"has no {field!r}")
-    return record[field]
+    Raises KeyError naming the missing field when the record lacks what its category needs.
+    """
 
-  pool = template_pool(category, short_answer=short_answer)
-  template = pool[int(rng.integers(len(pool)))]
-  if category in ("image_captioning", "image_captioning_reading_comprehension"):
-    captions = need("captions")
-    instruction, target = template, captions[int(rng.integers(len(captions)))]
-  elif category == "image_question_generation":
-    answer = most_weighted_choice(need("answers"), rng) if record.get("answers") else \
-        need("choices")[need("answer_index")]
-    instruction, target = _fill(template, answer=answer), need("question")
-  elif category == "visual_conversational_qa":
-    history = " ".join(f"{q} {a}." for q, a in record.get("dialog", []))
-    instruction = _fill(template, history=history, question=need("question"))
-    target = most_weighted_choice(need("answers"), rng)
-  elif category == "image_classification":
-    instruction = _fill(template, text=record.get("text", ""))
-    target = most_weighted_choice(need("answers"), rng)
-  elif category == "llava_instruct":
-    instruction, target = need("question"), need("answers")[0]
-  elif "choices" in record and "answer_index" in record:
-    mc_pool = MULTIPLE_CHOICE_TEMPLATES if short_answer else tuple(
-        t for t in MULTIPLE_CHOICE_TEMPLATES if not is_short_template(t))
-    template = mc_pool[int(rng.integers(len(mc_pool)))]
-    choices = need("choices")
-    instruction = _fill(template, question=need("question"), options=_format_options(choices))
-    target = choices[int(record["answer_index"])]
-  else:  # the VQA family: reasoning, knowledge, scene text, video
-    instruction = _fill(template, question=need("question"))
-    target = most_weighted_choice(need("answers"), rng)
-  if ocr and record.get("ocr_tokens"):
-    instruction = f"OCR tokens: {' '.join(record['ocr_tokens'])}. {instruction}"
-  return instruction, target
+    def need(field: str) -> Any:
+        if field not in record or record[field] in (None, "", []):
+            raise KeyError(
+                f"{category} example {record.get('id', '?')!r} of {record.get('dataset', '?')!r} "
+                f"has no {field!r}"
+            )
+        return record[field]
+
+    pool = template_pool(category, short_answer=short_answer)
+    template = pool[int(rng.integers(len(pool)))]
+    if category in ("image_captioning", "image_captioning_reading_comprehension"):
+        captions = need("captions")
+        instruction, target = template, captions[int(rng.integers(len(captions)))]
+    elif category == "image_question_generation":
+        answer = (
+            most_weighted_choice(need("answers"), rng)
+            if record.get("answers")
+            else need("choices")[need("answer_index")]
+        )
+        instruction, target = _fill(template, answer=answer), need("question")
+    elif category == "visual_conversational_qa":
+        history = " ".join(f"{q} {a}." for q, a in record.get("dialog", []))
+        instruction = _fill(template, history=history, question=need("question"))
+        target = most_weighted_choice(need("answers"), rng)
+    elif category == "image_classification":
+        instruction = _fill(template, text=record.get("text", ""))
+        target = most_weighted_choice(need("answers"), rng)
+    elif category == "llava_instruct":
+        instruction, target = need("question"), need("answers")[0]
+    elif "choices" in record and "answer_index" in record:
+        mc_pool = (
+            MULTIPLE_CHOICE_TEMPLATES
+            if short_answer
+            else tuple(t for t in MULTIPLE_CHOICE_TEMPLATES if not is_short_template(t))
+        )
+        template = mc_pool[int(rng.integers(len(mc_pool)))]
+        choices = need("choices")
+        instruction = _fill(template, question=need("question"), options=_format_options(choices))
+        target = choices[int(record["answer_index"])]
+    else:  # the VQA family: reasoning, knowledge, scene text, video
+        instruction = _fill(template, question=need("question"))
+        target = most_weighted_choice(need("answers"), rng)
+    if ocr and record.get("ocr_tokens"):
+        instruction = f"OCR tokens: {' '.join(record['ocr_tokens'])}. {instruction}"
+    return instruction, target

@@ -24,18 +24,38 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, every_steps: int = 1, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every_steps,
-                                           enable_async_checkpointing=async_save, read_only=read_only,
-                                           create=not read_only)
-    handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
-                "data_iterator": grain.checkpoint.CheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+def make_manager(
+    workdir: str,
+    every_steps: int = 1,
+    keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        save_interval_steps=every_steps,
+        enable_async_checkpointing=async_save,
+        read_only=read_only,
+        create=not read_only,
+    )
+    handlers = {
+        "params": ocp.StandardCheckpointHandler(),
+        "opt_state": ocp.StandardCheckpointHandler(),
+        "data_iterator": grain.checkpoint.CheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+    }
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
-def save(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any, data_iterator: Any,
-         config: ml_collections.ConfigDict, force: bool = False) -> bool:
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    params: Any,
+    opt_state: Any,
+    data_iterator: Any,
+    config: ml_collections.ConfigDict,
+    force: bool = False,
+) -> bool:
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
@@ -45,8 +65,13 @@ def save(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
     return manager.save(step, args=args, force=force)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_params: Any, abstract_opt_state: Any | None,
-            data_iterator: Any | None) -> dict[str, Any]:
+def restore(
+    manager: ocp.CheckpointManager,
+    step: int,
+    abstract_params: Any,
+    abstract_opt_state: Any | None,
+    data_iterator: Any | None,
+) -> dict[str, Any]:
     """Restore onto the shardings carried by the abstract trees (any mesh shape)."""
     items = {"params": ocp.args.StandardRestore(abstract_params)}
     if abstract_opt_state is not None:
@@ -56,18 +81,27 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_params: Any, abs
     return dict(manager.restore(step, args=ocp.args.Composite(**items)))
 
 
-def restore_params(workdir: str, step: int | None = None, abstract_params: Any | None = None
-                   ) -> tuple[int, Any, dict]:
+def restore_params(
+    workdir: str, step: int | None = None, abstract_params: Any | None = None
+) -> tuple[int, Any, dict]:
     """(step, params, config dict) of a run's checkpoint; the latest if `step` is None."""
     manager = make_manager(workdir, read_only=True)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
-    target = ocp.args.StandardRestore(abstract_params) if abstract_params is not None else ocp.args.StandardRestore()
-    restored = manager.restore(step, args=ocp.args.Composite(params=target, config=ocp.args.JsonRestore()))
+    target = (
+        ocp.args.StandardRestore(abstract_params)
+        if abstract_params is not None
+        else ocp.args.StandardRestore()
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(params=target, config=ocp.args.JsonRestore())
+    )
     manager.close()
     return step, restored["params"], restored["config"]
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
-    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,13 @@ import numpy as np
 
 Array = jax.Array
 Cache = Any
-MODEL_INPUTS = ("pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask")
+MODEL_INPUTS = (
+    "pixel_values",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+    "input_ids",
+    "attention_mask",
+)
 _NEG = -1.0e9  # HF's "very large negative" for beam bookkeeping (not -inf: it must stay comparable)
 
 
@@ -55,33 +62,52 @@ class DecodeSettings:
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.num_beams > 1 and self.do_sample:
-            raise NotImplementedError("beam sampling (num_beams > 1 with do_sample) is not implemented")
+            raise NotImplementedError(
+                "beam sampling (num_beams > 1 with do_sample) is not implemented"
+            )
 
 
 class Knobs(NamedTuple):
     """Numeric settings, passed as traced scalars so that changing them does not recompile
     (per-dataset overrides in an eval job share one executable per shape)."""
 
-    min_new_tokens: Array      # int32 ()
-    length_divisors: Array     # float32 [max_new_tokens + 1]: n ** length_penalty (HF: float64 -> float32)
+    min_new_tokens: Array  # int32 ()
+    length_divisors: (
+        Array  # float32 [max_new_tokens + 1]: n ** length_penalty (HF: float64 -> float32)
+    )
     repetition_penalty: Array  # float32 ()
-    temperature: Array         # float32 ()
-    top_p: Array               # float32 ()
+    temperature: Array  # float32 ()
+    top_p: Array  # float32 ()
 
 
-def make_knobs(max_new_tokens: int, *, min_new_tokens: int = 0, length_penalty: float = 1.0,
-               repetition_penalty: float = 1.0, temperature: float = 1.0, top_p: float = 1.0) -> Knobs:
+def make_knobs(
+    max_new_tokens: int,
+    *,
+    min_new_tokens: int = 0,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> Knobs:
     if repetition_penalty <= 0 or temperature <= 0 or not 0 < top_p <= 1 or min_new_tokens < 0:
-        raise ValueError(f"need repetition_penalty > 0, temperature > 0, 0 < top_p <= 1, min_new_tokens >= 0; got "
-                         f"{repetition_penalty}, {temperature}, {top_p}, {min_new_tokens}")
+        raise ValueError(
+            f"need repetition_penalty > 0, temperature > 0, 0 < top_p <= 1, min_new_tokens >= 0; got "
+            f"{repetition_penalty}, {temperature}, {top_p}, {min_new_tokens}"
+        )
     divisors = [1.0] + [float(n) ** float(length_penalty) for n in range(1, max_new_tokens + 1)]
-    return Knobs(np.int32(min_new_tokens), np.asarray(divisors, np.float64).astype(np.float32),
-                 np.float32(repetition_penalty), np.float32(temperature), np.float32(top_p))
+    return Knobs(
+        np.int32(min_new_tokens),
+        np.asarray(divisors, np.float64).astype(np.float32),
+        np.float32(repetition_penalty),
+        np.float32(temperature),
+        np.float32(top_p),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The language-model-specific pair
 # ---------------------------------------------------------------------------------------------
+
 
 class LMAdapter(NamedTuple):
     """start(params, batch, max_decode_length) -> (logits [B, V] for the first new token, cache,
@@ -103,17 +129,32 @@ def _t5_adapter(model) -> LMAdapter:
     text = model.config.text
 
     def start(params, batch, max_decode_length):
-        encoder_hidden, encoder_mask, _ = model.apply({"params": params}, *(batch.get(k) for k in MODEL_INPUTS),
-                                                      method=InstructBlip.encode)
+        encoder_hidden, encoder_mask, _ = model.apply(
+            {"params": params}, *(batch.get(k) for k in MODEL_INPUTS), method=InstructBlip.encode
+        )
         start_ids = jnp.full((encoder_hidden.shape[0], 1), text.decoder_start_token_id, jnp.int32)
-        logits, variables = model.apply({"params": params}, start_ids, encoder_hidden, encoder_mask,
-                                        decode_mode="prefill", max_decode_length=max_decode_length,
-                                        method=InstructBlip.decode, mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params},
+            start_ids,
+            encoder_hidden,
+            encoder_mask,
+            decode_mode="prefill",
+            max_decode_length=max_decode_length,
+            method=InstructBlip.decode,
+            mutable=["cache"],
+        )
         return logits[:, -1], variables["cache"], start_ids, jnp.ones_like(start_ids)
 
     def step(params, tokens, cache):
-        logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], None, None,
-                                        decode_mode="step", method=InstructBlip.decode, mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params, "cache": cache},
+            tokens[:, None],
+            None,
+            None,
+            decode_mode="step",
+            method=InstructBlip.decode,
+            mutable=["cache"],
+        )
         return logits[:, -1], variables["cache"]
 
     return LMAdapter(start, step)
@@ -128,14 +169,22 @@ def _llama_adapter(model) -> LMAdapter:
     from ib_jax.models.instructblip import InstructBlip
 
     def start(params, batch, max_decode_length):
-        logits, variables = model.apply({"params": params}, *(batch.get(k) for k in MODEL_INPUTS),
-                                        max_new_tokens=max_decode_length, method=InstructBlip.decoder_only_prefill,
-                                        mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params},
+            *(batch.get(k) for k in MODEL_INPUTS),
+            max_new_tokens=max_decode_length,
+            method=InstructBlip.decoder_only_prefill,
+            mutable=["cache"],
+        )
         return logits[:, -1], variables["cache"], batch["input_ids"], batch["attention_mask"]
 
     def step(params, tokens, cache):
-        logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None],
-                                        method=InstructBlip.decoder_only_step, mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params, "cache": cache},
+            tokens[:, None],
+            method=InstructBlip.decoder_only_step,
+            mutable=["cache"],
+        )
         return logits[:, -1], variables["cache"]
 
     return LMAdapter(start, step)
@@ -148,6 +197,7 @@ ADAPTERS: dict[str, Callable[[Any], LMAdapter]] = {"t5": _t5_adapter, "llama": _
 # Logits processors (HF order and arithmetic)
 # ---------------------------------------------------------------------------------------------
 
+
 def presence_mask(ids: Array, mask: Array, vocab_size: int) -> Array:
     """[N, P] ids (+ mask) -> [N, V] bool: which tokens occur in each row's sequence."""
     rows = jnp.arange(ids.shape[0])[:, None]
@@ -155,7 +205,9 @@ def presence_mask(ids: Array, mask: Array, vocab_size: int) -> Array:
     return jnp.zeros((ids.shape[0], vocab_size), bool).at[rows, safe].max(mask.astype(bool))
 
 
-def _process(scores: Array, presence: Array, num_generated: Array, knobs: Knobs, eos_token_id: int) -> Array:
+def _process(
+    scores: Array, presence: Array, num_generated: Array, knobs: Knobs, eos_token_id: int
+) -> Array:
     """Repetition penalty, then min-new-tokens. scores [N, V] float32 (a penalty of 1 is exact identity)."""
     penalty = knobs.repetition_penalty
     penalised = jnp.where(scores < 0, scores * penalty, scores / penalty)
@@ -180,7 +232,10 @@ def top_p_filter(logits: Array, top_p: Array | float, min_tokens_to_keep: int = 
 # Greedy / sampling
 # ---------------------------------------------------------------------------------------------
 
-def _greedy_or_sample(adapter: LMAdapter, settings: DecodeSettings, params, batch, knobs: Knobs, rng) -> Array:
+
+def _greedy_or_sample(
+    adapter: LMAdapter, settings: DecodeSettings, params, batch, knobs: Knobs, rng
+) -> Array:
     steps = settings.max_new_tokens
     logits, cache, context, context_mask = adapter.start(params, batch, steps)
     batch_size, vocab = logits.shape
@@ -201,12 +256,23 @@ def _greedy_or_sample(adapter: LMAdapter, settings: DecodeSettings, params, batc
         token = choose(logits, state["presence"], i, rng)
         token = jnp.where(state["done"], settings.pad_token_id, token)
         rows = jnp.arange(batch_size)
-        return dict(i=i + 1, tokens=state["tokens"].at[:, i].set(token), done=state["done"] | (token == settings.eos_token_id),
-                    presence=state["presence"].at[rows, token].set(True), cache=state["cache"], last=token)
+        return dict(
+            i=i + 1,
+            tokens=state["tokens"].at[:, i].set(token),
+            done=state["done"] | (token == settings.eos_token_id),
+            presence=state["presence"].at[rows, token].set(True),
+            cache=state["cache"],
+            last=token,
+        )
 
-    state = dict(i=jnp.int32(0), tokens=jnp.full((batch_size, steps), settings.pad_token_id, jnp.int32),
-                 done=jnp.zeros((batch_size,), bool), presence=presence, cache=cache,
-                 last=jnp.zeros((batch_size,), jnp.int32))
+    state = dict(
+        i=jnp.int32(0),
+        tokens=jnp.full((batch_size, steps), settings.pad_token_id, jnp.int32),
+        done=jnp.zeros((batch_size,), bool),
+        presence=presence,
+        cache=cache,
+        last=jnp.zeros((batch_size,), jnp.int32),
+    )
     state = emit(state, logits)
 
     def cond(state):
@@ -223,6 +289,7 @@ def _greedy_or_sample(adapter: LMAdapter, settings: DecodeSettings, params, batc
 # Beam search
 # ---------------------------------------------------------------------------------------------
 
+
 def _gather_beams(x: Array, index: Array) -> Array:
     """x [B, K, ...], index [B, K'] -> [B, K', ...]"""
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
@@ -236,10 +303,14 @@ _BEAM_INVARIANT = ("cross_key", "cross_value", "encoder_mask", "max_length", "po
 def _reorder_cache(cache: Cache, reorder: Callable[[Array], Array]) -> Cache:
     """Gather the cache to the surviving beams, skipping the beam-invariant leaves (~12% of 5-beam time)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: x if getattr(path[-1], "key", None) in _BEAM_INVARIANT else reorder(x), cache)
+        lambda path, x: x if getattr(path[-1], "key", None) in _BEAM_INVARIANT else reorder(x),
+        cache,
+    )
 
 
-def _beam_search(adapter: LMAdapter, settings: DecodeSettings, params, batch, knobs: Knobs, rng) -> Array:
+def _beam_search(
+    adapter: LMAdapter, settings: DecodeSettings, params, batch, knobs: Knobs, rng
+) -> Array:
     del rng
     steps, beams = settings.max_new_tokens, settings.num_beams
     keep = 2 * beams  # HF: max(2, 1 + number of EOS ids) * num_beams with one EOS id
@@ -256,7 +327,9 @@ def _beam_search(adapter: LMAdapter, settings: DecodeSettings, params, batch, kn
         i = state["i"]  # tokens generated so far; this step writes position i
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         log_probs = _process(log_probs, state["presence"], i, knobs, settings.eos_token_id)
-        log_probs = log_probs.reshape(batch_size, beams, vocab) + state["running_scores"][:, :, None]
+        log_probs = (
+            log_probs.reshape(batch_size, beams, vocab) + state["running_scores"][:, :, None]
+        )
         topk_scores, topk_index = jax.lax.top_k(log_probs.reshape(batch_size, beams * vocab), keep)
         source_beam, token = topk_index // vocab, (topk_index % vocab).astype(jnp.int32)
         topk_seqs = _gather_beams(state["running_seqs"], source_beam).at[:, :, i].set(token)
@@ -270,7 +343,9 @@ def _beam_search(adapter: LMAdapter, settings: DecodeSettings, params, batch, kn
         # Finished set: merge penalised just-finished top-`beams` candidates, keep the best `beams`.
         just_finished = hits & top_mask[None, :]
         finished_candidates = topk_scores / divisors[i + 1]
-        finished_candidates = finished_candidates + (~state["improvable"][:, None]).astype(jnp.float32) * _NEG
+        finished_candidates = (
+            finished_candidates + (~state["improvable"][:, None]).astype(jnp.float32) * _NEG
+        )
         finished_candidates = finished_candidates + (~just_finished).astype(jnp.float32) * _NEG
         merged_scores = jnp.concatenate([state["finished_scores"], finished_candidates], axis=1)
         merged_seqs = jnp.concatenate([state["finished_seqs"], topk_seqs], axis=1)
@@ -282,25 +357,43 @@ def _beam_search(adapter: LMAdapter, settings: DecodeSettings, params, batch, kn
         flat_source = (_gather_beams(source_beam, next_index) + flat_offsets).reshape(-1)
         reorder = lambda x: jnp.take(x, flat_source, axis=0)  # noqa: E731
         next_tokens = running_seqs[:, :, i].reshape(-1)
-        presence = reorder(state["presence"]).at[jnp.arange(batch_size * beams), next_tokens].set(True)
+        presence = (
+            reorder(state["presence"]).at[jnp.arange(batch_size * beams), next_tokens].set(True)
+        )
 
         # HF's early-stop heuristic (early_stopping=False): length = tokens generated so far.
         best_running = next_scores[:, :1] / divisors[i + 1]
-        worst_finished = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True), _NEG)
+        worst_finished = jnp.where(
+            is_finished, jnp.min(finished_scores, axis=1, keepdims=True), _NEG
+        )
         improvable = state["improvable"] & jnp.any(best_running > worst_finished, axis=1)
-        return dict(i=i + 1, running_seqs=running_seqs, running_scores=next_scores,
-                    finished_seqs=_gather_beams(merged_seqs, merged_index), finished_scores=finished_scores,
-                    is_finished=is_finished, improvable=improvable, presence=presence,
-                    cache=_reorder_cache(state["cache"], reorder),
-                    go_on=jnp.any(improvable) & ~jnp.all(hits))
+        return dict(
+            i=i + 1,
+            running_seqs=running_seqs,
+            running_scores=next_scores,
+            finished_seqs=_gather_beams(merged_seqs, merged_index),
+            finished_scores=finished_scores,
+            is_finished=is_finished,
+            improvable=improvable,
+            presence=presence,
+            cache=_reorder_cache(state["cache"], reorder),
+            go_on=jnp.any(improvable) & ~jnp.all(hits),
+        )
 
     seqs = jnp.full((batch_size, beams, steps), settings.pad_token_id, jnp.int32)
-    state = dict(i=jnp.int32(0), running_seqs=seqs,
-                 # Only beam 0 is live at first, so the K copies do not all pick the same tokens.
-                 running_scores=jnp.zeros((batch_size, beams), jnp.float32).at[:, 1:].set(_NEG),
-                 finished_seqs=seqs, finished_scores=jnp.full((batch_size, beams), _NEG, jnp.float32),
-                 is_finished=jnp.zeros((batch_size, beams), bool), improvable=jnp.ones((batch_size,), bool),
-                 presence=expand(presence_mask(context, context_mask, vocab)), cache=cache, go_on=jnp.bool_(True))
+    state = dict(
+        i=jnp.int32(0),
+        running_seqs=seqs,
+        # Only beam 0 is live at first, so the K copies do not all pick the same tokens.
+        running_scores=jnp.zeros((batch_size, beams), jnp.float32).at[:, 1:].set(_NEG),
+        finished_seqs=seqs,
+        finished_scores=jnp.full((batch_size, beams), _NEG, jnp.float32),
+        is_finished=jnp.zeros((batch_size, beams), bool),
+        improvable=jnp.ones((batch_size,), bool),
+        presence=expand(presence_mask(context, context_mask, vocab)),
+        cache=cache,
+        go_on=jnp.bool_(True),
+    )
     state = beam_step(state, logits)
 
     def cond(state):
@@ -314,7 +407,9 @@ def _beam_search(adapter: LMAdapter, settings: DecodeSettings, params, batch, kn
     state = jax.lax.while_loop(cond, body, state)
     best = state["finished_seqs"][:, 0]
     # Positions after the first EOS hold pad (HF fills them with its own filler value).
-    after_eos = jnp.cumsum(best == settings.eos_token_id, axis=1) - (best == settings.eos_token_id) > 0
+    after_eos = (
+        jnp.cumsum(best == settings.eos_token_id, axis=1) - (best == settings.eos_token_id) > 0
+    )
     return jnp.where(after_eos, settings.pad_token_id, best)
 
 
@@ -322,21 +417,39 @@ def _beam_search(adapter: LMAdapter, settings: DecodeSettings, params, batch, kn
 # Public API
 # ---------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=64)
-def compiled_generate(model, settings: DecodeSettings) -> Callable[[Any, dict[str, Array], Knobs, Array], Array]:
+def compiled_generate(
+    model, settings: DecodeSettings
+) -> Callable[[Any, dict[str, Array], Knobs, Array], Array]:
     """jit(params, batch, knobs, rng) -> [B, max_new_tokens] int32 for one (model, settings); cached."""
     lm_type = model.config.lm_type
     if lm_type not in ADAPTERS:
-        raise ValueError(f"no generation adapter for lm_type={lm_type!r}; known: {sorted(ADAPTERS)}")
+        raise ValueError(
+            f"no generation adapter for lm_type={lm_type!r}; known: {sorted(ADAPTERS)}"
+        )
     adapter = ADAPTERS[lm_type](model)
     search = _beam_search if settings.num_beams > 1 else _greedy_or_sample
     return jax.jit(functools.partial(search, adapter, settings))
 
 
-def generate(model, params: Any, batch: dict[str, Any], *, max_new_tokens: int, min_new_tokens: int = 0,
-             num_beams: int = 1, length_penalty: float = 1.0, repetition_penalty: float = 1.0,
-             do_sample: bool = False, top_p: float = 1.0, temperature: float = 1.0, rng: Array | None = None,
-             eos_token_id: int | None = None, pad_token_id: int | None = None) -> Array:
+def generate(
+    model,
+    params: Any,
+    batch: dict[str, Any],
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = False,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    rng: Array | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> Array:
     """Generate for a batch (CONTRACTS.md keys; extra keys such as "valid"/"meta" are ignored).
 
     Returns [B, max_new_tokens] int32: the new tokens only (no T5 start token), the EOS included,
@@ -344,11 +457,20 @@ def generate(model, params: Any, batch: dict[str, Any], *, max_new_tokens: int, 
     """
     text = model.config.text
     settings = DecodeSettings(
-        max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=bool(do_sample),
+        max_new_tokens=int(max_new_tokens),
+        num_beams=int(num_beams),
+        do_sample=bool(do_sample),
         eos_token_id=int(text.eos_token_id if eos_token_id is None else eos_token_id),
-        pad_token_id=int(text.pad_token_id if pad_token_id is None else pad_token_id))
-    knobs = make_knobs(int(max_new_tokens), min_new_tokens=int(min_new_tokens), length_penalty=length_penalty,
-                       repetition_penalty=repetition_penalty, temperature=temperature, top_p=top_p)
+        pad_token_id=int(text.pad_token_id if pad_token_id is None else pad_token_id),
+    )
+    knobs = make_knobs(
+        int(max_new_tokens),
+        min_new_tokens=int(min_new_tokens),
+        length_penalty=length_penalty,
+        repetition_penalty=repetition_penalty,
+        temperature=temperature,
+        top_p=top_p,
+    )
     if do_sample and rng is None:
         raise ValueError("do_sample=True needs an rng (jax.random.key)")
     inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS if batch.get(k) is not None}
@@ -372,5 +494,15 @@ def decode_text(tokens: Array | np.ndarray, tokenizer, eos_token_id: int) -> lis
     return texts
 
 
-__all__ = ["DecodeSettings", "Knobs", "make_knobs", "LMAdapter", "ADAPTERS", "compiled_generate", "generate", "decode_text", "top_p_filter",
-           "presence_mask"]
+__all__ = [
+    "DecodeSettings",
+    "Knobs",
+    "make_knobs",
+    "LMAdapter",
+    "ADAPTERS",
+    "compiled_generate",
+    "generate",
+    "decode_text",
+    "top_p_filter",
+    "presence_mask",
+]

@@ -23,23 +23,39 @@ def initialize(config: ml_collections.ConfigDict) -> None:
     dist = config.get("distributed") or {}
     address = dist.get("coordinator_address") or os.environ.get("IB_JAX_COORDINATOR")
     if address:
-        num_processes = int(dist.get("num_processes") or _required_env("IB_JAX_NUM_PROCESSES", address))
-        process_id = int(dist.get("process_id") if dist.get("process_id") is not None
-                         else _required_env("IB_JAX_PROCESS_ID", address))
+        num_processes = int(
+            dist.get("num_processes") or _required_env("IB_JAX_NUM_PROCESSES", address)
+        )
+        process_id = int(
+            dist.get("process_id")
+            if dist.get("process_id") is not None
+            else _required_env("IB_JAX_PROCESS_ID", address)
+        )
         jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
-    elif (dist.get("auto") or os.environ.get("IB_JAX_DISTRIBUTED") == "auto" or "SLURM_JOB_ID" in os.environ
-          or "TPU_WORKER_HOSTNAMES" in os.environ):
+    elif (
+        dist.get("auto")
+        or os.environ.get("IB_JAX_DISTRIBUTED") == "auto"
+        or "SLURM_JOB_ID" in os.environ
+        or "TPU_WORKER_HOSTNAMES" in os.environ
+    ):
         jax.distributed.initialize()
     else:
         return
-    logger.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-                jax.local_device_count(), jax.device_count())
+    logger.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def _required_env(name: str, address: str) -> str:
     if name not in os.environ:
-        raise ValueError(f"coordinator {address} is set (config.distributed / IB_JAX_COORDINATOR) but {name} is "
-                         "not: every process needs IB_JAX_NUM_PROCESSES and its own IB_JAX_PROCESS_ID")
+        raise ValueError(
+            f"coordinator {address} is set (config.distributed / IB_JAX_COORDINATOR) but {name} is "
+            "not: every process needs IB_JAX_NUM_PROCESSES and its own IB_JAX_PROCESS_ID"
+        )
     return os.environ[name]
 
 

@@ -34,13 +34,17 @@ FINAL_MARKER = "TRAINING_DONE"  # written by the training job into the workdir w
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 
+
 def checkpoint_steps(workdir: str) -> list[int]:
     """Finalized training checkpoint steps (Orbax renames a step directory into place when complete)."""
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+    return sorted(
+        int(name)
+        for name in os.listdir(directory)
+        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    )
 
 
 def restore_params(workdir: str, step: int) -> Any:
@@ -63,7 +67,9 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
     if checkpoint in (None, ""):
         steps = checkpoint_steps(workdir)
         if not steps:
-            raise FileNotFoundError(f"no training checkpoints under {workdir}/checkpoints and no --checkpoint given")
+            raise FileNotFoundError(
+                f"no training checkpoints under {workdir}/checkpoints and no --checkpoint given"
+            )
         checkpoint = steps[-1]
     step = int(checkpoint)
     model = InstructBlip(from_config_dict(config.model))
@@ -73,6 +79,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
+
 
 class Outputs:
     """metrics.jsonl + TensorBoard + per-example predictions under WORKDIR/eval."""
@@ -86,11 +93,18 @@ class Outputs:
     def writer(self):
         if self._writer is None:
             from tensorboardX import SummaryWriter
+
             self._writer = SummaryWriter(os.path.join(self.root, "tensorboard"))
         return self._writer
 
-    def write(self, dataset: str, tag: str, step: int | None, metrics: dict[str, float],
-              predictions: list[dict[str, Any]]) -> None:
+    def write(
+        self,
+        dataset: str,
+        tag: str,
+        step: int | None,
+        metrics: dict[str, float],
+        predictions: list[dict[str, Any]],
+    ) -> None:
         path = os.path.join(self.root, "predictions", dataset, f"{tag}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -115,7 +129,9 @@ class Outputs:
         tmp = os.path.join(self.root, "done.json.tmp")
         with open(tmp, "w") as f:
             json.dump({"steps": steps}, f)
-        os.replace(tmp, os.path.join(self.root, "done.json"))  # atomic: a crash never leaves half a file
+        os.replace(
+            tmp, os.path.join(self.root, "done.json")
+        )  # atomic: a crash never leaves half a file
 
     def close(self) -> None:
         if self._writer is not None:
@@ -126,6 +142,7 @@ class Outputs:
 # Evaluation of one checkpoint
 # ---------------------------------------------------------------------------------------------
 
+
 def _eval_settings(config: ml_collections.ConfigDict, dataset: str):
     from data_pipelines import pipeline, sources
     from ib_jax.eval import evaluators
@@ -133,11 +150,14 @@ def _eval_settings(config: ml_collections.ConfigDict, dataset: str):
     entry = pipeline.find_eval_entry(config.data, dataset, config.eval.get("split", "eval"))
     overrides = config.eval.get("overrides", {}) or {}
     overrides = dict(overrides.get(dataset, {}) or {}) if hasattr(overrides, "get") else {}
-    return evaluators.settings_for(dataset, overrides, registry_name=sources.resolve_spec(entry).name)
+    return evaluators.settings_for(
+        dataset, overrides, registry_name=sources.resolve_spec(entry).name
+    )
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, model, params, tag: str, step: int | None,
-                        outputs: Outputs) -> dict[str, dict[str, float]]:
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, model, params, tag: str, step: int | None, outputs: Outputs
+) -> dict[str, dict[str, float]]:
     """Every dataset of config.eval on one checkpoint; writes outputs, returns {dataset: metrics}."""
     from tqdm import tqdm
 
@@ -146,7 +166,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, model, params, tag: s
     from ib_jax.eval import evaluators
 
     data_config = ml_collections.ConfigDict(config.data.to_dict())
-    data_config.eval_batch_size = int(config.eval.get("batch_size", data_config.get("eval_batch_size", 8)))
+    data_config.eval_batch_size = int(
+        config.eval.get("batch_size", data_config.get("eval_batch_size", 8))
+    )
     tokenizer = LMTokenizer(str(data_config.lm_spm))
     split = config.eval.get("split", "eval")
     results = {}
@@ -164,15 +186,23 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, model, params, tag: s
     return results
 
 
-def _training_finished(config: ml_collections.ConfigDict, workdir: str, evaluated: set[int]) -> bool:
+def _training_finished(
+    config: ml_collections.ConfigDict, workdir: str, evaluated: set[int]
+) -> bool:
     if os.path.exists(os.path.join(workdir, FINAL_MARKER)):
         return True
     num_steps = config.get("train", {}).get("num_steps") if hasattr(config, "get") else None
     return bool(num_steps) and any(step >= int(num_steps) for step in evaluated)
 
 
-def watch(config: ml_collections.ConfigDict, workdir: str, *, poll_seconds: float = 30.0,
-          timeout_seconds: float = 3600.0, outputs: Outputs | None = None) -> list[int]:
+def watch(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    poll_seconds: float = 30.0,
+    timeout_seconds: float = 3600.0,
+    outputs: Outputs | None = None,
+) -> list[int]:
     """Evaluate every new checkpoint once until training is finished or `timeout_seconds` pass
     without a new checkpoint. Returns the steps evaluated by this call."""
     outputs = outputs or Outputs(workdir)
@@ -198,18 +228,30 @@ def watch(config: ml_collections.ConfigDict, workdir: str, *, poll_seconds: floa
         time.sleep(poll_seconds)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None, *, watch_mode: bool = False,
-        poll_seconds: float = 30.0, timeout_seconds: float = 3600.0) -> Any:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    checkpoint: str | None = None,
+    *,
+    watch_mode: bool = False,
+    poll_seconds: float = 30.0,
+    timeout_seconds: float = 3600.0,
+) -> Any:
     from data_pipelines import demo_data
 
     demo_data.ensure_from_config(config.data)  # the demo config's data is generated on first use
     outputs = Outputs(workdir)
     try:
         if watch_mode:
-            return watch(config, workdir, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
-                         outputs=outputs)
+            return watch(
+                config,
+                workdir,
+                poll_seconds=poll_seconds,
+                timeout_seconds=timeout_seconds,
+                outputs=outputs,
+            )
         model, params, tag = load_model(config, workdir, checkpoint)
-        step = int(tag[len("step_"):]) if tag.startswith("step_") else None
+        step = int(tag[len("step_") :]) if tag.startswith("step_") else None
         return evaluate_checkpoint(config, model, params, tag, step, outputs)
     finally:
         outputs.close()
@@ -221,20 +263,36 @@ def main(argv: list[str]) -> None:
     del argv
     FLAGS = flags.FLAGS
     logging.basicConfig(level=logging.INFO)
-    run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint or None, watch_mode=FLAGS.watch,
-        poll_seconds=FLAGS.poll_seconds, timeout_seconds=FLAGS.watch_timeout)
+    run(
+        FLAGS.config,
+        FLAGS.workdir,
+        FLAGS.checkpoint or None,
+        watch_mode=FLAGS.watch,
+        poll_seconds=FLAGS.poll_seconds,
+        timeout_seconds=FLAGS.watch_timeout,
+    )
 
 
 def _define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "configs/*.py file (get_config(arg))", lock_config=False)
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints/ in, eval/ out)", required=True)
-    flags.DEFINE_string("checkpoint", "", "training step, or a converted/HF directory; default: latest step")
+    config_flags.DEFINE_config_file(
+        "config", None, "configs/*.py file (get_config(arg))", lock_config=False
+    )
+    flags.DEFINE_string(
+        "workdir", None, "run directory (checkpoints/ in, eval/ out)", required=True
+    )
+    flags.DEFINE_string(
+        "checkpoint", "", "training step, or a converted/HF directory; default: latest step"
+    )
     flags.DEFINE_bool("watch", False, "evaluate every new checkpoint until training ends")
-    flags.DEFINE_float("poll_seconds", 30.0, "watch: seconds between scans of the checkpoint directory")
-    flags.DEFINE_float("watch_timeout", 3600.0, "watch: stop after this long without a new checkpoint")
+    flags.DEFINE_float(
+        "poll_seconds", 30.0, "watch: seconds between scans of the checkpoint directory"
+    )
+    flags.DEFINE_float(
+        "watch_timeout", 3600.0, "watch: stop after this long without a new checkpoint"
+    )
 
 
 if __name__ == "__main__":

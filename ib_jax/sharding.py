@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,26 +26,36 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
     sizes = [int(mesh_config.shape[name]) for name in MESH_AXES]
     known = math.prod(s for s in sizes if s != -1)
     if sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh.shape may have one -1 entry, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(
+            f"config.mesh.shape may have one -1 entry, got {dict(zip(MESH_AXES, sizes))}"
+        )
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"{num_devices} devices cannot be split as {dict(zip(MESH_AXES, sizes))}")
+            raise ValueError(
+                f"{num_devices} devices cannot be split as {dict(zip(MESH_AXES, sizes))}"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"config.mesh.shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                         f"{num_devices} are available")
+        raise ValueError(
+            f"config.mesh.shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"{num_devices} are available"
+        )
     return tuple(sizes)
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
     devices = devices if devices is not None else jax.devices()
     shape = mesh_shape(mesh_config, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
 
 
 def axis_rules(mesh_config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
-    return tuple((name, tuple(target) if isinstance(target, list) else target)
-                 for name, target in mesh_config.axis_rules)
+    return tuple(
+        (name, tuple(target) if isinstance(target, list) else target)
+        for name, target in mesh_config.axis_rules
+    )
 
 
 @contextlib.contextmanager
@@ -62,8 +73,11 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: tuple) -> Any:
 
 def unboxed(boxed_tree: Any) -> Any:
     """Values of `nn.Partitioned` leaves without applying sharding constraints (safe outside jit)."""
-    return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed_tree,
-                                  is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    return jax.tree_util.tree_map(
+        lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
+        boxed_tree,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+    )
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -76,5 +90,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Process-local numpy batch -> global jax.Arrays sharded over data x fsdp."""
-    return {key: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(value)), np.asarray(value))
-            for key, value in local_batch.items()}
+    return {
+        key: jax.make_array_from_process_local_data(
+            batch_sharding(mesh, np.ndim(value)), np.asarray(value)
+        )
+        for key, value in local_batch.items()
+    }

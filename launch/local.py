@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,22 +47,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_env(process_id: int, num_processes: int, devices_per_process: int, port: int,
-                base: Mapping[str, str] | None = None) -> dict[str, str]:
+def process_env(
+    process_id: int,
+    num_processes: int,
+    devices_per_process: int,
+    port: int,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices_per_process),
-               IB_JAX_COORDINATOR=f"127.0.0.1:{port}", IB_JAX_NUM_PROCESSES=str(num_processes),
-               IB_JAX_PROCESS_ID=str(process_id))
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_NUM_CPU_DEVICES=str(devices_per_process),
+        IB_JAX_COORDINATOR=f"127.0.0.1:{port}",
+        IB_JAX_NUM_PROCESSES=str(num_processes),
+        IB_JAX_PROCESS_ID=str(process_id),
+    )
     # An inherited host-device count in XLA_FLAGS would fight JAX_NUM_CPU_DEVICES: drop just that flag.
-    xla_flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    xla_flags = [
+        f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")
+    ]
     env["XLA_FLAGS"] = " ".join(xla_flags)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
     return env
 
 
-def launch(args: Sequence[str], num_processes: int, devices_per_process: int, *, timeout_s: float = 600.0,
-           log_dir: str | None = None, env: Mapping[str, str] | None = None, cwd: str = REPO,
-           check: bool = True) -> list[ProcessResult]:
+def launch(
+    args: Sequence[str],
+    num_processes: int,
+    devices_per_process: int,
+    *,
+    timeout_s: float = 600.0,
+    log_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str = REPO,
+    check: bool = True,
+) -> list[ProcessResult]:
     """Run `python *args` in `num_processes` processes that form one jax process group.
 
     Returns when all have exited. If one fails (or the timeout passes) the others are terminated
@@ -70,7 +89,9 @@ def launch(args: Sequence[str], num_processes: int, devices_per_process: int, *,
     LaunchError is raised with the failing process's log tail.
     """
     if num_processes < 1 or devices_per_process < 1:
-        raise ValueError(f"need >= 1 process and device, got {num_processes} x {devices_per_process}")
+        raise ValueError(
+            f"need >= 1 process and device, got {num_processes} x {devices_per_process}"
+        )
     log_dir = log_dir or tempfile.mkdtemp(prefix="ib_jax_local_")
     os.makedirs(log_dir, exist_ok=True)
     port = free_port()
@@ -79,9 +100,19 @@ def launch(args: Sequence[str], num_processes: int, devices_per_process: int, *,
         for i in range(num_processes):
             log_path = os.path.join(log_dir, f"process_{i}.log")
             with open(log_path, "w") as log:
-                procs.append((i, log_path, subprocess.Popen(
-                    [sys.executable, *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                    env=process_env(i, num_processes, devices_per_process, port, env))))
+                procs.append(
+                    (
+                        i,
+                        log_path,
+                        subprocess.Popen(
+                            [sys.executable, *args],
+                            cwd=cwd,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=process_env(i, num_processes, devices_per_process, port, env),
+                        ),
+                    )
+                )
         deadline = time.monotonic() + timeout_s
         while len(results) < num_processes:
             for i, log_path, proc in procs:
@@ -106,24 +137,38 @@ def launch(args: Sequence[str], num_processes: int, devices_per_process: int, *,
         bad = [r for r in ordered if r.returncode != 0]
         if bad:
             first = bad[0]
-            raise LaunchError(f"process {first.process_id} of {num_processes} exited with {first.returncode} "
-                              f"(logs in {log_dir}); last lines:\n" + "\n".join(first.log().splitlines()[-40:]))
+            raise LaunchError(
+                f"process {first.process_id} of {num_processes} exited with {first.returncode} "
+                f"(logs in {log_dir}); last lines:\n" + "\n".join(first.log().splitlines()[-40:])
+            )
     return ordered
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_processes", type=int, default=2)
     parser.add_argument("--devices_per_process", type=int, default=4)
     parser.add_argument("--timeout_s", type=float, default=3600.0)
-    parser.add_argument("--log_dir", default=None, help="process_<i>.log files (default: a temporary directory)")
+    parser.add_argument(
+        "--log_dir", default=None, help="process_<i>.log files (default: a temporary directory)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="after `--`: arguments to python")
     flags = parser.parse_args(argv)
     command = flags.command[1:] if flags.command[:1] == ["--"] else flags.command
     if not command:
-        parser.error("no command: pass the python arguments after `--`, e.g. -- -m ib_jax.train ...")
-    results = launch(command, flags.num_processes, flags.devices_per_process, timeout_s=flags.timeout_s,
-                     log_dir=flags.log_dir, check=False)
+        parser.error(
+            "no command: pass the python arguments after `--`, e.g. -- -m ib_jax.train ..."
+        )
+    results = launch(
+        command,
+        flags.num_processes,
+        flags.devices_per_process,
+        timeout_s=flags.timeout_s,
+        log_dir=flags.log_dir,
+        check=False,
+    )
     for r in results:
         print(f"process {r.process_id}: exit {r.returncode}, log {r.log_path}")
     return max((abs(r.returncode) for r in results), default=0)

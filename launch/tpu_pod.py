@@ -19,7 +19,7 @@ import argparse
 import shlex
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from launch.local import REPO
 
@@ -40,9 +40,17 @@ def _on_all_workers(flags: argparse.Namespace, script: str) -> list[str]:
 
 def train_command(flags: argparse.Namespace) -> str:
     """The shell line every worker runs (the same on all of them)."""
-    args = ["python", "-m", "ib_jax.train", f"--config={flags.config}", f"--workdir={flags.workdir}",
-            *flags.overrides]
-    line = f"cd ~/{REMOTE_DIR} && IB_JAX_DISTRIBUTED=auto .venv/bin/" + " ".join(shlex.quote(a) for a in args)
+    args = [
+        "python",
+        "-m",
+        "ib_jax.train",
+        f"--config={flags.config}",
+        f"--workdir={flags.workdir}",
+        *flags.overrides,
+    ]
+    line = f"cd ~/{REMOTE_DIR} && IB_JAX_DISTRIBUTED=auto .venv/bin/" + " ".join(
+        shlex.quote(a) for a in args
+    )
     if flags.detach:  # survive the ssh session: logs in ~/ib_jax/train.log on each worker
         line = f"cd ~/{REMOTE_DIR} && nohup bash -c {shlex.quote(line)} > train.log 2>&1 &"
     return line
@@ -50,17 +58,27 @@ def train_command(flags: argparse.Namespace) -> str:
 
 def commands(flags: argparse.Namespace) -> dict[str, list[list[str]]]:
     """Named steps -> the commands they run, in order."""
-    create = _gcloud_tpu("create", flags.name, flags, f"--accelerator-type={flags.accelerator}",
-                         f"--version={flags.runtime_version}", *(["--spot"] if flags.spot else []))
-    install = (f"mkdir -p ~/{REMOTE_DIR} && tar -xzf ~/{ARCHIVE.rsplit('/', 1)[1]} -C ~/{REMOTE_DIR} && "
-               f"cd ~/{REMOTE_DIR} && make venv PYTHON={flags.python} && "
-               f".venv/bin/pip install -q -c constraints.txt \"jax[tpu]==$(.venv/bin/python -c "
-               f"'import jax; print(jax.__version__)')\"")
+    create = _gcloud_tpu(
+        "create",
+        flags.name,
+        flags,
+        f"--accelerator-type={flags.accelerator}",
+        f"--version={flags.runtime_version}",
+        *(["--spot"] if flags.spot else []),
+    )
+    install = (
+        f"mkdir -p ~/{REMOTE_DIR} && tar -xzf ~/{ARCHIVE.rsplit('/', 1)[1]} -C ~/{REMOTE_DIR} && "
+        f"cd ~/{REMOTE_DIR} && make venv PYTHON={flags.python} && "
+        f'.venv/bin/pip install -q -c constraints.txt "jax[tpu]==$(.venv/bin/python -c '
+        f"'import jax; print(jax.__version__)')\""
+    )
     return {
         "describe": [_gcloud_tpu("describe", flags.name, flags, "--format=value(state)")],
         "create": [create],
-        "copy": [["git", "-C", REPO, "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
-                 _gcloud_tpu("scp", ARCHIVE, flags, f"{flags.name}:~/", "--worker=all")],
+        "copy": [
+            ["git", "-C", REPO, "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
+            _gcloud_tpu("scp", ARCHIVE, flags, f"{flags.name}:~/", "--worker=all"),
+        ],
         "install": [_on_all_workers(flags, install)],
         "train": [_on_all_workers(flags, train_command(flags))],
     }
@@ -74,21 +92,42 @@ def _run(command: list[str], dry_run: bool, check: bool = True) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--name", required=True, help="TPU VM name (reused when it exists)")
     parser.add_argument("--zone", required=True)
     parser.add_argument("--project", default=None)
-    parser.add_argument("--accelerator", default="v5p-128", help="accelerator type when creating, e.g. v5p-128")
-    parser.add_argument("--runtime_version", default="v2-alpha-tpuv5", help="TPU VM software version")
+    parser.add_argument(
+        "--accelerator", default="v5p-128", help="accelerator type when creating, e.g. v5p-128"
+    )
+    parser.add_argument(
+        "--runtime_version", default="v2-alpha-tpuv5", help="TPU VM software version"
+    )
     parser.add_argument("--spot", action="store_true")
-    parser.add_argument("--python", default="python3.11", help="interpreter on the workers for `make venv`")
-    parser.add_argument("--config", required=True, help="configs/*.py[:arg], relative to the repository")
+    parser.add_argument(
+        "--python", default="python3.11", help="interpreter on the workers for `make venv`"
+    )
+    parser.add_argument(
+        "--config", required=True, help="configs/*.py[:arg], relative to the repository"
+    )
     parser.add_argument("--workdir", required=True, help="shared by all workers: gs://bucket/path")
-    parser.add_argument("--skip_install", action="store_true", help="code and venv already on the workers")
-    parser.add_argument("--detach", action="store_true", help="run training under nohup, return at once")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print every command, run none")
-    parser.add_argument("overrides", nargs="*", help="after `--`: more ib_jax.train flags (--config.train.x=...)")
+    parser.add_argument(
+        "--skip_install", action="store_true", help="code and venv already on the workers"
+    )
+    parser.add_argument(
+        "--detach", action="store_true", help="run training under nohup, return at once"
+    )
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="print every command, run none",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="after `--`: more ib_jax.train flags (--config.train.x=...)"
+    )
     flags = parser.parse_args(argv)
     if not flags.workdir.startswith("gs://"):
         parser.error(f"--workdir={flags.workdir}: the workers need a shared gs:// workdir")

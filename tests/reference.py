@@ -16,23 +16,63 @@ NUM_QUERY_TOKENS = 4
 def tiny_config(text: str = "t5", **text_overrides):
     from transformers import InstructBlipConfig
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
-                  patch_size=14)
-    qformer = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-                   max_position_embeddings=64, cross_attention_frequency=2)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=14,
+    )
+    qformer = dict(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        cross_attention_frequency=2,
+    )
     if text == "t5":
-        text_config = dict(model_type="t5", vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                           num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-                           tie_word_embeddings=False, relative_attention_num_buckets=8,
-                           relative_attention_max_distance=16, decoder_start_token_id=0)
+        text_config = dict(
+            model_type="t5",
+            vocab_size=128,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            decoder_start_token_id=0,
+        )
     else:
-        text_config = dict(model_type="llama", vocab_size=128, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=2, eos_token_id=2,
-                           pad_token_id=0, rope_parameters=dict(rope_type="default", rope_theta=500.0))
+        text_config = dict(
+            model_type="llama",
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            bos_token_id=2,
+            eos_token_id=2,
+            pad_token_id=0,
+            rope_parameters=dict(rope_type="default", rope_theta=500.0),
+        )
     text_config.update(text_overrides)
-    return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text_config,
-                              num_query_tokens=NUM_QUERY_TOKENS, image_token_index=IMAGE_TOKEN)
+    return InstructBlipConfig(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text_config,
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_token_index=IMAGE_TOKEN,
+    )
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -75,8 +115,11 @@ def inputs(seed: int = 0, batch: int = 2, image_size: int = 28) -> dict[str, np.
         labels[b, -2:] = -100
     return {
         "pixel_values": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
-        "qformer_input_ids": qformer_ids, "qformer_attention_mask": qformer_mask,
-        "input_ids": input_ids, "attention_mask": mask, "labels": labels,
+        "qformer_input_ids": qformer_ids,
+        "qformer_attention_mask": qformer_mask,
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": labels,
     }
 
 
@@ -87,10 +130,13 @@ def to_hf(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     out = {
         "pixel_values": torch.from_numpy(batch["pixel_values"].transpose(0, 3, 1, 2).copy()),
         "qformer_input_ids": torch.from_numpy(batch["qformer_input_ids"].astype(np.int64)),
-        "qformer_attention_mask": torch.from_numpy(batch["qformer_attention_mask"].astype(np.int64)),
+        "qformer_attention_mask": torch.from_numpy(
+            batch["qformer_attention_mask"].astype(np.int64)
+        ),
         "input_ids": torch.from_numpy(np.concatenate([placeholders, batch["input_ids"]], 1)),
         "attention_mask": torch.from_numpy(
-            np.concatenate([np.ones_like(placeholders), batch["attention_mask"]], 1)),
+            np.concatenate([np.ones_like(placeholders), batch["attention_mask"]], 1)
+        ),
     }
     if "labels" in batch:
         out["labels"] = torch.from_numpy(batch["labels"].astype(np.int64))

@@ -17,8 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_topology_names():
     v5p = aot.parse_topology("v5p-128")
     assert (v5p.spec, v5p.num_chips, v5p.chip.hbm_bytes) == ("v5p:4x4x4", 64, 95 * aot.GiB)
-    assert aot.parse_topology("v4-32").spec == "v4:2x2x4"       # v4/v5p names count TensorCores
-    assert aot.parse_topology("v5e-64").spec == "v5e:8x8"       # v5e/v6e names count chips
+    assert aot.parse_topology("v4-32").spec == "v4:2x2x4"  # v4/v5p names count TensorCores
+    assert aot.parse_topology("v5e-64").spec == "v5e:8x8"  # v5e/v6e names count chips
     assert aot.parse_topology("v6e-256").num_chips == 256
     assert aot.parse_topology("v5p:2x2x2").num_chips == 8
     for bad in ("v5p-100", "v9-8", "tpu"):
@@ -27,88 +27,208 @@ def test_topology_names():
 
 
 def test_released_configs_get_the_papers_batch_sizes():
-    sizes = {name: aot.load_planned_config(f"configs/instructblip_{name}.py").data.global_batch_size
-             for name in ("flant5xl", "flant5xxl", "vicuna7b", "vicuna13b")}
+    sizes = {
+        name: aot.load_planned_config(f"configs/instructblip_{name}.py").data.global_batch_size
+        for name in ("flant5xl", "flant5xxl", "vicuna7b", "vicuna13b")
+    }
     assert sizes == {"flant5xl": 192, "flant5xxl": 192, "vicuna7b": 128, "vicuna13b": 64}
-    config = aot.load_planned_config("configs/instructblip_vicuna7b.py", batch_size=64, mesh="1,-1,4",
-                                     grad_accum_steps=2, remat_policy="full")
-    assert (config.data.global_batch_size, dict(config.mesh.shape), config.train.grad_accum_steps,
-            config.model.remat_policy) == (64, {"data": 1, "fsdp": -1, "tensor": 4}, 2, "full")
+    config = aot.load_planned_config(
+        "configs/instructblip_vicuna7b.py",
+        batch_size=64,
+        mesh="1,-1,4",
+        grad_accum_steps=2,
+        remat_policy="full",
+    )
+    assert (
+        config.data.global_batch_size,
+        dict(config.mesh.shape),
+        config.train.grad_accum_steps,
+        config.model.remat_policy,
+    ) == (64, {"data": 1, "fsdp": -1, "tensor": 4}, 2, "full")
     assert aot.train_step_flops(config) > 0  # the Vicuna path has analytic FLOPs too
 
 
 def test_advice_names_the_knobs_when_it_does_not_fit():
-    plan = aot.Plan(config="c", topology="v5e-8", num_chips=8, num_devices=8, mesh=dict(data=8, fsdp=1, tensor=1),
-                    batch_size=64, grad_accum_steps=1, remat_policy="none", lengths={}, hbm_per_device=16 * aot.GiB,
-                    fits=False, compile_s=0, step_flops=1.0, mfu=0.4, step_time_s=1.0,
-                    memory=dict(arguments=20 * aot.GiB, outputs=0, aliased=0, temporaries=4 * aot.GiB, code=0,
-                                total=24 * aot.GiB))
+    plan = aot.Plan(
+        config="c",
+        topology="v5e-8",
+        num_chips=8,
+        num_devices=8,
+        mesh=dict(data=8, fsdp=1, tensor=1),
+        batch_size=64,
+        grad_accum_steps=1,
+        remat_policy="none",
+        lengths={},
+        hbm_per_device=16 * aot.GiB,
+        fits=False,
+        compile_s=0,
+        step_flops=1.0,
+        mfu=0.4,
+        step_time_s=1.0,
+        memory=dict(
+            arguments=20 * aot.GiB,
+            outputs=0,
+            aliased=0,
+            temporaries=4 * aot.GiB,
+            code=0,
+            total=24 * aot.GiB,
+        ),
+    )
     tips = " ".join(aot.advice(plan))
-    assert "--mesh=1,8,1" in tips and "--remat_policy=full" in tips and "--grad_accum_steps=2" in tips
+    assert (
+        "--mesh=1,8,1" in tips and "--remat_policy=full" in tips and "--grad_accum_steps=2" in tips
+    )
     assert "DOES NOT FIT" in aot.report(plan)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                    reason="libtpu is not installed (pip install libtpu of the version jax pins): "
-                           "no deviceless TPU compilation here")
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is not installed (pip install libtpu of the version jax pins): "
+    "no deviceless TPU compilation here",
+)
 def test_planner_compiles_tiny_for_a_tpu_topology():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
-    done = subprocess.run([sys.executable, "-m", "launch.aot", "--config=configs/tiny.py", "--topology=v5e-8",
-                           "--mesh=-1,2,1", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.aot",
+            "--config=configs/tiny.py",
+            "--topology=v5e-8",
+            "--mesh=-1,2,1",
+            "--json",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     plan = json.loads(done.stdout.strip().splitlines()[-1])
-    assert plan["fits"] and plan["num_devices"] == 8 and plan["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert (
+        plan["fits"]
+        and plan["num_devices"] == 8
+        and plan["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
+    )
     memory = plan["memory"]
     assert 0 < memory["arguments"] < 16 * aot.GiB and memory["total"] >= memory["arguments"]
     assert memory["aliased"] > 0  # the donated train state is reused for the new one
 
 
 def test_planner_without_libtpu_says_how_to_get_it():
-    code = ("import importlib.util, sys; real = importlib.util.find_spec\n"
-            "importlib.util.find_spec = lambda name, *a: None if name == 'libtpu' else real(name, *a)\n"
-            "from launch import aot; sys.exit(aot.main(['--config=configs/tiny.py', '--topology=v5e-8']))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "pip install" in done.stderr and "libtpu" in done.stderr, done.stderr[-2000:]
+    code = (
+        "import importlib.util, sys; real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'libtpu' else real(name, *a)\n"
+        "from launch import aot; sys.exit(aot.main(['--config=configs/tiny.py', '--topology=v5e-8']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "pip install" in done.stderr and "libtpu" in done.stderr, (
+        done.stderr[-2000:]
+    )
 
 
 def test_tpu_pod_dry_run_prints_every_command():
-    done = subprocess.run([sys.executable, "-m", "launch.tpu_pod", "--name=ib-xxl", "--zone=us-east5-a",
-                           "--project=proj", "--accelerator=v5p-128", "--config=configs/instructblip_flant5xxl.py",
-                           "--workdir=gs://bucket/runs/xxl", "--dry-run", "--", "--config.train.num_steps=10"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.tpu_pod",
+            "--name=ib-xxl",
+            "--zone=us-east5-a",
+            "--project=proj",
+            "--accelerator=v5p-128",
+            "--config=configs/instructblip_flant5xxl.py",
+            "--workdir=gs://bucket/runs/xxl",
+            "--dry-run",
+            "--",
+            "--config.train.num_steps=10",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     commands = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
     tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
-    assert [c[:5] for c in commands if c[:4] == tpu] == [tpu + [v] for v in ("describe", "create", "scp", "ssh",
-                                                                              "ssh")]
+    assert [c[:5] for c in commands if c[:4] == tpu] == [
+        tpu + [v] for v in ("describe", "create", "scp", "ssh", "ssh")
+    ]
     assert all("--zone=us-east5-a" in c and "--project=proj" in c for c in commands if c[:4] == tpu)
     assert "--accelerator-type=v5p-128" in commands[1]
     assert commands[2][:2] == ["git", "-C"] and "archive" in commands[2]
     install, train = commands[-2], commands[-1]
     assert "--worker=all" in install and "make venv" in install[-1] and "jax[tpu]" in install[-1]
     assert "--worker=all" in train
-    assert ("IB_JAX_DISTRIBUTED=auto .venv/bin/python -m ib_jax.train --config=configs/instructblip_flant5xxl.py "
-            "--workdir=gs://bucket/runs/xxl --config.train.num_steps=10") in train[-1]
+    assert (
+        "IB_JAX_DISTRIBUTED=auto .venv/bin/python -m ib_jax.train --config=configs/instructblip_flant5xxl.py "
+        "--workdir=gs://bucket/runs/xxl --config.train.num_steps=10"
+    ) in train[-1]
 
 
 def test_tpu_pod_refuses_a_local_workdir():
-    done = subprocess.run([sys.executable, "-m", "launch.tpu_pod", "--name=n", "--zone=z", "--config=c.py",
-                           "--workdir=/tmp/run", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.tpu_pod",
+            "--name=n",
+            "--zone=z",
+            "--config=c.py",
+            "--workdir=/tmp/run",
+            "--dry-run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "gs://" in done.stderr
 
 
 def test_slurm_dry_run_uses_the_first_host_as_coordinator():
-    env = dict(os.environ, SLURM_JOB_NODELIST="gpu[003-006]", SLURM_NTASKS="4", DRY_RUN="1", PATH="/usr/bin:/bin")
-    done = subprocess.run(["bash", "launch/slurm_gpu.sh", "configs/instructblip_vicuna7b.py", "/shared/v7b",
-                           "--config.train.num_steps=10"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    env = dict(
+        os.environ,
+        SLURM_JOB_NODELIST="gpu[003-006]",
+        SLURM_NTASKS="4",
+        DRY_RUN="1",
+        PATH="/usr/bin:/bin",
+    )
+    done = subprocess.run(
+        [
+            "bash",
+            "launch/slurm_gpu.sh",
+            "configs/instructblip_vicuna7b.py",
+            "/shared/v7b",
+            "--config.train.num_steps=10",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     first, command = done.stdout.splitlines()[:2]
     assert first == "IB_JAX_COORDINATOR=gpu003:12355 IB_JAX_NUM_PROCESSES=4"
     srun = shlex.split(command)
     assert srun[:3] == ["srun", "--ntasks=4", "--ntasks-per-node=1"]
-    assert srun[-5:] == ["-m", "ib_jax.train", "--config=configs/instructblip_vicuna7b.py", "--workdir=/shared/v7b",
-                         "--config.train.num_steps=10"]
+    assert srun[-5:] == [
+        "-m",
+        "ib_jax.train",
+        "--config=configs/instructblip_vicuna7b.py",
+        "--workdir=/shared/v7b",
+        "--config.train.num_steps=10",
+    ]

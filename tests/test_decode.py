@@ -31,8 +31,13 @@ def setup(tmp_path_factory):
 
 def _hf_generate(hf_model, batch, **kwargs) -> np.ndarray:
     with torch.no_grad():
-        out = hf_model.generate(**reference.to_hf(batch), max_new_tokens=MAX_NEW, eos_token_id=EOS,
-                                pad_token_id=PAD, **kwargs).numpy()[:, 1:]  # drop the decoder start token
+        out = hf_model.generate(
+            **reference.to_hf(batch),
+            max_new_tokens=MAX_NEW,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            **kwargs,
+        ).numpy()[:, 1:]  # drop the decoder start token
     normalised = np.full((out.shape[0], MAX_NEW), PAD, np.int64)
     for row, tokens in enumerate(out):
         end = np.flatnonzero(tokens == EOS)
@@ -42,8 +47,17 @@ def _hf_generate(hf_model, batch, **kwargs) -> np.ndarray:
 
 
 def _ours(model, params, batch, **kwargs) -> np.ndarray:
-    return np.asarray(decode.generate(model, params, batch, max_new_tokens=MAX_NEW, eos_token_id=EOS,
-                                      pad_token_id=PAD, **kwargs))
+    return np.asarray(
+        decode.generate(
+            model,
+            params,
+            batch,
+            max_new_tokens=MAX_NEW,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            **kwargs,
+        )
+    )
 
 
 CASES = {
@@ -81,15 +95,19 @@ def test_top_p_sampling_is_deterministic_and_stays_in_nucleus(setup):
     first = _ours(model, params, batch, do_sample=True, top_p=0.5, rng=rng)
     again = _ours(model, params, batch, do_sample=True, top_p=0.5, rng=rng)
     np.testing.assert_array_equal(first, again)
-    assert not np.array_equal(first, _ours(model, params, batch, do_sample=True, top_p=0.5,
-                                           rng=jax.random.key(4)))
+    assert not np.array_equal(
+        first, _ours(model, params, batch, do_sample=True, top_p=0.5, rng=jax.random.key(4))
+    )
     # Teacher-force the sampled prefix and check each sampled token lies in HF's top-p nucleus.
     hf_model, *_ = setup
     with torch.no_grad():
         start = np.zeros((first.shape[0], 1), np.int64)
-        logits = hf_model(**reference.to_hf(batch), decoder_input_ids=torch.from_numpy(
-            np.concatenate([start, first[:, :-1]], 1))).logits.numpy()
+        logits = hf_model(
+            **reference.to_hf(batch),
+            decoder_input_ids=torch.from_numpy(np.concatenate([start, first[:, :-1]], 1)),
+        ).logits.numpy()
     from transformers.generation.logits_process import TopPLogitsWarper
+
     warper = TopPLogitsWarper(top_p=0.5)
     for t in range(MAX_NEW):
         kept = np.isfinite(warper(None, torch.from_numpy(logits[:, t])).numpy())
@@ -129,8 +147,11 @@ def llama_setup(tmp_path_factory):
     return hf_model, model, params, batch
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(num_beams=3, length_penalty=-1.0, min_new_tokens=2)],
-                         ids=["greedy", "beam3"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(num_beams=3, length_penalty=-1.0, min_new_tokens=2)],
+    ids=["greedy", "beam3"],
+)
 def test_vicuna_generation_matches_hf(llama_setup, kwargs):
     """HF decoder-only generation needs left padding; ours takes either side (pads sorted first)."""
     hf_model, model, params, batch = llama_setup
@@ -141,9 +162,13 @@ def test_vicuna_generation_matches_hf(llama_setup, kwargs):
         ids[row], mask[row] = ids[row][order], mask[row][order]
     hf_inputs.update(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
     with torch.no_grad():
-        expected = hf_model.generate(**hf_inputs, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD,
-                                     **kwargs).numpy()[:, ids.shape[1]:]
-    got = np.asarray(decode.generate(model, params, batch, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD,
-                                     **kwargs))
+        expected = hf_model.generate(
+            **hf_inputs, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, **kwargs
+        ).numpy()[:, ids.shape[1] :]
+    got = np.asarray(
+        decode.generate(
+            model, params, batch, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, **kwargs
+        )
+    )
     assert (expected != EOS).all()  # no EOS in this draw, so no filler normalisation is needed
     np.testing.assert_array_equal(got, expected)

@@ -19,21 +19,66 @@ DATASETS = ["demo_vqa", "demo_caption", "demo_mc"]
 def _config(root: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = common.model(
-        vision=dict(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, image_size=32, patch_size=16),
-        qformer=dict(vocab_size=288, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                     max_position_embeddings=64, cross_attention_frequency=1, encoder_hidden_size=16),
-        text=dict(common.FLAN_T5, vocab_size=288, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
-                  num_heads=2),
-        num_query_tokens=2, dtype="float32", scan_layers=False, remat_policy="none")
+        vision=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_layers=1,
+            num_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
+        qformer=dict(
+            vocab_size=288,
+            hidden_size=16,
+            intermediate_size=32,
+            num_layers=1,
+            num_heads=2,
+            max_position_embeddings=64,
+            cross_attention_frequency=1,
+            encoder_hidden_size=16,
+        ),
+        text=dict(
+            common.FLAN_T5,
+            vocab_size=288,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=1,
+            num_decoder_layers=1,
+            num_heads=2,
+        ),
+        num_query_tokens=2,
+        dtype="float32",
+        scan_layers=False,
+        remat_policy="none",
+    )
     config.data = data_demo.get_config(f"root={root}")
-    config.data.update(dict(image_size=32, qformer_max_len=24, text_max_len=24, target_max_len=8,
-                            demo_num_train=8, demo_num_eval=3, global_batch_size=4, prefetch_batches=0))
+    config.data.update(
+        dict(
+            image_size=32,
+            qformer_max_len=24,
+            text_max_len=24,
+            target_max_len=8,
+            demo_num_train=8,
+            demo_num_eval=3,
+            global_batch_size=4,
+            prefetch_batches=0,
+        )
+    )
     config.train = ml_collections.ConfigDict(dict(num_steps=20))
     # Short decoding keeps the test fast; the registry's settings are exercised in test_settings_*.
     short = dict(num_beams=2, max_new_tokens=4, min_new_tokens=1)
-    config.eval = ml_collections.ConfigDict(dict(
-        datasets=DATASETS, batch_size=4, overrides={"demo_vqa": short, "demo_caption": short,
-                                                   "demo_mc": dict(candidate_max_len=6)}))
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            datasets=DATASETS,
+            batch_size=4,
+            overrides={
+                "demo_vqa": short,
+                "demo_caption": short,
+                "demo_mc": dict(candidate_max_len=6),
+            },
+        )
+    )
     return config
 
 
@@ -42,15 +87,25 @@ def _params(config, seed: int):
     from ib_jax.models.instructblip import InstructBlip, init_params
 
     model = InstructBlip(from_config_dict(config.model))
-    batch = {"pixel_values": np.zeros((1, 32, 32, 3), np.float32), "qformer_input_ids": np.ones((1, 4), np.int32),
-             "qformer_attention_mask": np.ones((1, 4), np.int32), "input_ids": np.ones((1, 4), np.int32),
-             "attention_mask": np.ones((1, 4), np.int32), "labels": np.ones((1, 2), np.int32)}
+    batch = {
+        "pixel_values": np.zeros((1, 32, 32, 3), np.float32),
+        "qformer_input_ids": np.ones((1, 4), np.int32),
+        "qformer_attention_mask": np.ones((1, 4), np.int32),
+        "input_ids": np.ones((1, 4), np.int32),
+        "attention_mask": np.ones((1, 4), np.int32),
+        "labels": np.ones((1, 2), np.int32),
+    }
     import flax
+
     # Shapes from eval_shape, values drawn with numpy: compiling the init of even a tiny model
     # costs ~20 s here, and the job only needs some random model.
-    shapes = flax.linen.meta.unbox(jax.eval_shape(lambda rng: init_params(model, rng, batch), jax.random.key(0)))
+    shapes = flax.linen.meta.unbox(
+        jax.eval_shape(lambda rng: init_params(model, rng, batch), jax.random.key(0))
+    )
     rng = np.random.default_rng(seed)
-    return model, jax.tree_util.tree_map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    return model, jax.tree_util.tree_map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +115,13 @@ def config(tmp_path_factory):
 
 def test_settings_come_from_the_registry_with_overrides():
     s = evaluators.settings_for("vqav2")
-    assert (s.eval_mode, s.metric, s.num_beams, s.max_new_tokens, s.length_penalty) == ("generate", "vqa_accuracy",
-                                                                                          5, 10, -1.0)
+    assert (s.eval_mode, s.metric, s.num_beams, s.max_new_tokens, s.length_penalty) == (
+        "generate",
+        "vqa_accuracy",
+        5,
+        10,
+        -1.0,
+    )
     assert evaluators.settings_for("nocaps", {"num_beams": 3}).num_beams == 3
     with pytest.raises(ValueError, match="unknown fields"):
         evaluators.settings_for("nocaps", {"beams": 3})
@@ -73,11 +133,20 @@ def test_heldout_config_names_the_13_datasets_with_registry_settings():
     config = configs_util.load_config("configs/eval_heldout.py:root=/data")
     assert len(config.eval.datasets) == 13
     names = [e["name"] for e in config.data.eval_datasets]
-    assert names == list(config.eval.datasets) and all(e["ann_path"].startswith("/data/") for e in config.data.eval_datasets)
+    assert names == list(config.eval.datasets) and all(
+        e["ann_path"].startswith("/data/") for e in config.data.eval_datasets
+    )
     settings = {n: evaluate._eval_settings(config, n) for n in names}
-    assert (settings["gqa"].num_beams, settings["gqa"].max_new_tokens, settings["gqa"].length_penalty) == (5, 10, -1.0)
+    assert (
+        settings["gqa"].num_beams,
+        settings["gqa"].max_new_tokens,
+        settings["gqa"].length_penalty,
+    ) == (5, 10, -1.0)
     assert (settings["nocaps"].max_new_tokens, settings["nocaps"].min_new_tokens) == (80, 10)
-    assert settings["hateful_memes"].candidates == ("yes", "no") and settings["visdial"].metric == "mrr"
+    assert (
+        settings["hateful_memes"].candidates == ("yes", "no")
+        and settings["visdial"].metric == "mrr"
+    )
     assert config.data.num_frames == 4
 
 
@@ -92,9 +161,16 @@ def test_one_shot_on_a_converted_directory(config, tmp_path):
     results = evaluate.run(config, workdir, converted)
 
     assert set(results) == set(DATASETS)
-    sizes = [len(sources.load_records(pipeline.find_eval_entry(config.data, n, "eval"))) for n in DATASETS]
+    sizes = [
+        len(sources.load_records(pipeline.find_eval_entry(config.data, n, "eval")))
+        for n in DATASETS
+    ]
     assert any(size % 4 for size in sizes)  # some last batch is padded: padding rows must not count
-    for name, metric in [("demo_vqa", "vqa_accuracy"), ("demo_caption", "cider"), ("demo_mc", "accuracy")]:
+    for name, metric in [
+        ("demo_vqa", "vqa_accuracy"),
+        ("demo_caption", "cider"),
+        ("demo_mc", "accuracy"),
+    ]:
         m = results[name]
         # Every example is counted once; the padding rows of the last batch (batch size 4) are not.
         expected = len(sources.load_records(pipeline.find_eval_entry(config.data, name, "eval")))
@@ -104,14 +180,20 @@ def test_one_shot_on_a_converted_directory(config, tmp_path):
         with open(os.path.join(workdir, "eval", "predictions", name, "converted.jsonl")) as f:
             rows = [json.loads(line) for line in f]
         assert len(rows) == expected and len({r["id"] for r in rows}) == expected
-    mc = [json.loads(line) for line in open(os.path.join(workdir, "eval", "predictions", "demo_mc", "converted.jsonl"))]
+    mc = [
+        json.loads(line)
+        for line in open(os.path.join(workdir, "eval", "predictions", "demo_mc", "converted.jsonl"))
+    ]
     # The rank prediction is the argmax of the candidate scores, scored against answer_index.
     for row in mc:
         assert row["prediction"] == int(np.argmax(row["scores"]))
         assert row["score"] == float(row["prediction"] == row["reference"])
     lines = [json.loads(line) for line in open(os.path.join(workdir, "eval", "metrics.jsonl"))]
     assert sorted(line["dataset"] for line in lines) == sorted(DATASETS)
-    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "eval", "tensorboard")))
+    assert any(
+        name.startswith("events")
+        for name in os.listdir(os.path.join(workdir, "eval", "tensorboard"))
+    )
 
 
 def _save_training_checkpoint(workdir, step, params, config):
@@ -120,8 +202,12 @@ def _save_training_checkpoint(workdir, step, params, config):
     from ib_jax import checkpoint
 
     manager = checkpoint.make_manager(workdir, async_save=False)
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                               config=ocp.args.JsonSave(config.to_dict())))
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config.to_dict())
+        ),
+    )
     manager.wait_until_finished()
     manager.close()
 
@@ -133,17 +219,31 @@ def test_watch_evaluates_each_checkpoint_once_and_resumes(config, tmp_path):
     _, params_a = _params(config, seed=1)
     _, params_b = _params(config, seed=2)
     _save_training_checkpoint(workdir, 10, params_a, config)
-    _save_training_checkpoint(workdir, 20, params_b, config)  # 20 == train.num_steps: training is over
+    _save_training_checkpoint(
+        workdir, 20, params_b, config
+    )  # 20 == train.num_steps: training is over
 
-    assert evaluate.run(config, workdir, watch_mode=True, poll_seconds=0.01, timeout_seconds=5) == [10, 20]
+    assert evaluate.run(config, workdir, watch_mode=True, poll_seconds=0.01, timeout_seconds=5) == [
+        10,
+        20,
+    ]
     lines = [json.loads(line) for line in open(os.path.join(workdir, "eval", "metrics.jsonl"))]
     assert [(line["step"], line["dataset"]) for line in lines] == [(10, "demo_mc"), (20, "demo_mc")]
     # Different parameters, different candidate scores: each step was really restored.
-    preds = {s: [json.loads(x)["scores"] for x in open(os.path.join(workdir, "eval", "predictions", "demo_mc",
-                                                                     f"step_{s}.jsonl"))] for s in (10, 20)}
+    preds = {
+        s: [
+            json.loads(x)["scores"]
+            for x in open(
+                os.path.join(workdir, "eval", "predictions", "demo_mc", f"step_{s}.jsonl")
+            )
+        ]
+        for s in (10, 20)
+    }
     assert preds[10] != preds[20]
 
     # A restarted job finds both steps in done.json and evaluates nothing.
-    assert evaluate.run(config, workdir, watch_mode=True, poll_seconds=0.01, timeout_seconds=1) == []
+    assert (
+        evaluate.run(config, workdir, watch_mode=True, poll_seconds=0.01, timeout_seconds=1) == []
+    )
     assert json.load(open(os.path.join(workdir, "eval", "done.json")))["steps"] == [10, 20]
     assert len(open(os.path.join(workdir, "eval", "metrics.jsonl")).readlines()) == 2

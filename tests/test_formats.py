@@ -33,63 +33,136 @@ def _img(root, rel):
 
 # --- captions ------------------------------------------------------------------------------------
 
+
 def test_lavis_captions_grouped_per_image(tmp_path, root):
-    path = _write(tmp_path, "coco_karpathy_train.json", [
-        {"image": "val2014/COCO_val2014_000000000042.jpg", "caption": "A dog.", "image_id": "42"},
-        {"image": "val2014/COCO_val2014_000000000042.jpg", "caption": "A brown dog.",
-         "image_id": "42"},
-        {"image": "val2014/COCO_val2014_000000000073.jpg", "caption": ["A cat.", "Cat on mat."],
-         "image_id": "73"},
-    ])
+    path = _write(
+        tmp_path,
+        "coco_karpathy_train.json",
+        [
+            {
+                "image": "val2014/COCO_val2014_000000000042.jpg",
+                "caption": "A dog.",
+                "image_id": "42",
+            },
+            {
+                "image": "val2014/COCO_val2014_000000000042.jpg",
+                "caption": "A brown dog.",
+                "image_id": "42",
+            },
+            {
+                "image": "val2014/COCO_val2014_000000000073.jpg",
+                "caption": ["A cat.", "Cat on mat."],
+                "image_id": "73",
+            },
+        ],
+    )
     records = formats.parse("coco_caption", path, root, dataset="coco_caption")
     assert records == [
-        {"id": "42", "image": _img(root, "val2014/COCO_val2014_000000000042.jpg"),
-         "captions": ["A dog.", "A brown dog."], "dataset": "coco_caption"},
-        {"id": "73", "image": _img(root, "val2014/COCO_val2014_000000000073.jpg"),
-         "captions": ["A cat.", "Cat on mat."], "dataset": "coco_caption"},
+        {
+            "id": "42",
+            "image": _img(root, "val2014/COCO_val2014_000000000042.jpg"),
+            "captions": ["A dog.", "A brown dog."],
+            "dataset": "coco_caption",
+        },
+        {
+            "id": "73",
+            "image": _img(root, "val2014/COCO_val2014_000000000073.jpg"),
+            "captions": ["A cat.", "Cat on mat."],
+            "dataset": "coco_caption",
+        },
     ]
     assert records.report.num_records == 2 and records.report.num_errors == 0
 
 
 def test_official_coco_and_nocaps_layout(tmp_path, root):
-    path = _write(tmp_path, "nocaps_val_4500_captions.json", {
-        "licenses": [], "info": {},
-        "images": [{"id": 0, "file_name": "0013ea2087020901.jpg", "domain": "in-domain"},
-                   {"id": 1, "file_name": "0023a7b5d6c4e79a.jpg", "domain": "out-domain"}],
-        "annotations": [{"image_id": 0, "id": 0, "caption": "a man riding a bike"},
-                        {"image_id": 1, "id": 1, "caption": "a jellyfish"},
-                        {"image_id": 0, "id": 2, "caption": "a cyclist"},
-                        {"image_id": 9, "id": 3, "caption": "orphan"}],
-    })
+    path = _write(
+        tmp_path,
+        "nocaps_val_4500_captions.json",
+        {
+            "licenses": [],
+            "info": {},
+            "images": [
+                {"id": 0, "file_name": "0013ea2087020901.jpg", "domain": "in-domain"},
+                {"id": 1, "file_name": "0023a7b5d6c4e79a.jpg", "domain": "out-domain"},
+            ],
+            "annotations": [
+                {"image_id": 0, "id": 0, "caption": "a man riding a bike"},
+                {"image_id": 1, "id": 1, "caption": "a jellyfish"},
+                {"image_id": 0, "id": 2, "caption": "a cyclist"},
+                {"image_id": 9, "id": 3, "caption": "orphan"},
+            ],
+        },
+    )
     records = formats.parse("nocaps", path, root, max_errors=1)
-    assert [r["captions"] for r in records] == [["a man riding a bike", "a cyclist"],
-                                                ["a jellyfish"]]
+    assert [r["captions"] for r in records] == [
+        ["a man riding a bike", "a cyclist"],
+        ["a jellyfish"],
+    ]
     assert records[1]["image"] == _img(root, "0023a7b5d6c4e79a.jpg")
     assert records.report.num_errors == 1
     assert "annotations #3: image_id 9 is not in 'images'" in records.report.messages[0]
 
 
 def test_karpathy_flickr_split_filter(tmp_path, root):
-    path = _write(tmp_path, "dataset_flickr30k.json", {"dataset": "flickr30k", "images": [
-        {"filename": "1000092795.jpg", "imgid": 0, "split": "train",
-         "sentences": [{"raw": "Two young guys.", "tokens": ["two", "young", "guys"]}]},
-        {"filename": "10002456.jpg", "imgid": 1, "split": "test",
-         "sentences": [{"raw": "Workers on a roof. ", "tokens": []},
-                       {"raw": "A building.", "tokens": []}]},
-    ]})
+    path = _write(
+        tmp_path,
+        "dataset_flickr30k.json",
+        {
+            "dataset": "flickr30k",
+            "images": [
+                {
+                    "filename": "1000092795.jpg",
+                    "imgid": 0,
+                    "split": "train",
+                    "sentences": [{"raw": "Two young guys.", "tokens": ["two", "young", "guys"]}],
+                },
+                {
+                    "filename": "10002456.jpg",
+                    "imgid": 1,
+                    "split": "test",
+                    "sentences": [
+                        {"raw": "Workers on a roof. ", "tokens": []},
+                        {"raw": "A building.", "tokens": []},
+                    ],
+                },
+            ],
+        },
+    )
     records = formats.parse("flickr30k", path, root, split="test")
-    assert records == [{"id": "1", "image": _img(root, "10002456.jpg"),
-                        "captions": ["Workers on a roof.", "A building."], "dataset": "flickr30k"}]
+    assert records == [
+        {
+            "id": "1",
+            "image": _img(root, "10002456.jpg"),
+            "captions": ["Workers on a roof.", "A building."],
+            "dataset": "flickr30k",
+        }
+    ]
     assert records.report.num_skipped == 1
 
 
 def test_textcaps(tmp_path, root):
-    path = _write(tmp_path, "TextCaps_0.1_train.json", {"dataset_type": "train", "data": [
-        {"image_id": "011e7e629fb9ae7b", "image_path": "train/011e7e629fb9ae7b.jpg",
-         "caption_id": 1, "caption_str": "A sign reading STOP.", "image_classes": []},
-        {"image_id": "011e7e629fb9ae7b", "image_path": "train/011e7e629fb9ae7b.jpg",
-         "caption_id": 2, "caption_str": "A red stop sign."},
-    ]})
+    path = _write(
+        tmp_path,
+        "TextCaps_0.1_train.json",
+        {
+            "dataset_type": "train",
+            "data": [
+                {
+                    "image_id": "011e7e629fb9ae7b",
+                    "image_path": "train/011e7e629fb9ae7b.jpg",
+                    "caption_id": 1,
+                    "caption_str": "A sign reading STOP.",
+                    "image_classes": [],
+                },
+                {
+                    "image_id": "011e7e629fb9ae7b",
+                    "image_path": "train/011e7e629fb9ae7b.jpg",
+                    "caption_id": 2,
+                    "caption_str": "A red stop sign.",
+                },
+            ],
+        },
+    )
     (record,) = formats.parse("textcaps", path, root)
     assert record["captions"] == ["A sign reading STOP.", "A red stop sign."]
     assert record["image"] == _img(root, "train/011e7e629fb9ae7b.jpg")
@@ -97,28 +170,57 @@ def test_textcaps(tmp_path, root):
 
 # --- question answering --------------------------------------------------------------------------
 
+
 def _vqa_files(tmp_path, with_missing_annotation=False):
-    questions = _write(tmp_path, "v2_OpenEnded_mscoco_val2014_questions.json", {
-        "data_subtype": "val2014", "task_type": "Open-Ended",
-        "questions": [{"image_id": 42, "question": "How many dogs?", "question_id": 42000},
-                      {"image_id": 73, "question": "What color?", "question_id": 73000}]})
-    anns = [{"question_id": 42000, "image_id": 42, "multiple_choice_answer": "2",
-             "answers": [{"answer": "2", "answer_confidence": "yes", "answer_id": i + 1}
-                         for i in range(10)]}]
+    questions = _write(
+        tmp_path,
+        "v2_OpenEnded_mscoco_val2014_questions.json",
+        {
+            "data_subtype": "val2014",
+            "task_type": "Open-Ended",
+            "questions": [
+                {"image_id": 42, "question": "How many dogs?", "question_id": 42000},
+                {"image_id": 73, "question": "What color?", "question_id": 73000},
+            ],
+        },
+    )
+    anns = [
+        {
+            "question_id": 42000,
+            "image_id": 42,
+            "multiple_choice_answer": "2",
+            "answers": [
+                {"answer": "2", "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)
+            ],
+        }
+    ]
     if not with_missing_annotation:
-        anns.append({"question_id": 73000, "image_id": 73, "multiple_choice_answer": "red",
-                     "answers": [{"answer": "red", "answer_id": i + 1} for i in range(10)]})
-    annotations = _write(tmp_path, "v2_mscoco_val2014_annotations.json",
-                         {"data_subtype": "val2014", "annotations": anns})
+        anns.append(
+            {
+                "question_id": 73000,
+                "image_id": 73,
+                "multiple_choice_answer": "red",
+                "answers": [{"answer": "red", "answer_id": i + 1} for i in range(10)],
+            }
+        )
+    annotations = _write(
+        tmp_path,
+        "v2_mscoco_val2014_annotations.json",
+        {"data_subtype": "val2014", "annotations": anns},
+    )
     return questions, annotations
 
 
 def test_vqav2_official_pair(tmp_path, root):
     questions, annotations = _vqa_files(tmp_path)
     records = formats.parse("vqav2", [questions, annotations], root)
-    assert records[0] == {"id": "42000", "question": "How many dogs?", "answers": ["2"] * 10,
-                          "image": _img(root, "val2014/COCO_val2014_000000000042.jpg"),
-                          "dataset": "vqav2"}
+    assert records[0] == {
+        "id": "42000",
+        "question": "How many dogs?",
+        "answers": ["2"] * 10,
+        "image": _img(root, "val2014/COCO_val2014_000000000042.jpg"),
+        "dataset": "vqav2",
+    }
     # The questions file alone (test split): no answers.
     assert "answers" not in formats.parse("okvqa", questions, root)[1]
 
@@ -132,24 +234,51 @@ def test_vqav2_question_without_annotation_is_reported(tmp_path, root):
 
 
 def test_vqav2_lavis_list_as_written_by_demo(tmp_path, root):
-    path = _write(tmp_path, "vqa_train.json", [
-        {"question_id": 7, "question": "What shape?", "answer": ["circle"] * 10,
-         "image": "train/train_000000.png", "dataset": "vqa"}])
+    path = _write(
+        tmp_path,
+        "vqa_train.json",
+        [
+            {
+                "question_id": 7,
+                "question": "What shape?",
+                "answer": ["circle"] * 10,
+                "image": "train/train_000000.png",
+                "dataset": "vqa",
+            }
+        ],
+    )
     (record,) = formats.parse("vqav2", path, root, dataset="demo_vqa")
     assert record["answers"] == ["circle"] * 10 and record["dataset"] == "demo_vqa"
     assert record["image"] == _img(root, "train/train_000000.png")
 
 
 def test_aokvqa(tmp_path, root):
-    path = _write(tmp_path, "aokvqa_v1p0_val.json", [
-        {"split": "val", "image_id": 461751, "question_id": "22jbM6gDxdaMaunuzgrsBB",
-         "question": "What is in the motorcyclist's mouth?",
-         "choices": ["toothpick", "food", "popsicle stick", "cigarette"],
-         "correct_choice_idx": 3, "direct_answers": ["cigarette"] * 10,
-         "difficult_direct_answer": False, "rationales": ["..."]},
-        {"split": "val", "image_id": 1, "question_id": "bad", "question": "?",
-         "choices": ["a", "b"], "correct_choice_idx": 5, "direct_answers": []},
-    ])
+    path = _write(
+        tmp_path,
+        "aokvqa_v1p0_val.json",
+        [
+            {
+                "split": "val",
+                "image_id": 461751,
+                "question_id": "22jbM6gDxdaMaunuzgrsBB",
+                "question": "What is in the motorcyclist's mouth?",
+                "choices": ["toothpick", "food", "popsicle stick", "cigarette"],
+                "correct_choice_idx": 3,
+                "direct_answers": ["cigarette"] * 10,
+                "difficult_direct_answer": False,
+                "rationales": ["..."],
+            },
+            {
+                "split": "val",
+                "image_id": 1,
+                "question_id": "bad",
+                "question": "?",
+                "choices": ["a", "b"],
+                "correct_choice_idx": 5,
+                "direct_answers": [],
+            },
+        ],
+    )
     records = formats.parse("aokvqa", path, root, max_errors=1)
     assert records[0]["image"] == _img(root, "val2017/000000461751.jpg")
     assert records[0]["choices"][records[0]["answer_index"]] == "cigarette"
@@ -158,33 +287,79 @@ def test_aokvqa(tmp_path, root):
 
 
 def test_gqa(tmp_path, root):
-    path = _write(tmp_path, "testdev_balanced_questions.json", {
-        "20968379": {"imageId": "n288870", "question": "Is the sky dark?", "answer": "yes",
-                     "fullAnswer": "Yes, the sky is dark.", "types": {}},
-        "bad": {"question": "no image"}})
+    path = _write(
+        tmp_path,
+        "testdev_balanced_questions.json",
+        {
+            "20968379": {
+                "imageId": "n288870",
+                "question": "Is the sky dark?",
+                "answer": "yes",
+                "fullAnswer": "Yes, the sky is dark.",
+                "types": {},
+            },
+            "bad": {"question": "no image"},
+        },
+    )
     records = formats.parse("gqa", path, root, max_errors=1)
-    assert records[0] == {"id": "20968379", "image": _img(root, "n288870.jpg"),
-                          "question": "Is the sky dark?", "answers": ["yes"], "dataset": "gqa"}
+    assert records[0] == {
+        "id": "20968379",
+        "image": _img(root, "n288870.jpg"),
+        "question": "Is the sky dark?",
+        "answers": ["yes"],
+        "dataset": "gqa",
+    }
     assert "key 'bad': missing field 'imageId'" in records.report.messages[0]
 
 
 def test_vizwiz(tmp_path, root):
-    path = _write(tmp_path, "val.json", [
-        {"image": "VizWiz_val_00000000.jpg", "question": "Ok. There is another picture?",
-         "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10,
-         "answer_type": "unanswerable", "answerable": 0}])
+    path = _write(
+        tmp_path,
+        "val.json",
+        [
+            {
+                "image": "VizWiz_val_00000000.jpg",
+                "question": "Ok. There is another picture?",
+                "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10,
+                "answer_type": "unanswerable",
+                "answerable": 0,
+            }
+        ],
+    )
     (record,) = formats.parse("vizwiz", path, root)
     assert record["id"] == "VizWiz_val_00000000" and record["answers"] == ["unanswerable"] * 10
 
 
 def test_textvqa_ocr_from_entry_and_rosetta_file(tmp_path, root):
-    path = _write(tmp_path, "TextVQA_0.5.1_val.json", {"dataset_type": "val", "data": [
-        {"question": "what is the brand?", "image_id": "003a8ae2ef43b901", "question_id": 34602,
-         "answers": ["nokia"] * 10, "set_name": "val", "ocr_tokens": ["NOKIA", "phone"]},
-        {"question": "what year?", "image_id": "00685bc495504d61", "question_id": 34603,
-         "answers": ["1999"] * 10, "set_name": "val"}]})
-    ocr = _write(tmp_path, "TextVQA_Rosetta_OCR_v0.2_val.json", {"data": [
-        {"image_id": "00685bc495504d61", "ocr_tokens": ["1999", "wine"]}]})
+    path = _write(
+        tmp_path,
+        "TextVQA_0.5.1_val.json",
+        {
+            "dataset_type": "val",
+            "data": [
+                {
+                    "question": "what is the brand?",
+                    "image_id": "003a8ae2ef43b901",
+                    "question_id": 34602,
+                    "answers": ["nokia"] * 10,
+                    "set_name": "val",
+                    "ocr_tokens": ["NOKIA", "phone"],
+                },
+                {
+                    "question": "what year?",
+                    "image_id": "00685bc495504d61",
+                    "question_id": 34603,
+                    "answers": ["1999"] * 10,
+                    "set_name": "val",
+                },
+            ],
+        },
+    )
+    ocr = _write(
+        tmp_path,
+        "TextVQA_Rosetta_OCR_v0.2_val.json",
+        {"data": [{"image_id": "00685bc495504d61", "ocr_tokens": ["1999", "wine"]}]},
+    )
     records = formats.parse("textvqa", path, root, ocr_path=ocr)
     assert records[0]["ocr_tokens"] == ["NOKIA", "phone"]
     assert records[1]["ocr_tokens"] == ["1999", "wine"]
@@ -192,29 +367,63 @@ def test_textvqa_ocr_from_entry_and_rosetta_file(tmp_path, root):
 
 
 def test_ocrvqa_split_and_mismatch(tmp_path, root):
-    path = _write(tmp_path, "dataset.json", {
-        "1001": {"imageURL": "http://x/1001.jpg", "questions": ["Who wrote this book?",
-                                                                "What is the genre?"],
-                 "answers": ["Jane Doe", "Travel"], "title": "T", "genre": "Travel", "split": 1},
-        "1002": {"imageURL": "http://x/1002.gif", "questions": ["Q"], "answers": ["A"],
-                 "split": 3},
-        "1003": {"imageURL": "http://x/1003.jpg", "questions": ["Q1", "Q2"], "answers": ["A"],
-                 "split": 1}})
+    path = _write(
+        tmp_path,
+        "dataset.json",
+        {
+            "1001": {
+                "imageURL": "http://x/1001.jpg",
+                "questions": ["Who wrote this book?", "What is the genre?"],
+                "answers": ["Jane Doe", "Travel"],
+                "title": "T",
+                "genre": "Travel",
+                "split": 1,
+            },
+            "1002": {
+                "imageURL": "http://x/1002.gif",
+                "questions": ["Q"],
+                "answers": ["A"],
+                "split": 3,
+            },
+            "1003": {
+                "imageURL": "http://x/1003.jpg",
+                "questions": ["Q1", "Q2"],
+                "answers": ["A"],
+                "split": 1,
+            },
+        },
+    )
     records = formats.parse("ocrvqa", path, root, split="train", max_errors=1)
     assert [r["id"] for r in records] == ["1001_0", "1001_1"]
     assert records[1]["answers"] == ["Travel"]
     assert records.report.num_skipped == 1
     assert "key '1003': 2 questions but 1 answers" in records.report.messages[0]
-    assert formats.parse("ocrvqa", path, root, split=3, max_errors=None)[0]["image"] == \
-        _img(root, "1002.gif")
+    assert formats.parse("ocrvqa", path, root, split=3, max_errors=None)[0]["image"] == _img(
+        root, "1002.gif"
+    )
 
 
 def test_iconqa(tmp_path, root):
-    path = _write(tmp_path, "problems.json", {
-        "12": {"question": "Which is heavier?", "choices": ["ball", "car"], "answer": 1,
-               "ques_type": "choose_txt", "split": "test", "grade": "grade1"},
-        "13": {"question": "How many dots?", "answer": "7", "ques_type": "fill_in_blank",
-               "split": "test"}})
+    path = _write(
+        tmp_path,
+        "problems.json",
+        {
+            "12": {
+                "question": "Which is heavier?",
+                "choices": ["ball", "car"],
+                "answer": 1,
+                "ques_type": "choose_txt",
+                "split": "test",
+                "grade": "grade1",
+            },
+            "13": {
+                "question": "How many dots?",
+                "answer": "7",
+                "ques_type": "fill_in_blank",
+                "split": "test",
+            },
+        },
+    )
     records = formats.parse("iconqa", path, root)
     assert records[0]["answer_index"] == 1
     assert records[0]["image"] == _img(root, "test/choose_txt/12/image.png")
@@ -224,28 +433,75 @@ def test_iconqa(tmp_path, root):
 
 
 def test_scienceqa_image_subset(tmp_path, root):
-    path = _write(tmp_path, "problems.json", {
-        "5": {"question": "Which animal is a mammal?", "choices": ["frog", "dog"], "answer": 1,
-              "hint": "Mammals have fur.", "image": "image.png", "task": "closed choice",
-              "split": "test"},
-        "6": {"question": "Text-only?", "choices": ["a", "b"], "answer": 0, "hint": "",
-              "image": None, "split": "test"},
-        "7": {"question": "Train one", "choices": ["a", "b"], "answer": 0, "hint": "",
-              "image": "image.png", "split": "train"}})
+    path = _write(
+        tmp_path,
+        "problems.json",
+        {
+            "5": {
+                "question": "Which animal is a mammal?",
+                "choices": ["frog", "dog"],
+                "answer": 1,
+                "hint": "Mammals have fur.",
+                "image": "image.png",
+                "task": "closed choice",
+                "split": "test",
+            },
+            "6": {
+                "question": "Text-only?",
+                "choices": ["a", "b"],
+                "answer": 0,
+                "hint": "",
+                "image": None,
+                "split": "test",
+            },
+            "7": {
+                "question": "Train one",
+                "choices": ["a", "b"],
+                "answer": 0,
+                "hint": "",
+                "image": "image.png",
+                "split": "train",
+            },
+        },
+    )
     records = formats.parse("scienceqa", path, root, split="test")
-    assert records == [{"id": "5", "question": "Which animal is a mammal?",
-                        "choices": ["frog", "dog"], "answer_index": 1,
-                        "image": _img(root, "test/5/image.png"), "text": "Mammals have fur.",
-                        "dataset": "scienceqa"}]
+    assert records == [
+        {
+            "id": "5",
+            "question": "Which animal is a mammal?",
+            "choices": ["frog", "dog"],
+            "answer_index": 1,
+            "image": _img(root, "test/5/image.png"),
+            "text": "Mammals have fur.",
+            "dataset": "scienceqa",
+        }
+    ]
     assert records.report.num_skipped == 2
 
 
 def test_vsr_jsonl(tmp_path, root):
-    path = _write(tmp_path, "test.jsonl", _jsonl([
-        {"image": "000000085637.jpg", "caption": "The cat is on the bed.", "label": 1,
-         "relation": "on", "subj": "cat", "obj": "bed"},
-        {"image": "000000000001.jpg", "caption": "The dog is under the car.", "label": False},
-    ]) + "{not json\n")
+    path = _write(
+        tmp_path,
+        "test.jsonl",
+        _jsonl(
+            [
+                {
+                    "image": "000000085637.jpg",
+                    "caption": "The cat is on the bed.",
+                    "label": 1,
+                    "relation": "on",
+                    "subj": "cat",
+                    "obj": "bed",
+                },
+                {
+                    "image": "000000000001.jpg",
+                    "caption": "The dog is under the car.",
+                    "label": False,
+                },
+            ]
+        )
+        + "{not json\n",
+    )
     records = formats.parse("vsr", path, root, max_errors=1)
     assert [(r["label"], r["answers"]) for r in records] == [(1, ["true"]), (0, ["false"])]
     assert records[0]["text"] == "The cat is on the bed."
@@ -253,28 +509,67 @@ def test_vsr_jsonl(tmp_path, root):
 
 
 def test_hateful_memes(tmp_path, root):
-    path = _write(tmp_path, "dev_seen.jsonl", _jsonl([
-        {"id": 8291, "img": "img/08291.png", "label": 1, "text": "white people is this a shooting range"},
-        {"id": 16, "img": "img/00016.png", "text": "no label in the test split"}]))
+    path = _write(
+        tmp_path,
+        "dev_seen.jsonl",
+        _jsonl(
+            [
+                {
+                    "id": 8291,
+                    "img": "img/08291.png",
+                    "label": 1,
+                    "text": "white people is this a shooting range",
+                },
+                {"id": 16, "img": "img/00016.png", "text": "no label in the test split"},
+            ]
+        ),
+    )
     records = formats.parse("hateful_memes", path, root)
-    assert records[0] == {"id": "8291", "image": _img(root, "img/08291.png"), "label": 1,
-                          "text": "white people is this a shooting range",
-                          "dataset": "hateful_memes"}
+    assert records[0] == {
+        "id": "8291",
+        "image": _img(root, "img/08291.png"),
+        "label": 1,
+        "text": "white people is this a shooting range",
+        "dataset": "hateful_memes",
+    }
     assert "label" not in records[1]
 
 
 def test_visdial_rounds_history_and_options(tmp_path, root):
     options = list(range(100))
-    path = _write(tmp_path, "visdial_1.0_val.json", {"version": "1.0", "split": "val", "data": {
-        "questions": ["is it sunny", "any people"],
-        "answers": [f"answer {i}" for i in range(100)],
-        "dialogs": [{"image_id": 185565, "caption": "a beach with umbrellas", "dialog": [
-            {"question": 0, "answer": 3, "answer_options": options, "gt_index": 3},
-            {"question": 1, "answer": 7, "answer_options": options[::-1], "gt_index": 92}]}]}})
+    path = _write(
+        tmp_path,
+        "visdial_1.0_val.json",
+        {
+            "version": "1.0",
+            "split": "val",
+            "data": {
+                "questions": ["is it sunny", "any people"],
+                "answers": [f"answer {i}" for i in range(100)],
+                "dialogs": [
+                    {
+                        "image_id": 185565,
+                        "caption": "a beach with umbrellas",
+                        "dialog": [
+                            {"question": 0, "answer": 3, "answer_options": options, "gt_index": 3},
+                            {
+                                "question": 1,
+                                "answer": 7,
+                                "answer_options": options[::-1],
+                                "gt_index": 92,
+                            },
+                        ],
+                    }
+                ],
+            },
+        },
+    )
     records = formats.parse("visdial", path, root)
     assert len(records) == 2
     second = records[1]
-    assert second["image"] == _img(root, "VisualDialog_val2018/VisualDialog_val2018_000000185565.jpg")
+    assert second["image"] == _img(
+        root, "VisualDialog_val2018/VisualDialog_val2018_000000185565.jpg"
+    )
     assert second["dialog"] == [["is it sunny", "answer 3"]]
     assert second["question"] == "any people" and len(second["answer_options"]) == 100
     assert second["answer_options"][second["gt_index"]] == "answer 7" == second["answers"][0]
@@ -282,6 +577,7 @@ def test_visdial_rounds_history_and_options(tmp_path, root):
 
 
 # --- video QA ------------------------------------------------------------------------------------
+
 
 def _frames(root, video_dir, n=3):
     os.makedirs(os.path.join(root, video_dir), exist_ok=True)
@@ -292,24 +588,35 @@ def _frames(root, video_dir, n=3):
 def test_msvd_and_msrvtt_frames(tmp_path, root):
     _frames(root, "vid1")
     _frames(root, "video7010", n=2)
-    msvd = _write(tmp_path, "msvd_test_qa.json", [
-        {"answer": "dog", "id": 0, "question": "what is running?", "video_id": 1},
-        {"answer": "cat", "id": 1, "question": "what sleeps?", "video_id": 2}])
+    msvd = _write(
+        tmp_path,
+        "msvd_test_qa.json",
+        [
+            {"answer": "dog", "id": 0, "question": "what is running?", "video_id": 1},
+            {"answer": "cat", "id": 1, "question": "what sleeps?", "video_id": 2},
+        ],
+    )
     records = formats.parse("msvd_qa", msvd, root, max_errors=1)
     assert records[0]["frames"] == [_img(root, f"vid1/{i:05d}.jpg") for i in range(3)]
     assert records[0]["answers"] == ["dog"]
     assert "entry #1: no extracted frames in" in records.report.messages[0]
-    msrvtt = _write(tmp_path, "msrvtt_test_qa.json", [
-        {"answer": "man", "category_id": 3, "id": 5, "question": "who talks?", "video_id": 7010}])
+    msrvtt = _write(
+        tmp_path,
+        "msrvtt_test_qa.json",
+        [{"answer": "man", "category_id": 3, "id": 5, "question": "who talks?", "video_id": 7010}],
+    )
     (record,) = formats.parse("msrvtt_qa", msrvtt, root)
     assert len(record["frames"]) == 2 and record["id"] == "5"
 
 
 def test_ivqa_csv(tmp_path, root):
     _frames(root, "abc123_10_20")
-    path = _write(tmp_path, "test.csv",
-                  "video_id,start,end,question,answer1,answer2,answer3,answer4,answer5\n"
-                  "abc123,10,20,what is the man cutting,onion,onion,onions,garlic,onion\n")
+    path = _write(
+        tmp_path,
+        "test.csv",
+        "video_id,start,end,question,answer1,answer2,answer3,answer4,answer5\n"
+        "abc123,10,20,what is the man cutting,onion,onion,onions,garlic,onion\n",
+    )
     (record,) = formats.parse("ivqa", path, root)
     assert record["answers"] == ["onion", "onion", "onions", "garlic", "onion"]
     assert len(record["frames"]) == 3 and record["question"] == "what is the man cutting"
@@ -319,20 +626,37 @@ def test_ivqa_csv(tmp_path, root):
 
 
 def test_llava_instruct(tmp_path, root):
-    path = _write(tmp_path, "llava_instruct_150k.json", [
-        {"id": "000000033471", "image": "000000033471.jpg", "conversations": [
-            {"from": "human", "value": "<image>\nWhat are the colors of the bus?"},
-            {"from": "gpt", "value": "White and red."},
-            {"from": "human", "value": "Any people?"}, {"from": "gpt", "value": "Yes."}]},
-        {"id": "1", "image": "1.jpg", "conversations": [{"from": "gpt", "value": "x"},
-                                                       {"from": "human", "value": "y"}]}])
+    path = _write(
+        tmp_path,
+        "llava_instruct_150k.json",
+        [
+            {
+                "id": "000000033471",
+                "image": "000000033471.jpg",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat are the colors of the bus?"},
+                    {"from": "gpt", "value": "White and red."},
+                    {"from": "human", "value": "Any people?"},
+                    {"from": "gpt", "value": "Yes."},
+                ],
+            },
+            {
+                "id": "1",
+                "image": "1.jpg",
+                "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}],
+            },
+        ],
+    )
     records = formats.parse("llava_instruct", path, root, max_errors=1)
-    assert records[0]["dialog"] == [["What are the colors of the bus?", "White and red."],
-                                    ["Any people?", "Yes."]]
+    assert records[0]["dialog"] == [
+        ["What are the colors of the bus?", "White and red."],
+        ["Any people?", "Yes."],
+    ]
     assert "entry #1: turn 0: expected 'human' then 'gpt'" in records.report.messages[0]
 
 
 # --- errors --------------------------------------------------------------------------------------
+
 
 def test_missing_file_names_path(tmp_path, root):
     missing = str(tmp_path / "nope.json")

@@ -7,23 +7,26 @@ import pytest
 
 from ib_jax.eval import metrics
 
-
 # --- VQA normalization: expected outputs follow the official vqaEval.py rules step by step. ----
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Two dogs.", "2 dogs"),          # period stripped, number word -> digit
-    ("The Cat", "cat"),               # lowercase, article dropped
-    ("a dog", "dog"),
-    ("3.5", "3.5"),                   # a period before a digit is kept
-    ("1,000", "1000"),                # digit,digit: punctuation removed, not spaced
-    ("red, white", "red white"),      # "p " present: removed
-    ("red,white", "red white"),       # otherwise replaced by a space
-    ("it's", "it s"),                 # apostrophe spaced out (official quirk)
-    ("dont", "don’t"),                # contractions table (U+2019 as in the official table)
-    ("yes!", "yes!"),                 # '!' is not in the official punctuation list
-    ("hot-dog", "hot-dog"),           # neither is '-'
-    ("  none\n", "0"),                # whitespace stripped; 'none' maps to 0
-])
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Two dogs.", "2 dogs"),  # period stripped, number word -> digit
+        ("The Cat", "cat"),  # lowercase, article dropped
+        ("a dog", "dog"),
+        ("3.5", "3.5"),  # a period before a digit is kept
+        ("1,000", "1000"),  # digit,digit: punctuation removed, not spaced
+        ("red, white", "red white"),  # "p " present: removed
+        ("red,white", "red white"),  # otherwise replaced by a space
+        ("it's", "it s"),  # apostrophe spaced out (official quirk)
+        ("dont", "don’t"),  # contractions table (U+2019 as in the official table)
+        ("yes!", "yes!"),  # '!' is not in the official punctuation list
+        ("hot-dog", "hot-dog"),  # neither is '-'
+        ("  none\n", "0"),  # whitespace stripped; 'none' maps to 0
+    ],
+)
 def test_normalize_vqa_answer(raw, expected):
     assert metrics.normalize_vqa_answer(raw) == expected
 
@@ -61,7 +64,9 @@ def test_ivqa_accuracy():
 
 
 def test_exact_match_and_accuracy():
-    em = metrics.compute("exact_match", ["The table.", "chair", "left"], ["table", "sofa", ["left"]])
+    em = metrics.compute(
+        "exact_match", ["The table.", "chair", "left"], ["table", "sofa", ["left"]]
+    )
     assert em["per_example"] == [1.0, 0.0, 1.0]
     acc = metrics.compute("accuracy", [2, 0, "True ", 1], [2, 1, "true", True])
     assert acc["per_example"] == [1.0, 0.0, 1.0, 1.0]
@@ -78,9 +83,9 @@ def test_auc_matches_hand_count():
 
 def test_mrr_ranks_and_ties():
     scores = [
-        [0.1, 0.9, 0.5, 0.0],   # gt 2 is second best -> rank 2
-        [0.3, 0.3, 0.3, 0.3],   # all tied: the official sort gives distinct ranks; gt 3 -> rank 4
-        [0.0, 0.2, 0.1, 0.7],   # gt 3 is best -> rank 1
+        [0.1, 0.9, 0.5, 0.0],  # gt 2 is second best -> rank 2
+        [0.3, 0.3, 0.3, 0.3],  # all tied: the official sort gives distinct ranks; gt 3 -> rank 4
+        [0.0, 0.2, 0.1, 0.7],  # gt 3 is best -> rank 1
     ]
     result = metrics.compute("mrr", scores, [2, 3, 3])
     assert result["per_example"] == pytest.approx([0.5, 0.25, 1.0])
@@ -121,5 +126,12 @@ def test_cider_without_java_raises_clear_error(monkeypatch):
 
 
 def test_registry_names():
-    assert set(metrics.METRICS) == {"vqa_accuracy", "cider", "exact_match", "accuracy", "auc",
-                                    "mrr", "ivqa_accuracy"}
+    assert set(metrics.METRICS) == {
+        "vqa_accuracy",
+        "cider",
+        "exact_match",
+        "accuracy",
+        "auc",
+        "mrr",
+        "ivqa_accuracy",
+    }

@@ -11,19 +11,49 @@ from ib_jax.models.instructblip import InstructBlip
 from tests import reference
 
 CONFIG = ModelConfig(
-    vision=VisionConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, image_size=28, patch_size=14),
-    qformer=QFormerConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                          max_position_embeddings=64, cross_attention_frequency=1, encoder_hidden_size=32),
-    text=T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                  relative_attention_num_buckets=8, relative_attention_max_distance=16),
-    num_query_tokens=4)
+    vision=VisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        image_size=28,
+        patch_size=14,
+    ),
+    qformer=QFormerConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        max_position_embeddings=64,
+        cross_attention_frequency=1,
+        encoder_hidden_size=32,
+    ),
+    text=T5Config(
+        vocab_size=128,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    ),
+    num_query_tokens=4,
+)
 
 
 def _init(config, batch):
     model = InstructBlip(config)
-    params = model.init(jax.random.key(0), **{k: jnp.asarray(v) for k, v in batch.items()})["params"]
-    return model, jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, params,
-                                         is_leaf=lambda x: hasattr(x, "value"))
+    params = model.init(jax.random.key(0), **{k: jnp.asarray(v) for k, v in batch.items()})[
+        "params"
+    ]
+    return model, jax.tree_util.tree_map(
+        lambda x: x.value if hasattr(x, "value") else x,
+        params,
+        is_leaf=lambda x: hasattr(x, "value"),
+    )
 
 
 def test_blip2_ablation_ignores_the_instruction():
@@ -43,19 +73,26 @@ def test_blip2_ablation_ignores_the_instruction():
 def test_video_frames_concatenate_their_query_tokens():
     batch = reference.inputs(seed=1)
     model, params = _init(CONFIG, batch)
-    frames = np.stack([batch["pixel_values"], batch["pixel_values"][::-1], batch["pixel_values"] * 0.5], axis=1)
+    frames = np.stack(
+        [batch["pixel_values"], batch["pixel_values"][::-1], batch["pixel_values"] * 0.5], axis=1
+    )
     out = model.apply({"params": params}, **dict(batch, pixel_values=frames))
     assert out.language_model_inputs.shape == (2, 3 * CONFIG.num_query_tokens, CONFIG.text.d_model)
     single = model.apply({"params": params}, **dict(batch, pixel_values=frames[:, 1]))
-    np.testing.assert_allclose(np.asarray(out.language_model_inputs[:, 4:8]),
-                               np.asarray(single.language_model_inputs), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out.language_model_inputs[:, 4:8]),
+        np.asarray(single.language_model_inputs),
+        atol=1e-5,
+    )
 
 
 def test_bfloat16_compute_stays_close_to_float32():
     batch = reference.inputs(seed=2)
     model, params = _init(CONFIG, batch)
     full = model.apply({"params": params}, **batch)
-    half = InstructBlip(dataclasses.replace(CONFIG, dtype="bfloat16")).apply({"params": params}, **batch)
+    half = InstructBlip(dataclasses.replace(CONFIG, dtype="bfloat16")).apply(
+        {"params": params}, **batch
+    )
     assert half.logits.dtype == jnp.float32  # logits and loss always come back in float32
     assert abs(float(half.loss) - float(full.loss)) < 0.05 * abs(float(full.loss))
 
@@ -65,17 +102,38 @@ def test_t5_prefill_and_steps_equal_the_teacher_forced_decoder():
     for scan in (False, True):
         config = dataclasses.replace(CONFIG, scan_layers=scan)
         model, params = _init(config, batch)
-        encoded, mask, _ = model.apply({"params": params}, batch["pixel_values"], batch["qformer_input_ids"],
-                                       batch["qformer_attention_mask"], batch["input_ids"], batch["attention_mask"],
-                                       method=model.encode)
+        encoded, mask, _ = model.apply(
+            {"params": params},
+            batch["pixel_values"],
+            batch["qformer_input_ids"],
+            batch["qformer_attention_mask"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            method=model.encode,
+        )
         tokens = jnp.asarray([[0, 5, 9, 17], [0, 3, 3, 8]], jnp.int32)
         full = model.apply({"params": params}, tokens, encoded, mask, method=model.decode)
-        logits, variables = model.apply({"params": params}, tokens[:, :1], encoded, mask, decode_mode="prefill",
-                                        max_decode_length=4, method=model.decode, mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params},
+            tokens[:, :1],
+            encoded,
+            mask,
+            decode_mode="prefill",
+            max_decode_length=4,
+            method=model.decode,
+            mutable=["cache"],
+        )
         steps = [logits[:, 0]]
         for t in range(1, 4):
-            logits, variables = model.apply({"params": params, "cache": variables["cache"]}, tokens[:, t:t + 1],
-                                            None, None, decode_mode="step", method=model.decode, mutable=["cache"])
+            logits, variables = model.apply(
+                {"params": params, "cache": variables["cache"]},
+                tokens[:, t : t + 1],
+                None,
+                None,
+                decode_mode="step",
+                method=model.decode,
+                mutable=["cache"],
+            )
             steps.append(logits[:, 0])
         for leaf in jax.tree_util.tree_leaves(variables["cache"]):
             assert leaf.shape[0] == 2  # batch first everywhere: beams reorder with one gather

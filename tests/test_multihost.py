@@ -31,7 +31,10 @@ from launch import local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, SAVE_EVERY = 4, 2
-OVERRIDES = [f"--config.train.num_steps={NUM_STEPS}", f"--config.checkpoint.every_steps={SAVE_EVERY}"]
+OVERRIDES = [
+    f"--config.train.num_steps={NUM_STEPS}",
+    f"--config.checkpoint.every_steps={SAVE_EVERY}",
+]
 
 
 def _config(data_root):
@@ -43,16 +46,30 @@ def _config(data_root):
 
 def _emulated_two_process_batches(config, num_batches):
     """Global batches of a 2-process run, built in one process: [process 0 rows; process 1 rows]."""
-    iterators = [iter(pipeline.build_train_dataset(config.data, process_index=i, process_count=2)) for i in range(2)]
-    return [{key: np.concatenate([local_batch[key] for local_batch in locals_])
-             for key in locals_[0]}
-            for locals_ in ([next(it) for it in iterators] for _ in range(num_batches))]
+    iterators = [
+        iter(pipeline.build_train_dataset(config.data, process_index=i, process_count=2))
+        for i in range(2)
+    ]
+    return [
+        {key: np.concatenate([local_batch[key] for local_batch in locals_]) for key in locals_[0]}
+        for locals_ in ([next(it) for it in iterators] for _ in range(num_batches))
+    ]
 
 
 def _launch_two_processes(data_root, workdir):
-    local.launch(["-m", "ib_jax.train", f"--config={REPO}/configs/tiny.py:root={data_root}", f"--workdir={workdir}",
-                  *OVERRIDES], num_processes=2, devices_per_process=4, timeout_s=900,
-                 log_dir=os.path.join(workdir, "logs"))
+    local.launch(
+        [
+            "-m",
+            "ib_jax.train",
+            f"--config={REPO}/configs/tiny.py:root={data_root}",
+            f"--workdir={workdir}",
+            *OVERRIDES,
+        ],
+        num_processes=2,
+        devices_per_process=4,
+        timeout_s=900,
+        log_dir=os.path.join(workdir, "logs"),
+    )
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return {row["step"]: row["loss"] for row in map(json.loads, f)}
 
@@ -80,29 +97,57 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
         losses_2p = two_process.result()
     assert sorted(losses_2p) == list(range(1, NUM_STEPS + 1))
     for step in losses_1p:
-        np.testing.assert_allclose(losses_2p[step], losses_1p[step], rtol=1e-5, err_msg=f"step {step}")
+        np.testing.assert_allclose(
+            losses_2p[step], losses_1p[step], rtol=1e-5, err_msg=f"step {step}"
+        )
 
     with sharding.activate(mesh, rules):
         # The 2-process checkpoint, restored by one process onto its 8-device mesh.
         manager = checkpoint.make_manager(workdir, read_only=True)
         assert manager.all_steps() == [SAVE_EVERY, NUM_STEPS]
         abstract = program.abstract_state
-        restored = checkpoint.restore(manager, SAVE_EVERY, merge_params(abstract.trainable, program.abstract_frozen),
-                                      abstract.opt_state, data_iterator=None)
+        restored = checkpoint.restore(
+            manager,
+            SAVE_EVERY,
+            merge_params(abstract.trainable, program.abstract_frozen),
+            abstract.opt_state,
+            data_iterator=None,
+        )
         trainable, frozen = split_params(restored["params"], config.train.trainable)
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                               jax.device_get(trainable), trainable_at_save)
-        state = TrainState(step=jnp.asarray(SAVE_EVERY, jnp.int32), trainable=trainable,
-                           opt_state=restored["opt_state"])
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+            jax.device_get(trainable),
+            trainable_at_save,
+        )
+        state = TrainState(
+            step=jnp.asarray(SAVE_EVERY, jnp.int32),
+            trainable=trainable,
+            opt_state=restored["opt_state"],
+        )
         for step in range(SAVE_EVERY + 1, NUM_STEPS + 1):
-            state, metrics = program.step_fn(state, frozen, sharding.global_batch(batches[step - 1], mesh))
-            np.testing.assert_allclose(float(metrics["loss"]), losses_2p[step], rtol=1e-5,
-                                       err_msg=f"step {step} after restoring the 2-process checkpoint")
+            state, metrics = program.step_fn(
+                state, frozen, sharding.global_batch(batches[step - 1], mesh)
+            )
+            np.testing.assert_allclose(
+                float(metrics["loss"]),
+                losses_2p[step],
+                rtol=1e-5,
+                err_msg=f"step {step} after restoring the 2-process checkpoint",
+            )
 
         # The per-process data iterator state cannot move to another process count.
-        one_process_iterator = iter(pipeline.build_train_dataset(config.data, process_index=0, process_count=1))
+        one_process_iterator = iter(
+            pipeline.build_train_dataset(config.data, process_index=0, process_count=1)
+        )
         with pytest.raises(ValueError, match=r"process_0-of-1\.json does not exist"):
-            checkpoint.restore(manager, SAVE_EVERY, merge_params(abstract.trainable, program.abstract_frozen),
-                               abstract.opt_state, data_iterator=one_process_iterator)
-        assert os.path.exists(os.path.join(manager.directory, str(SAVE_EVERY), "data_iterator", "process_1-of-2.json"))
+            checkpoint.restore(
+                manager,
+                SAVE_EVERY,
+                merge_params(abstract.trainable, program.abstract_frozen),
+                abstract.opt_state,
+                data_iterator=one_process_iterator,
+            )
+        assert os.path.exists(
+            os.path.join(manager.directory, str(SAVE_EVERY), "data_iterator", "process_1-of-2.json")
+        )
         manager.close()

@@ -36,8 +36,12 @@ def hf_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(hf_dir):
     directory, _ = hf_dir
-    return {scan: ib_jax.load_pretrained(directory, scan_layers=scan, remat_policy="dots" if scan else "none")
-            for scan in (False, True)}
+    return {
+        scan: ib_jax.load_pretrained(
+            directory, scan_layers=scan, remat_policy="dots" if scan else "none"
+        )
+        for scan in (False, True)
+    }
 
 
 def _batch(seed: int) -> dict[str, np.ndarray]:
@@ -56,8 +60,18 @@ def _real(ids, mask):
 
 def _hf_call(model, batch, ids, mask, labels=None, positions=False):
     """HF forward with our pixels/Q-Former inputs and the given LM token rows (placeholders included)."""
-    kwargs = reference.to_hf({k: batch[k] for k in ("pixel_values", "qformer_input_ids", "qformer_attention_mask",
-                                                     "input_ids", "attention_mask")})
+    kwargs = reference.to_hf(
+        {
+            k: batch[k]
+            for k in (
+                "pixel_values",
+                "qformer_input_ids",
+                "qformer_attention_mask",
+                "input_ids",
+                "attention_mask",
+            )
+        }
+    )
     kwargs["input_ids"], kwargs["attention_mask"] = torch.tensor(ids), torch.tensor(mask)
     if labels is not None:
         kwargs["labels"] = torch.tensor(labels)
@@ -87,15 +101,30 @@ _COMPILED = {}  # one jitted function per (config, method): tests that share one
 def _jitted(model, method=None, **kw):
     key = (model.config, method, tuple(sorted(kw.items())))
     if key not in _COMPILED:
-        _COMPILED[key] = jax.jit(lambda variables, *args: model.apply(variables, *args, method=method, **kw))
+        _COMPILED[key] = jax.jit(
+            lambda variables, *args: model.apply(variables, *args, method=method, **kw)
+        )
     return _COMPILED[key]
 
 
 def _run(model, params, batch):
     inputs = {k: jnp.asarray(v) for k, v in batch.items()}
-    return _jitted(model)({"params": params}, *(inputs.get(name) for name in (
-        "pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask")),
-        None, None, inputs.get("labels"))
+    return _jitted(model)(
+        {"params": params},
+        *(
+            inputs.get(name)
+            for name in (
+                "pixel_values",
+                "qformer_input_ids",
+                "qformer_attention_mask",
+                "input_ids",
+                "attention_mask",
+            )
+        ),
+        None,
+        None,
+        inputs.get("labels"),
+    )
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
@@ -110,16 +139,25 @@ def test_loss_and_target_logits_match_reference(hf_dir, loaded, scan):
     query_output = expected.qformer_outputs.last_hidden_state[:, :NQ]
     with torch.no_grad():
         projected = hf_model.language_projection(query_output).numpy()
-    for name, want in (("image_embeds", expected.vision_outputs.last_hidden_state.numpy()),
-                       ("qformer_output", query_output.numpy()), ("language_model_inputs", projected)):
-        np.testing.assert_allclose(np.asarray(getattr(out, name)), want, atol=1e-5, rtol=1e-5, err_msg=name)
+    for name, want in (
+        ("image_embeds", expected.vision_outputs.last_hidden_state.numpy()),
+        ("qformer_output", query_output.numpy()),
+        ("language_model_inputs", projected),
+    ):
+        np.testing.assert_allclose(
+            np.asarray(getattr(out, name)), want, atol=1e-5, rtol=1e-5, err_msg=name
+        )
 
     np.testing.assert_allclose(float(out.loss), float(expected.loss), atol=1e-4, rtol=1e-5)
     hf_logits = expected.logits.numpy()
     for b, n in enumerate(lengths):
         valid = batch["labels"][b] != -100
-        predicting = NQ + n + np.flatnonzero(valid) - 1  # HF's shift: target j is predicted one slot earlier
-        np.testing.assert_allclose(np.asarray(out.logits)[b, valid], hf_logits[b, predicting], atol=1e-4, rtol=1e-4)
+        predicting = (
+            NQ + n + np.flatnonzero(valid) - 1
+        )  # HF's shift: target j is predicted one slot earlier
+        np.testing.assert_allclose(
+            np.asarray(out.logits)[b, valid], hf_logits[b, predicting], atol=1e-4, rtol=1e-4
+        )
 
 
 def _lavis_prompt(batch):
@@ -146,7 +184,7 @@ def test_prompt_logits_match_reference(hf_dir, loaded):
     assert logits.shape[1] == NQ + batch["input_ids"].shape[1]
     for b, mask in enumerate(masks):
         real = np.flatnonzero(mask)
-        np.testing.assert_allclose(logits[b, :len(real)], hf_logits[b, real], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(logits[b, : len(real)], hf_logits[b, real], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
@@ -157,18 +195,32 @@ def test_prefill_and_steps_match_reference(hf_dir, loaded, scan):
     batch = _batch(seed=3)
     del batch["labels"]
     model, params = loaded[scan]
-    model = InstructBlip(dataclasses.replace(model.config, remat_policy="none"))  # remat is for gradients
+    model = InstructBlip(
+        dataclasses.replace(model.config, remat_policy="none")
+    )  # remat is for gradients
     num_steps = 4
-    prefill = _jitted(model, InstructBlip.decoder_only_prefill, max_new_tokens=num_steps, mutable=("cache",))
+    prefill = _jitted(
+        model, InstructBlip.decoder_only_prefill, max_new_tokens=num_steps, mutable=("cache",)
+    )
     step = _jitted(model, InstructBlip.decoder_only_step, mutable=("cache",))
-    names = ("pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask")
+    names = (
+        "pixel_values",
+        "qformer_input_ids",
+        "qformer_attention_mask",
+        "input_ids",
+        "attention_mask",
+    )
     logits, variables = prefill({"params": params}, *(jnp.asarray(batch[name]) for name in names))
     cache = variables["cache"]
-    assert all(leaf.shape[0] == 3 for leaf in jax.tree_util.tree_leaves(cache))  # batch first, for beam gathers
+    assert all(
+        leaf.shape[0] == 3 for leaf in jax.tree_util.tree_leaves(cache)
+    )  # batch first, for beam gathers
     ours, chosen = [np.asarray(logits[:, 0])], []
     for _ in range(num_steps):
         chosen.append(np.argmax(ours[-1], axis=-1))
-        logits, variables = step({"params": params, "cache": cache}, jnp.asarray(chosen[-1][:, None], jnp.int32))
+        logits, variables = step(
+            {"params": params, "cache": cache}, jnp.asarray(chosen[-1][:, None], jnp.int32)
+        )
         cache = variables["cache"]
         ours.append(np.asarray(logits[:, 0]))
 
@@ -179,8 +231,9 @@ def test_prefill_and_steps_match_reference(hf_dir, loaded, scan):
     hf_logits = _hf_call(hf_model, batch, rows, masks, positions=True).logits.numpy()
     prompt_end = NQ + batch["input_ids"].shape[1] - 1
     for k, step_logits in enumerate(ours):
-        np.testing.assert_allclose(step_logits, hf_logits[:, prompt_end + k], atol=1e-4, rtol=1e-4,
-                                   err_msg=f"step {k}")
+        np.testing.assert_allclose(
+            step_logits, hf_logits[:, prompt_end + k], atol=1e-4, rtol=1e-4, err_msg=f"step {k}"
+        )
 
 
 def test_hf_config_reads_the_llama_text_config(hf_dir):
@@ -202,13 +255,18 @@ def test_lavis_state_dict_with_separate_vicuna_file(tmp_path):
     with torch.no_grad():
         for layer in model.vision_model.encoder.layers:  # LAVIS has no key bias in the fused qkv
             width = layer.self_attn.qkv.bias.shape[0] // 3
-            layer.self_attn.qkv.bias[width: 2 * width] = 0
-        for table in (lm.model.embed_tokens.weight, lm.lm_head.weight):  # the converter's fill for [PAD]
+            layer.self_attn.qkv.bias[width : 2 * width] = 0
+        for table in (
+            lm.model.embed_tokens.weight,
+            lm.lm_head.weight,
+        ):  # the converter's fill for [PAD]
             table[-1] = table[:-1].mean(0)
     lavis, vit, llm = _as_lavis_files(model.state_dict())
     lavis = {key.replace("t5_proj", "llm_proj"): value for key, value in lavis.items()}
-    llm = {key: value[:-1] if key in ("model.embed_tokens.weight", "lm_head.weight") else value
-           for key, value in llm.items()}
+    llm = {
+        key: value[:-1] if key in ("model.embed_tokens.weight", "lm_head.weight") else value
+        for key, value in llm.items()
+    }
     llm["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
     torch.save({"model": lavis}, tmp_path / "instruct_blip_vicuna_trimmed.pth")
     torch.save(vit, tmp_path / "eva_vit_g.pth")
@@ -219,16 +277,26 @@ def test_lavis_state_dict_with_separate_vicuna_file(tmp_path):
     rows, masks, labels, _ = _lavis_training_sequence(batch)
     expected = _hf_call(model, batch, rows, masks, labels)
     hf_config, _, _ = api.convert_hf(str(tmp_path / "hf"))
-    config, params, report = api.convert_lavis(str(tmp_path / "instruct_blip_vicuna_trimmed.pth"), hf_config,
-                                               vit=str(tmp_path / "eva_vit_g.pth"),
-                                               language_model=str(tmp_path / "vicuna.bin"))
+    config, params, report = api.convert_lavis(
+        str(tmp_path / "instruct_blip_vicuna_trimmed.pth"),
+        hf_config,
+        vit=str(tmp_path / "eva_vit_g.pth"),
+        language_model=str(tmp_path / "vicuna.bin"),
+    )
     assert "llm_model.model.layers.0.self_attn.rotary_emb.inv_freq" in report["unused"]
     out = _run(InstructBlip(config), params, batch)
     np.testing.assert_allclose(float(out.loss), float(expected.loss), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variant", [dict(attention_bias=True), dict(mlp_bias=True), dict(head_dim=16),
-                                     dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1e4))])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(attention_bias=True),
+        dict(mlp_bias=True),
+        dict(head_dim=16),
+        dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1e4)),
+    ],
+)
 def test_unsupported_llama_variants_are_refused(variant):
     from ib_jax.convert.hf_config import model_config_from_hf
 

@@ -44,18 +44,23 @@ def hf_outputs(hf_dir):
 
 
 def _run(model, params, batch):
-    return jax.jit(lambda p, b: model.apply({"params": p}, **b))(params, {k: jnp.asarray(v) for k, v in batch.items()})
+    return jax.jit(lambda p, b: model.apply({"params": p}, **b))(
+        params, {k: jnp.asarray(v) for k, v in batch.items()}
+    )
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
 def test_every_stage_matches_reference(hf_dir, hf_outputs, scan):
     directory, _ = hf_dir
     batch, expected = hf_outputs
-    model, params = ib_jax.load_pretrained(directory, scan_layers=scan, remat_policy="dots" if scan else "none")
+    model, params = ib_jax.load_pretrained(
+        directory, scan_layers=scan, remat_policy="dots" if scan else "none"
+    )
     out = _run(model, params, batch)
     for name in ("image_embeds", "qformer_output", "language_model_inputs", "encoder_hidden"):
-        np.testing.assert_allclose(np.asarray(getattr(out, name)), expected[name], atol=1e-5, rtol=1e-5,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(getattr(out, name)), expected[name], atol=1e-5, rtol=1e-5, err_msg=name
+        )
     np.testing.assert_allclose(np.asarray(out.logits), expected["logits"], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(float(out.loss), float(expected["loss"]), atol=1e-4, rtol=1e-5)
 
@@ -75,7 +80,9 @@ def test_position_interpolation_matches_torch_bicubic(hf_dir):
     batch = reference.inputs(seed=2, image_size=42)  # 3x3 patches from a 2x2 position grid
     with torch.no_grad():
         pixels = reference.to_hf(batch)["pixel_values"]
-        expected = model.vision_model(pixels, interpolate_pos_encoding=True).last_hidden_state.numpy()
+        expected = model.vision_model(
+            pixels, interpolate_pos_encoding=True
+        ).last_hidden_state.numpy()
     flax_model, params = ib_jax.load_pretrained(directory)
     out = _run(flax_model, params, batch)
     np.testing.assert_allclose(np.asarray(out.image_embeds), expected, atol=1e-5, rtol=1e-5)
@@ -101,8 +108,9 @@ def test_cli_converts_a_save_pretrained_directory(hf_dir, hf_outputs, tmp_path):
         assert json.load(f)["scan_layers"] is True
     batch, expected = hf_outputs
     model, params = ib_jax.load_pretrained(out_dir)
-    np.testing.assert_allclose(np.asarray(_run(model, params, batch).logits), expected["logits"], atol=1e-4,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(_run(model, params, batch).logits), expected["logits"], atol=1e-4, rtol=1e-4
+    )
 
 
 def _edited_copy(hf_dir, tmp_path, edit):
@@ -119,14 +127,22 @@ def _edited_copy(hf_dir, tmp_path, edit):
 
 
 def test_missing_key_is_named(hf_dir, tmp_path):
-    path = _edited_copy(hf_dir, tmp_path, lambda s: s.pop("qformer.encoder.layer.1.output.dense.weight"))
-    with pytest.raises(core.ConversionError, match=r"missing: .*groups_0/layer_1/ffn_text/output/kernel"):
+    path = _edited_copy(
+        hf_dir, tmp_path, lambda s: s.pop("qformer.encoder.layer.1.output.dense.weight")
+    )
+    with pytest.raises(
+        core.ConversionError, match=r"missing: .*groups_0/layer_1/ffn_text/output/kernel"
+    ):
         api.convert_hf(path)
 
 
 def test_unexpected_key_is_named(hf_dir, tmp_path):
-    path = _edited_copy(hf_dir, tmp_path, lambda s: s.update({"qformer.extra.weight": np.zeros((2, 2), np.float32)}))
-    with pytest.raises(core.ConversionError, match=r"unexpected key qformer\.extra\.weight \(2, 2\)"):
+    path = _edited_copy(
+        hf_dir, tmp_path, lambda s: s.update({"qformer.extra.weight": np.zeros((2, 2), np.float32)})
+    )
+    with pytest.raises(
+        core.ConversionError, match=r"unexpected key qformer\.extra\.weight \(2, 2\)"
+    ):
         api.convert_hf(path)
 
 
@@ -135,7 +151,9 @@ def test_shape_mismatch_is_named(hf_dir, tmp_path):
         state["language_projection.weight"] = state["language_projection.weight"][:, :16]
 
     path = _edited_copy(hf_dir, tmp_path, shrink)
-    with pytest.raises(core.ConversionError, match=r"shape mismatch for language_projection\.weight: \(32, 16\)"):
+    with pytest.raises(
+        core.ConversionError, match=r"shape mismatch for language_projection\.weight: \(32, 16\)"
+    ):
         api.convert_hf(path)
 
 
@@ -145,7 +163,7 @@ def test_lavis_state_dict_with_separate_towers(tmp_path):
     with torch.no_grad():  # LAVIS has no key bias in the fused qkv: make the reference agree
         for layer in model.vision_model.encoder.layers:
             width = layer.self_attn.qkv.bias.shape[0] // 3
-            layer.self_attn.qkv.bias[width: 2 * width] = 0
+            layer.self_attn.qkv.bias[width : 2 * width] = 0
     lavis, vit, t5 = _as_lavis_files(model.state_dict())
     torch.save({"model": lavis}, tmp_path / "instruct_blip_trimmed.pth")
     torch.save(vit, tmp_path / "eva_vit_g.pth")
@@ -156,20 +174,30 @@ def test_lavis_state_dict_with_separate_towers(tmp_path):
     with torch.no_grad():
         expected = model(**reference.to_hf(batch)).logits.numpy()
     hf_config, _, _ = api.convert_hf(str(tmp_path / "hf"))
-    config, params, report = api.convert_lavis(str(tmp_path / "instruct_blip_trimmed.pth"), hf_config,
-                                               vit=str(tmp_path / "eva_vit_g.pth"),
-                                               language_model=str(tmp_path / "flan_t5.bin"))
+    config, params, report = api.convert_lavis(
+        str(tmp_path / "instruct_blip_trimmed.pth"),
+        hf_config,
+        vit=str(tmp_path / "eva_vit_g.pth"),
+        language_model=str(tmp_path / "flan_t5.bin"),
+    )
     assert "Qformer.bert.embeddings.position_ids" in report["unused"]
     out = _run(InstructBlip(config), params, batch)
     np.testing.assert_allclose(np.asarray(out.logits), expected, atol=1e-4, rtol=1e-4)
 
 
 _LAVIS_NAMES = [  # (HF substring, LAVIS substring), applied in order
-    ("vision_model.embeddings.class_embedding", "cls_token"), ("vision_model.embeddings.position_embedding", "pos_embed"),
-    ("vision_model.embeddings.patch_embedding", "patch_embed.proj"), ("vision_model.encoder.layers.", "blocks."),
-    ("self_attn.qkv", "attn.qkv"), ("self_attn.projection", "attn.proj"), ("layer_norm1", "norm1"),
-    ("layer_norm2", "norm2"), ("qformer.", "Qformer.bert."), ("attention.attention.", "attention.self."),
-    ("embeddings.layernorm", "embeddings.LayerNorm"), ("language_projection", "t5_proj"),
+    ("vision_model.embeddings.class_embedding", "cls_token"),
+    ("vision_model.embeddings.position_embedding", "pos_embed"),
+    ("vision_model.embeddings.patch_embedding", "patch_embed.proj"),
+    ("vision_model.encoder.layers.", "blocks."),
+    ("self_attn.qkv", "attn.qkv"),
+    ("self_attn.projection", "attn.proj"),
+    ("layer_norm1", "norm1"),
+    ("layer_norm2", "norm2"),
+    ("qformer.", "Qformer.bert."),
+    ("attention.attention.", "attention.self."),
+    ("embeddings.layernorm", "embeddings.LayerNorm"),
+    ("language_projection", "t5_proj"),
     ("vision_model.post_layernorm", "ln_vision"),
 ]
 
@@ -179,13 +207,16 @@ def _as_lavis_files(state):
     lavis, vit, t5 = {"Qformer.bert.embeddings.position_ids": torch.arange(64)[None]}, {}, {}
     for key, value in state.items():
         if key.startswith("language_model."):
-            t5[key[len("language_model."):]] = value
+            t5[key[len("language_model.") :]] = value
             continue
         for hf, lavis_name in _LAVIS_NAMES:
             key = key.replace(hf, lavis_name)
         if key.endswith("attn.qkv.bias"):
             q_bias, _, v_bias = value.chunk(3)
-            vit[key.replace("qkv.bias", "q_bias")], vit[key.replace("qkv.bias", "v_bias")] = q_bias, v_bias
+            vit[key.replace("qkv.bias", "q_bias")], vit[key.replace("qkv.bias", "v_bias")] = (
+                q_bias,
+                v_bias,
+            )
         elif key.startswith(("cls_token", "pos_embed", "patch_embed", "blocks.")):
             vit[key] = value
         else:

@@ -18,8 +18,13 @@ def setup(tmp_path_factory):
     batch = reference.inputs(seed=2, batch=2)
     batch.pop("labels")
     # [B=2, C=3, L=4]: candidates of different lengths ending in </s> (1); example 1 has only 2.
-    labels = np.array([[[5, 9, 1, -100], [7, 1, -100, -100], [11, 12, 13, 1]],
-                       [[20, 1, -100, -100], [21, 22, 23, 1], [-100] * 4]], np.int32)
+    labels = np.array(
+        [
+            [[5, 9, 1, -100], [7, 1, -100, -100], [11, 12, 13, 1]],
+            [[20, 1, -100, -100], [21, 22, 23, 1], [-100] * 4],
+        ],
+        np.int32,
+    )
     return hf_model, model, params, batch, labels
 
 
@@ -49,9 +54,12 @@ def test_scores_equal_hf_log_probs(setup, chunk_size):
     np.testing.assert_allclose(got, total, rtol=1e-5, atol=1e-4)
     assert np.isneginf(got[1, 2])  # the missing candidate can never be chosen
     if chunk_size == 0:  # the length-normalised variant (one compile is enough)
-        mean = np.asarray(ranking.score_candidates(model, params, batch, labels, length_normalize=True))
-        np.testing.assert_allclose(mean, np.where(count > 0, total / np.maximum(count, 1), -np.inf), rtol=1e-5,
-                                   atol=1e-4)
+        mean = np.asarray(
+            ranking.score_candidates(model, params, batch, labels, length_normalize=True)
+        )
+        np.testing.assert_allclose(
+            mean, np.where(count > 0, total / np.maximum(count, 1), -np.inf), rtol=1e-5, atol=1e-4
+        )
 
 
 def test_candidate_labels_from_strings():

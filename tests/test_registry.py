@@ -1,5 +1,6 @@
 """Dataset registry: the paper's held-in/held-out split, consistency with formats and metrics."""
 
+import dataclasses
 import math
 
 import pytest
@@ -14,8 +15,16 @@ def test_paper_split_13_held_in_13_held_out():
     assert set(registry.held_in()).isdisjoint(registry.held_out())
     # Figure 2 anchors.
     assert {"coco_caption", "vqav2", "okvqa", "aokvqa", "vqav2_qg"} <= set(registry.held_in())
-    assert {"nocaps", "flickr30k", "gqa", "scienceqa", "visdial", "hateful_memes",
-            "msvd_qa", "ivqa"} <= set(registry.held_out())
+    assert {
+        "nocaps",
+        "flickr30k",
+        "gqa",
+        "scienceqa",
+        "visdial",
+        "hateful_memes",
+        "msvd_qa",
+        "ivqa",
+    } <= set(registry.held_out())
     assert registry.demo() == ["demo_caption", "demo_vqa", "demo_mc", "demo_qg"]
 
 
@@ -40,7 +49,10 @@ def test_eval_settings_follow_the_paper():
     assert ranked == {"scienceqa", "iconqa", "hateful_memes", "visdial", "msvd_qa", "msrvtt_qa"}
     assert registry.get("textvqa").ocr and not registry.get("gqa").ocr
     assert {n for n in registry.names() if registry.get(n).is_video} == {
-        "msvd_qa", "msrvtt_qa", "ivqa"}
+        "msvd_qa",
+        "msrvtt_qa",
+        "ivqa",
+    }
     assert registry.get("demo_vqa").short_answer and registry.get("demo_mc").format == "aokvqa"
 
 
@@ -51,11 +63,12 @@ def test_get_unknown_lists_known():
 
 def test_spec_is_frozen_and_validated():
     spec = registry.get("vqav2")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"
     with pytest.raises(ValueError, match="unknown task category 'vqa'"):
-        registry.DatasetSpec("x", "vqa", "held_in", "vqav2", 1, "", "accuracy", "generate", "",
-                             registry.QA_DECODING)
+        registry.DatasetSpec(
+            "x", "vqa", "held_in", "vqav2", 1, "", "accuracy", "generate", "", registry.QA_DECODING
+        )
 
 
 def test_sampling_weights_sqrt_and_multipliers():
@@ -70,12 +83,15 @@ def test_sampling_weights_sqrt_and_multipliers():
 
 
 def test_sampling_weights_sizes_override_and_errors():
-    w = registry.sampling_weights(["demo_vqa", "demo_caption"], sizes={"demo_vqa": 400,
-                                                                       "demo_caption": 100})
+    w = registry.sampling_weights(
+        ["demo_vqa", "demo_caption"], sizes={"demo_vqa": 400, "demo_caption": 100}
+    )
     assert w == pytest.approx({"demo_vqa": 2 / 3, "demo_caption": 1 / 3})
     with pytest.raises(ValueError, match="'demo_mc' has no training size"):
         registry.sampling_weights(["demo_mc"])
-    with pytest.raises(ValueError, match=r"multipliers given for datasets not in the mixture: \['okvq'\]"):
+    with pytest.raises(
+        ValueError, match=r"multipliers given for datasets not in the mixture: \['okvq'\]"
+    ):
         registry.sampling_weights(["okvqa"], {"okvq": 2.0})
     with pytest.raises(ValueError, match="multiplier for 'okvqa' must be > 0"):
         registry.sampling_weights(["okvqa", "vqav2"], {"okvqa": 0.0})

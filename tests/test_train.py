@@ -9,11 +9,11 @@ import sys
 import time
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from data_pipelines import demo_data, pipeline
 from ib_jax import checkpoint, sharding
@@ -55,13 +55,20 @@ def _one_step(config, batch_np, devices=None):
         shardings = sharding.logical_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
         params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(jax.random.key(0))
         trainable, frozen = split_params(params, [r"^qformer/", r"^language_projection/"])
-        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=jax.jit(tx.init)(trainable))
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            trainable=trainable,
+            opt_state=jax.jit(tx.init)(trainable),
+        )
         state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
         frozen_sh = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
         batch = sharding.global_batch(batch_np, mesh)
-        step = jax.jit(make_train_step(model, tx, config.train.grad_accum_steps),
-                       in_shardings=(state_sh, frozen_sh, {k: v.sharding for k, v in batch.items()}),
-                       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+        step = jax.jit(
+            make_train_step(model, tx, config.train.grad_accum_steps),
+            in_shardings=(state_sh, frozen_sh, {k: v.sharding for k, v in batch.items()}),
+            out_shardings=(state_sh, sharding.replicated(mesh)),
+            donate_argnums=(0,),
+        )
         new_state, metrics = step(state, frozen, batch)
         sharded_dims = [s.spec for s in jax.tree_util.tree_leaves(state_sh.trainable)]
         return float(metrics["loss"]), jax.device_get(new_state.trainable), sharded_dims
@@ -74,9 +81,13 @@ def test_sharded_step_equals_single_device(data_root):
     assert jax.device_count() == 8
     loss_8, params_8, specs = _one_step(_config(data_root, data=2, fsdp=2, tensor=2), batch)
     assert any(any(axis is not None for axis in spec) for spec in specs), "nothing was sharded"
-    loss_1, params_1, _ = _one_step(_config(data_root, data=1, fsdp=1, tensor=1), batch, jax.devices()[:1])
+    loss_1, params_1, _ = _one_step(
+        _config(data_root, data=1, fsdp=1, tensor=1), batch, jax.devices()[:1]
+    )
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-6)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), params_8, params_1)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), params_8, params_1
+    )
 
 
 def test_gradient_accumulation_matches_full_batch(data_root):
@@ -104,7 +115,9 @@ def straight_run(data_root, tmp_path_factory):
 def test_resume_on_another_mesh_continues_with_the_same_losses(data_root, straight_run, tmp_path):
     interrupted = str(tmp_path / "interrupted")
     first = _config(data_root, data=8)
-    first.train.stop_after_steps = 3  # same schedule (a function of num_steps), interrupted at step 3
+    first.train.stop_after_steps = (
+        3  # same schedule (a function of num_steps), interrupted at step 3
+    )
     trainer.train(first, interrupted)
     assert checkpoint.make_manager(interrupted, read_only=True).latest_step() == 3
     assert not os.path.exists(os.path.join(interrupted, trainer.FINAL_MARKER))
@@ -131,13 +144,23 @@ def test_non_finite_loss_stops_without_touching_checkpoints(data_root, straight_
 def test_sigterm_saves_and_exits_cleanly(data_root, tmp_path):
     workdir = str(tmp_path / "preempted")
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", PYTHONPATH=REPO)
-    command = [sys.executable, "-m", "ib_jax.train", f"--config={REPO}/configs/tiny.py:root={data_root}",
-               f"--workdir={workdir}", "--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000"]
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "ib_jax.train",
+        f"--config={REPO}/configs/tiny.py:root={data_root}",
+        f"--workdir={workdir}",
+        "--config.train.num_steps=100000",
+        "--config.checkpoint.every_steps=100000",
+    ]
+    process = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240
-    while time.time() < deadline and (not os.path.exists(metrics) or len(open(metrics).readlines()) < 3):
+    while time.time() < deadline and (
+        not os.path.exists(metrics) or len(open(metrics).readlines()) < 3
+    ):
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
@@ -165,5 +188,8 @@ def test_pretrained_init_trains_only_the_trainable_parameters(data_root, tmp_pat
     after = traverse_util.flatten_dict(trained, sep="/")
     changed = {path for path in before if not np.array_equal(before[path], after[path])}
     assert changed, "nothing trained"
-    assert all(path.startswith(("qformer/", "language_projection/", "vision/post_layernorm/")) for path in changed)
+    assert all(
+        path.startswith(("qformer/", "language_projection/", "vision/post_layernorm/"))
+        for path in changed
+    )
     assert "qformer/query_tokens" in changed

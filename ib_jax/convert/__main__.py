@@ -30,21 +30,33 @@ def describe(config) -> dict[str, int]:
     from ib_jax.convert.core import abstract_params
 
     shapes = abstract_params(config)
-    counts = {name: sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)) for name, tree in shapes.items()}
+    counts = {
+        name: sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+        for name, tree in shapes.items()
+    }
     counts["total"] = sum(counts.values())
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ib_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ib_jax.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf", help="Hugging Face InstructBLIP directory (config.json + weights)")
     source.add_argument("--lavis", help="LAVIS InstructBLIP state dict (.pth)")
-    source.add_argument("--describe", metavar="CONFIG", help="print parameter counts per tower of a config")
+    source.add_argument(
+        "--describe", metavar="CONFIG", help="print parameter counts per tower of a config"
+    )
     parser.add_argument("--vit", help="EVA ViT-g state dict for trimmed LAVIS files")
-    parser.add_argument("--language_model", help="HF T5/Vicuna directory or file for trimmed LAVIS files")
-    parser.add_argument("--config", help="our config file (required with --lavis: it names the architecture)")
+    parser.add_argument(
+        "--language_model", help="HF T5/Vicuna directory or file for trimmed LAVIS files"
+    )
+    parser.add_argument(
+        "--config", help="our config file (required with --lavis: it names the architecture)"
+    )
     parser.add_argument("--out", help="output directory (must not exist yet)")
     parser.add_argument("--scan_layers", action="store_true", help="write the scanned layout")
     parser.add_argument("--remat_policy", default="none")
@@ -63,12 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.config:
             parser.error("--lavis needs --config (the architecture of the released model)")
         config = dataclasses.replace(_model_config(args.config), **overrides)
-        config, params, report = api.convert_lavis(args.lavis, config, vit=args.vit,
-                                                   language_model=args.language_model)
+        config, params, report = api.convert_lavis(
+            args.lavis, config, vit=args.vit, language_model=args.language_model
+        )
     for kind, keys in report.items():
         if keys:
-            print(f"{len(keys)} {kind} source keys (not converted): {', '.join(keys[:8])}"
-                  + (" ..." if len(keys) > 8 else ""))
+            print(
+                f"{len(keys)} {kind} source keys (not converted): {', '.join(keys[:8])}"
+                + (" ..." if len(keys) > 8 else "")
+            )
     api.save_converted(args.out, config, params)
     print(f"wrote {args.out} ({'scanned' if config.scan_layers else 'unscanned'} layout)")
     return 0

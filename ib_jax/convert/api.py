@@ -18,18 +18,25 @@ from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
 from ib_jax.models.configs import ModelConfig, from_config_dict, to_config_dict
 
 
-def _tie_if_headless(config: ModelConfig, state: dict[str, np.ndarray], head_key: str) -> ModelConfig:
+def _tie_if_headless(
+    config: ModelConfig, state: dict[str, np.ndarray], head_key: str
+) -> ModelConfig:
     if config.lm_type == "t5" and head_key not in state:
-        return dataclasses.replace(config, text=dataclasses.replace(config.text, tie_word_embeddings=True))
+        return dataclasses.replace(
+            config, text=dataclasses.replace(config.text, tie_word_embeddings=True)
+        )
     return config
 
 
-def convert_hf(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
+def convert_hf(
+    directory: str, **overrides: Any
+) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
     """A `save_pretrained` InstructBLIP directory -> (config, params, report)."""
     config = model_config_from_hf(read_hf_config(directory), **overrides)
     state = readers.read_hf_directory(directory)
     if config.lm_type == "llama":
         from ib_jax.convert import llama_rules
+
         table, aliases, unused = llama_rules.HF_RULES, llama_rules.HF_ALIASES, llama_rules.HF_UNUSED
     else:
         config = _tie_if_headless(config, state, "language_model.lm_head.weight")
@@ -38,8 +45,12 @@ def convert_hf(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[str,
     return config, _layout(params, config), report
 
 
-def convert_lavis(checkpoint: str, config: ModelConfig, vit: str | None = None, language_model: str | None = None,
-                  ) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
+def convert_lavis(
+    checkpoint: str,
+    config: ModelConfig,
+    vit: str | None = None,
+    language_model: str | None = None,
+) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
     """A LAVIS state dict; trimmed files get the frozen towers from `vit` (EVA ViT-g .pth, keys
     without the `visual_encoder.` prefix) and `language_model` (an HF T5 directory or file)."""
     state = readers.read_any(checkpoint)
@@ -51,7 +62,12 @@ def convert_lavis(checkpoint: str, config: ModelConfig, vit: str | None = None, 
     state = core.fuse_lavis_qkv_bias(state)
     if config.lm_type == "llama":
         from ib_jax.convert import llama_rules
-        table, aliases, unused = llama_rules.LAVIS_RULES, llama_rules.LAVIS_ALIASES, llama_rules.LAVIS_UNUSED
+
+        table, aliases, unused = (
+            llama_rules.LAVIS_RULES,
+            llama_rules.LAVIS_ALIASES,
+            llama_rules.LAVIS_UNUSED,
+        )
     else:
         config = _tie_if_headless(config, state, "t5_model.lm_head.weight")
         table, aliases, unused = rules.LAVIS_RULES, rules.LAVIS_ALIASES, rules.LAVIS_UNUSED
@@ -92,4 +108,6 @@ def load_converted(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[
 
 
 def is_converted_directory(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "params")) and os.path.exists(os.path.join(path, "config.json"))
+    return os.path.isdir(os.path.join(path, "params")) and os.path.exists(
+        os.path.join(path, "config.json")
+    )

@@ -8,7 +8,8 @@ shape mismatch stops the conversion with a `ConversionError` that names the keys
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,8 +35,14 @@ def abstract_params(config: ModelConfig) -> dict[str, Any]:
     config = dataclasses.replace(config, scan_layers=False, remat_policy="none")
     size = config.vision.image_size
     model = InstructBlip(config)
-    args = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
-            jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32))
+    args = (
+        jnp.zeros((1, size, size, 3)),
+        jnp.zeros((1, 2), jnp.int32),
+        jnp.ones((1, 2), jnp.int32),
+        jnp.zeros((1, 2), jnp.int32),
+        jnp.ones((1, 2), jnp.int32),
+        jnp.zeros((1, 2), jnp.int32),
+    )
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"])
     return nn.unbox(shapes)
 
@@ -62,9 +69,13 @@ def _target_path(rule: Rule, match: re.Match, config: ModelConfig) -> str:
     return rule.target.format(**fields)
 
 
-def convert_state_dict(state: Mapping[str, np.ndarray], rules: list[Rule], config: ModelConfig,
-                       aliases: Mapping[str, str] | None = None,
-                       unused: list[str] | None = None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def convert_state_dict(
+    state: Mapping[str, np.ndarray],
+    rules: list[Rule],
+    config: ModelConfig,
+    aliases: Mapping[str, str] | None = None,
+    unused: list[str] | None = None,
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Flat {torch key: array} -> (nested Flax params, report {"aliases": [...], "unused": [...]})."""
     expected = traverse_util.flatten_dict(abstract_params(config), sep="/")
     compiled = [(re.compile(rule.pattern + r"$"), rule) for rule in rules]
@@ -74,11 +85,15 @@ def convert_state_dict(state: Mapping[str, np.ndarray], rules: list[Rule], confi
     problems: list[str] = []
 
     for key, value in state.items():
-        if _is_alias(key, state, aliases or {}, report, problems) or _is_unused(key, unused or [], config, report):
+        if _is_alias(key, state, aliases or {}, report, problems) or _is_unused(
+            key, unused or [], config, report
+        ):
             continue
         match = next(((m, rule) for regex, rule in compiled if (m := regex.match(key))), None)
         if match is None:
-            problems.append(f"unexpected key {key} {tuple(value.shape)}: no conversion rule matches it")
+            problems.append(
+                f"unexpected key {key} {tuple(value.shape)}: no conversion rule matches it"
+            )
             continue
         target = _target_path(match[1], match[0], config)
         if target not in expected:
@@ -91,24 +106,35 @@ def convert_state_dict(state: Mapping[str, np.ndarray], rules: list[Rule], confi
         try:
             array = match[1].hook(np.asarray(value), want)
         except ValueError as err:
-            problems.append(f"shape mismatch for {key}: {tuple(value.shape)} cannot become {target} {want} ({err})")
+            problems.append(
+                f"shape mismatch for {key}: {tuple(value.shape)} cannot become {target} {want} ({err})"
+            )
             continue
         if array.shape != want:
-            problems.append(f"shape mismatch for {key}: {tuple(value.shape)} -> {target} needs {want}")
+            problems.append(
+                f"shape mismatch for {key}: {tuple(value.shape)} -> {target} needs {want}"
+            )
             continue
         converted[target], sources[target] = array.astype(np.dtype(expected[target].dtype)), key
 
     missing = sorted(set(expected) - set(converted))
-    problems += [f"missing: no source key for parameter {path} {tuple(expected[path].shape)}" for path in missing]
+    problems += [
+        f"missing: no source key for parameter {path} {tuple(expected[path].shape)}"
+        for path in missing
+    ]
     if problems:
         raise ConversionError(f"{len(problems)} conversion problem(s):\n  " + "\n  ".join(problems))
     return traverse_util.unflatten_dict(converted, sep="/"), report
 
 
-def _is_alias(key: str, state: Mapping[str, np.ndarray], aliases: Mapping[str, str], report, problems) -> bool:
+def _is_alias(
+    key: str, state: Mapping[str, np.ndarray], aliases: Mapping[str, str], report, problems
+) -> bool:
     for pattern, original in aliases.items():
         if re.fullmatch(pattern, key):
-            if original in state and not np.array_equal(np.asarray(state[original]), np.asarray(state[key])):
+            if original in state and not np.array_equal(
+                np.asarray(state[original]), np.asarray(state[key])
+            ):
                 problems.append(f"{key} should be a tied copy of {original} but differs from it")
             report["aliases"].append(f"{key} = {original}")
             return True
@@ -118,7 +144,9 @@ def _is_alias(key: str, state: Mapping[str, np.ndarray], aliases: Mapping[str, s
 def _is_unused(key: str, unused: list[str], config: ModelConfig, report) -> bool:
     for pattern in unused:
         match = re.fullmatch(pattern, key)
-        if match and ("layer" not in match.groupdict() or int(match["layer"]) >= config.vision.num_layers):
+        if match and (
+            "layer" not in match.groupdict() or int(match["layer"]) >= config.vision.num_layers
+        ):
             report["unused"].append(key)
             return True
     return False
@@ -153,7 +181,9 @@ def unstack_scanned(params: dict[str, Any]) -> dict[str, Any]:
         if name in ("layers", "groups"):
             length = jax.tree_util.tree_leaves(value)[0].shape[0]
             for i in range(length):
-                out[f"{name}_{i}"] = unstack_scanned(jax.tree_util.tree_map(lambda x, i=i: x[i], value))
+                out[f"{name}_{i}"] = unstack_scanned(
+                    jax.tree_util.tree_map(lambda x, i=i: x[i], value)
+                )
         else:
             out[name] = unstack_scanned(value)
     return out

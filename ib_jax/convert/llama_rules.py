@@ -25,7 +25,9 @@ def _with_added_rows(x: np.ndarray, rows: int) -> np.ndarray:
     if missing == 0:
         return x
     if missing != ADDED_TOKENS:
-        raise ValueError(f"{x.shape[0]} rows, need {rows} (only {ADDED_TOKENS} added token is expected)")
+        raise ValueError(
+            f"{x.shape[0]} rows, need {rows} (only {ADDED_TOKENS} added token is expected)"
+        )
     return np.concatenate([x, np.repeat(x.mean(axis=0, keepdims=True), missing, axis=0)])
 
 
@@ -45,7 +47,11 @@ def llama_rules(prefix: str, resize_vocab: bool = False) -> list[Rule]:
     embedding_hook = embedding_with_added_rows if resize_vocab else rules.reshape
     head_hook = head_with_added_rows if resize_vocab else linear
     table = [
-        Rule(rf"{prefix}\.model\.embed_tokens\.weight", "language_model/embed_tokens/embedding", embedding_hook),
+        Rule(
+            rf"{prefix}\.model\.embed_tokens\.weight",
+            "language_model/embed_tokens/embedding",
+            embedding_hook,
+        ),
         Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", head_hook),
         *norm(rf"{prefix}\.model\.norm", "language_model/decoder/final_norm", bias=False),
         *norm(rf"{layer}\.input_layernorm", f"{dst}/self_attention_norm", bias=False),
@@ -60,13 +66,18 @@ def llama_rules(prefix: str, resize_vocab: bool = False) -> list[Rule]:
 
 # Rotary frequencies were a persistent buffer in the transformers versions LAVIS pinned (4.28-4.30),
 # so Vicuna files of that time carry them. (No named `layer` group: core reads that as a ViT depth.)
-_ROTARY_BUFFERS = [r"(language_model|llm_model)\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
-                   r"(language_model|llm_model)\.model\.rotary_emb\.inv_freq"]
+_ROTARY_BUFFERS = [
+    r"(language_model|llm_model)\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+    r"(language_model|llm_model)\.model\.rotary_emb\.inv_freq",
+]
 
 HF_RULES: list[Rule] = [*rules.hf_image_rules(), *llama_rules("language_model")]
 HF_ALIASES: dict[str, str] = {}
 HF_UNUSED: list[str] = list(_ROTARY_BUFFERS)
 
-LAVIS_RULES: list[Rule] = [*rules.lavis_image_rules(r"llm_proj"), *llama_rules("llm_model", resize_vocab=True)]
+LAVIS_RULES: list[Rule] = [
+    *rules.lavis_image_rules(r"llm_proj"),
+    *llama_rules("llm_model", resize_vocab=True),
+]
 LAVIS_ALIASES: dict[str, str] = {}
 LAVIS_UNUSED: list[str] = [*rules.LAVIS_UNUSED, *_ROTARY_BUFFERS]

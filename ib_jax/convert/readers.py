@@ -21,8 +21,16 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def _read_safetensors_bf16(path: str) -> dict[str, np.ndarray]:
     import ml_dtypes
 
-    dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
-              "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+    dtypes = {
+        "BF16": ml_dtypes.bfloat16,
+        "F16": np.float16,
+        "F32": np.float32,
+        "F64": np.float64,
+        "I64": np.int64,
+        "I32": np.int32,
+        "U8": np.uint8,
+        "BOOL": np.bool_,
+    }
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
@@ -32,7 +40,9 @@ def _read_safetensors_bf16(path: str) -> dict[str, np.ndarray]:
         if key == "__metadata__":
             continue
         start, end = info["data_offsets"]
-        out[key] = np.frombuffer(data[start:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+        out[key] = np.frombuffer(data[start:end], dtype=dtypes[info["dtype"]]).reshape(
+            info["shape"]
+        )
     return out
 
 
@@ -53,8 +63,12 @@ def read_torch_pickle(path: str) -> dict[str, np.ndarray]:
 
 def read_hf_directory(directory: str) -> dict[str, np.ndarray]:
     """`model.safetensors`, sharded safetensors with their index, or `pytorch_model.bin`."""
-    candidates = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                  "pytorch_model.bin.index.json"]
+    candidates = [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ]
     for name in candidates:
         path = os.path.join(directory, name)
         if not os.path.exists(path):
@@ -68,7 +82,9 @@ def read_hf_directory(directory: str) -> dict[str, np.ndarray]:
                 state.update(read(os.path.join(directory, shard)))
             return state
         return read_safetensors(path) if name.endswith(".safetensors") else read_torch_pickle(path)
-    raise FileNotFoundError(f"{directory}: no checkpoint found (looked for {', '.join(candidates)})")
+    raise FileNotFoundError(
+        f"{directory}: no checkpoint found (looked for {', '.join(candidates)})"
+    )
 
 
 def read_any(path: str) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ Hooks:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,8 +53,11 @@ def _qformer_attention(src: str, dst: str, self_names: tuple[str, str]) -> list[
     rules = []
     for proj in ("query", "key", "value"):
         rules += dense(f"{src}\\.{inner}\\.{proj}", f"{dst}/{proj}")
-    return rules + dense(f"{src}\\.output\\.dense", f"{dst}/output_dense") + norm(
-        f"{src}\\.output\\.LayerNorm", f"{dst}/output_layernorm")
+    return (
+        rules
+        + dense(f"{src}\\.output\\.dense", f"{dst}/output_dense")
+        + norm(f"{src}\\.output\\.LayerNorm", f"{dst}/output_layernorm")
+    )
 
 
 def qformer_rules(prefix: str, inner_attention_name: str) -> list[Rule]:
@@ -63,8 +66,13 @@ def qformer_rules(prefix: str, inner_attention_name: str) -> list[Rule]:
     dst = "qformer/groups_{group}/layer_{sub}"
     names = (inner_attention_name, "output")
     rules = [
-        Rule(rf"{prefix}\.embeddings\.word_embeddings\.weight", "qformer/word_embeddings/embedding"),
-        Rule(rf"{prefix}\.embeddings\.position_embeddings\.weight", "qformer/position_embeddings/embedding"),
+        Rule(
+            rf"{prefix}\.embeddings\.word_embeddings\.weight", "qformer/word_embeddings/embedding"
+        ),
+        Rule(
+            rf"{prefix}\.embeddings\.position_embeddings\.weight",
+            "qformer/position_embeddings/embedding",
+        ),
         *_qformer_attention(rf"{layer}\.attention", f"{dst}/attention", names),
         *_qformer_attention(rf"{layer}\.crossattention", f"{dst}/crossattention", names),
         *dense(rf"{layer}\.intermediate_query\.dense", f"{dst}/ffn_query/intermediate"),
@@ -78,27 +86,43 @@ def qformer_rules(prefix: str, inner_attention_name: str) -> list[Rule]:
 
 
 def t5_rules(prefix: str) -> list[Rule]:
-    rules = [Rule(rf"{prefix}\.shared\.weight", "language_model/shared/embedding"),
-             Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", linear)]
+    rules = [
+        Rule(rf"{prefix}\.shared\.weight", "language_model/shared/embedding"),
+        Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", linear),
+    ]
     for stack in ("encoder", "decoder"):
         block = rf"{prefix}\.{stack}\.block\.(?P<layer>\d+)\.layer"
         dst = f"language_model/{stack}/layers_{{layer}}"
         ffn_index = 2 if stack == "decoder" else 1
         rules += [
-            Rule(rf"{prefix}\.{stack}\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
-                 f"language_model/{stack}/relative_attention_bias/embedding"),
-            *norm(rf"{prefix}\.{stack}\.final_layer_norm", f"language_model/{stack}/final_norm", bias=False),
+            Rule(
+                rf"{prefix}\.{stack}\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+                f"language_model/{stack}/relative_attention_bias/embedding",
+            ),
+            *norm(
+                rf"{prefix}\.{stack}\.final_layer_norm",
+                f"language_model/{stack}/final_norm",
+                bias=False,
+            ),
             *norm(rf"{block}\.0\.layer_norm", f"{dst}/self_attention_norm", bias=False),
             *norm(rf"{block}\.{ffn_index}\.layer_norm", f"{dst}/mlp_norm", bias=False),
         ]
         for proj in "qkvo":
-            rules += dense(rf"{block}\.0\.SelfAttention\.{proj}", f"{dst}/self_attention/{proj}", bias=False)
+            rules += dense(
+                rf"{block}\.0\.SelfAttention\.{proj}", f"{dst}/self_attention/{proj}", bias=False
+            )
         for proj in ("wi", "wi_0", "wi_1", "wo"):
-            rules += dense(rf"{block}\.{ffn_index}\.DenseReluDense\.{proj}", f"{dst}/mlp/{proj}", bias=False)
+            rules += dense(
+                rf"{block}\.{ffn_index}\.DenseReluDense\.{proj}", f"{dst}/mlp/{proj}", bias=False
+            )
         if stack == "decoder":
             rules += norm(rf"{block}\.1\.layer_norm", f"{dst}/cross_attention_norm", bias=False)
             for proj in "qkvo":
-                rules += dense(rf"{block}\.1\.EncDecAttention\.{proj}", f"{dst}/cross_attention/{proj}", bias=False)
+                rules += dense(
+                    rf"{block}\.1\.EncDecAttention\.{proj}",
+                    f"{dst}/cross_attention/{proj}",
+                    bias=False,
+                )
     return rules
 
 
@@ -107,9 +131,18 @@ def vision_hf_rules() -> list[Rule]:
     dst = "vision/layers_{layer}"
     return [
         Rule(r"vision_model\.embeddings\.class_embedding", "vision/embeddings/class_embedding"),
-        Rule(r"vision_model\.embeddings\.position_embedding", "vision/embeddings/position_embedding"),
-        Rule(r"vision_model\.embeddings\.patch_embedding\.weight", "vision/embeddings/patch_embedding/kernel", conv),
-        Rule(r"vision_model\.embeddings\.patch_embedding\.bias", "vision/embeddings/patch_embedding/bias"),
+        Rule(
+            r"vision_model\.embeddings\.position_embedding", "vision/embeddings/position_embedding"
+        ),
+        Rule(
+            r"vision_model\.embeddings\.patch_embedding\.weight",
+            "vision/embeddings/patch_embedding/kernel",
+            conv,
+        ),
+        Rule(
+            r"vision_model\.embeddings\.patch_embedding\.bias",
+            "vision/embeddings/patch_embedding/bias",
+        ),
         *dense(rf"{layer}\.self_attn\.qkv", f"{dst}/self_attn/qkv"),
         *dense(rf"{layer}\.self_attn\.projection", f"{dst}/self_attn/projection"),
         *norm(rf"{layer}\.layer_norm1", f"{dst}/layer_norm1"),
@@ -127,10 +160,16 @@ def vision_lavis_rules() -> list[Rule]:
     return [
         Rule(r"visual_encoder\.cls_token", "vision/embeddings/class_embedding"),
         Rule(r"visual_encoder\.pos_embed", "vision/embeddings/position_embedding"),
-        Rule(r"visual_encoder\.patch_embed\.proj\.weight", "vision/embeddings/patch_embedding/kernel", conv),
+        Rule(
+            r"visual_encoder\.patch_embed\.proj\.weight",
+            "vision/embeddings/patch_embedding/kernel",
+            conv,
+        ),
         Rule(r"visual_encoder\.patch_embed\.proj\.bias", "vision/embeddings/patch_embedding/bias"),
         Rule(rf"{layer}\.attn\.qkv\.weight", f"{dst}/self_attn/qkv/kernel", linear),
-        Rule(rf"{layer}\.attn\.qkv_bias", f"{dst}/self_attn/qkv/bias"),  # made by core.fuse_lavis_qkv_bias
+        Rule(
+            rf"{layer}\.attn\.qkv_bias", f"{dst}/self_attn/qkv/bias"
+        ),  # made by core.fuse_lavis_qkv_bias
         *dense(rf"{layer}\.attn\.proj", f"{dst}/self_attn/projection"),
         *norm(rf"{layer}\.norm1", f"{dst}/layer_norm1"),
         *norm(rf"{layer}\.norm2", f"{dst}/layer_norm2"),

@@ -29,7 +29,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -46,29 +47,37 @@ class EvalSettings:
 
     dataset: str
     metric: str
-    eval_mode: str                          # "generate" | "rank"
+    eval_mode: str  # "generate" | "rank"
     num_beams: int = 5
     max_new_tokens: int = 10
     min_new_tokens: int = 1
     length_penalty: float = -1.0
     repetition_penalty: float = 1.0
-    candidates: tuple[str, ...] = ()        # fixed candidate list (rank); empty = from the example
-    length_normalize: bool = False          # rank: mean instead of sum of token log-probs
-    candidate_max_len: int = 16             # rank: tokens per candidate, </s> included
-    candidate_chunk: int = 0                # rank: candidates per decoder pass (0 = all)
+    candidates: tuple[str, ...] = ()  # fixed candidate list (rank); empty = from the example
+    length_normalize: bool = False  # rank: mean instead of sum of token log-probs
+    candidate_max_len: int = 16  # rank: tokens per candidate, </s> included
+    candidate_chunk: int = 0  # rank: candidates per decoder pass (0 = all)
 
 
 @dataclasses.dataclass
 class EvalResult:
-    metrics: dict[str, float]               # score, extras, counts
-    predictions: list[dict[str, Any]]       # one JSON-able dict per example
+    metrics: dict[str, float]  # score, extras, counts
+    predictions: list[dict[str, Any]]  # one JSON-able dict per example
 
 
-_REFERENCE_FIELD = {("generate", "vqa_accuracy"): "answers", ("generate", "ivqa_accuracy"): "answers",
-                    ("generate", "cider"): "captions", ("generate", "exact_match"): "answers",
-                    ("generate", "accuracy"): "answers", ("rank", "accuracy"): "answer_index",
-                    ("rank", "exact_match"): "answers", ("rank", "vqa_accuracy"): "answers",
-                    ("rank", "ivqa_accuracy"): "answers", ("rank", "mrr"): "gt_index", ("rank", "auc"): "label"}
+_REFERENCE_FIELD = {
+    ("generate", "vqa_accuracy"): "answers",
+    ("generate", "ivqa_accuracy"): "answers",
+    ("generate", "cider"): "captions",
+    ("generate", "exact_match"): "answers",
+    ("generate", "accuracy"): "answers",
+    ("rank", "accuracy"): "answer_index",
+    ("rank", "exact_match"): "answers",
+    ("rank", "vqa_accuracy"): "answers",
+    ("rank", "ivqa_accuracy"): "answers",
+    ("rank", "mrr"): "gt_index",
+    ("rank", "auc"): "label",
+}
 
 
 def _valid_rows(batch: dict[str, Any]) -> list[int]:
@@ -101,8 +110,10 @@ class Evaluator(abc.ABC):
         self.tokenizer = tokenizer  # LM tokenizer: .decode(ids), .encode_target(text, max_len)
         key = (settings.eval_mode, settings.metric)
         if key not in _REFERENCE_FIELD:
-            raise ValueError(f"dataset {settings.dataset!r}: no evaluator for mode {key[0]!r} with metric "
-                             f"{key[1]!r}; supported: {sorted(_REFERENCE_FIELD)}")
+            raise ValueError(
+                f"dataset {settings.dataset!r}: no evaluator for mode {key[0]!r} with metric "
+                f"{key[1]!r}; supported: {sorted(_REFERENCE_FIELD)}"
+            )
         self.reference_field = _REFERENCE_FIELD[key]
 
     @abc.abstractmethod
@@ -111,12 +122,21 @@ class Evaluator(abc.ABC):
 
     def reference(self, batch: dict[str, Any], row: int) -> Any:
         value = _meta(batch, self.reference_field, row)
-        if self.reference_field == "answers" and self.settings.metric in ("accuracy", "exact_match") and value:
+        if (
+            self.reference_field == "answers"
+            and self.settings.metric in ("accuracy", "exact_match")
+            and value
+        ):
             return value[0] if self.settings.metric == "accuracy" else list(value)
         return value
 
-    def run(self, model, params, batches: Iterable[dict[str, Any]],
-            progress: Callable[[int], None] | None = None) -> EvalResult:
+    def run(
+        self,
+        model,
+        params,
+        batches: Iterable[dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
+    ) -> EvalResult:
         records: list[dict[str, Any]] = []
         missing_images = 0
         for batch in batches:
@@ -125,9 +145,12 @@ class Evaluator(abc.ABC):
                 continue
             outputs = self.predict(model, params, batch, rows)
             for row, output in zip(rows, outputs):
-                record = {"id": _meta(batch, "id", row), "instruction": _meta(batch, "instruction", row),
-                          "prediction": _jsonable(output["prediction"]),
-                          "reference": _jsonable(self.reference(batch, row))}
+                record = {
+                    "id": _meta(batch, "id", row),
+                    "instruction": _meta(batch, "instruction", row),
+                    "prediction": _jsonable(output["prediction"]),
+                    "reference": _jsonable(self.reference(batch, row)),
+                }
                 record.update({k: _jsonable(v) for k, v in output.items() if k != "prediction"})
                 error = _meta(batch, "error", row)
                 if error:
@@ -137,18 +160,31 @@ class Evaluator(abc.ABC):
             if progress is not None:
                 progress(len(rows))
         scored = [r for r in records if r["reference"] not in (None, [])]
-        metrics: dict[str, float] = {"num_examples": len(records), "num_scored": len(scored),
-                                     "missing_images": missing_images,
-                                     f"missing_{self.reference_field}": len(records) - len(scored)}
+        metrics: dict[str, float] = {
+            "num_examples": len(records),
+            "num_scored": len(scored),
+            "missing_images": missing_images,
+            f"missing_{self.reference_field}": len(records) - len(scored),
+        }
         if len(scored) < len(records):
-            logger.warning("%s: %d of %d examples have no %r; the metric covers the other %d",
-                           self.settings.dataset, len(records) - len(scored), len(records), self.reference_field,
-                           len(scored))
+            logger.warning(
+                "%s: %d of %d examples have no %r; the metric covers the other %d",
+                self.settings.dataset,
+                len(records) - len(scored),
+                len(records),
+                self.reference_field,
+                len(scored),
+            )
         if scored:
-            result = metrics_lib.compute(self.settings.metric, [self._metric_input(r) for r in scored],
-                                         [r["reference"] for r in scored])
+            result = metrics_lib.compute(
+                self.settings.metric,
+                [self._metric_input(r) for r in scored],
+                [r["reference"] for r in scored],
+            )
             metrics[self.settings.metric] = result["score"]
-            metrics.update({k: v for k, v in result.items() if k not in ("metric", "score", "per_example")})
+            metrics.update(
+                {k: v for k, v in result.items() if k not in ("metric", "score", "per_example")}
+            )
             for record, value in zip(scored, result["per_example"]):
                 record["score"] = value
         return EvalResult(metrics, records)
@@ -163,9 +199,16 @@ class GenerateEvaluator(Evaluator):
     def predict(self, model, params, batch, rows):
         s = self.settings
         text = model.config.text
-        tokens = decode.generate(model, params, batch, max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens,
-                                 num_beams=s.num_beams, length_penalty=s.length_penalty,
-                                 repetition_penalty=s.repetition_penalty)
+        tokens = decode.generate(
+            model,
+            params,
+            batch,
+            max_new_tokens=s.max_new_tokens,
+            min_new_tokens=s.min_new_tokens,
+            num_beams=s.num_beams,
+            length_penalty=s.length_penalty,
+            repetition_penalty=s.repetition_penalty,
+        )
         texts = decode.decode_text(np.asarray(tokens)[rows], self.tokenizer, text.eos_token_id)
         return [{"prediction": t} for t in texts]
 
@@ -187,15 +230,24 @@ class RankEvaluator(Evaluator):
         size = len(batch["input_ids"])
         per_row = [self._candidates(batch, i) if i in rows else [] for i in range(size)]
         if not any(per_row[i] for i in rows):
-            raise ValueError(f"dataset {s.dataset!r}: rank mode needs candidates (example 'choices'/"
-                             f"'answer_options' or settings.candidates); batch ids "
-                             f"{[_meta(batch, 'id', i) for i in rows][:3]} have none")
+            raise ValueError(
+                f"dataset {s.dataset!r}: rank mode needs candidates (example 'choices'/"
+                f"'answer_options' or settings.candidates); batch ids "
+                f"{[_meta(batch, 'id', i) for i in rows][:3]} have none"
+            )
         width = max(len(c) for c in per_row)
         width = 1 << (width - 1).bit_length()  # a power of two: few distinct compiled shapes
         labels = ranking.candidate_labels(per_row, self.tokenizer, s.candidate_max_len, width)
-        scores = np.asarray(ranking.score_candidates(model, params, batch, labels,
-                                                     length_normalize=s.length_normalize,
-                                                     chunk_size=s.candidate_chunk))
+        scores = np.asarray(
+            ranking.score_candidates(
+                model,
+                params,
+                batch,
+                labels,
+                length_normalize=s.length_normalize,
+                chunk_size=s.candidate_chunk,
+            )
+        )
         outputs = []
         for i in rows:
             count = len(per_row[i])
@@ -233,31 +285,50 @@ EVALUATORS: dict[str, type[Evaluator]] = {"generate": GenerateEvaluator, "rank":
 
 def make_evaluator(settings: EvalSettings, tokenizer: Any) -> Evaluator:
     if settings.eval_mode not in EVALUATORS:
-        raise ValueError(f"dataset {settings.dataset!r}: unknown eval mode {settings.eval_mode!r}; "
-                         f"known: {sorted(EVALUATORS)}")
+        raise ValueError(
+            f"dataset {settings.dataset!r}: unknown eval mode {settings.eval_mode!r}; "
+            f"known: {sorted(EVALUATORS)}"
+        )
     return EVALUATORS[settings.eval_mode](settings, tokenizer)
 
 
-def settings_for(dataset: str, overrides: dict[str, Any] | None = None, registry_name: str | None = None
-                 ) -> EvalSettings:
+def settings_for(
+    dataset: str, overrides: dict[str, Any] | None = None, registry_name: str | None = None
+) -> EvalSettings:
     """Registry defaults (metric, mode, decoding) for `dataset`, then `overrides` (config)."""
     from data_pipelines import registry
 
     spec = registry.get(registry_name or dataset)
     d = spec.decoding
-    values: dict[str, Any] = dict(dataset=dataset, metric=spec.metric, eval_mode=spec.eval_mode,
-                                  num_beams=d.num_beams, max_new_tokens=d.max_new_tokens,
-                                  min_new_tokens=d.min_new_tokens, length_penalty=d.length_penalty)
+    values: dict[str, Any] = dict(
+        dataset=dataset,
+        metric=spec.metric,
+        eval_mode=spec.eval_mode,
+        num_beams=d.num_beams,
+        max_new_tokens=d.max_new_tokens,
+        min_new_tokens=d.min_new_tokens,
+        length_penalty=d.length_penalty,
+    )
     overrides = dict(overrides or {})
     known = {f.name for f in dataclasses.fields(EvalSettings)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"eval overrides for {dataset!r}: unknown fields {unknown}; known: {sorted(known)}")
+        raise ValueError(
+            f"eval overrides for {dataset!r}: unknown fields {unknown}; known: {sorted(known)}"
+        )
     if "candidates" in overrides:
         overrides["candidates"] = tuple(overrides["candidates"])
     values.update(overrides)
     return EvalSettings(**values)
 
 
-__all__ = ["EvalSettings", "EvalResult", "Evaluator", "GenerateEvaluator", "RankEvaluator", "EVALUATORS",
-           "make_evaluator", "settings_for"]
+__all__ = [
+    "EvalSettings",
+    "EvalResult",
+    "Evaluator",
+    "GenerateEvaluator",
+    "RankEvaluator",
+    "EVALUATORS",
+    "make_evaluator",
+    "settings_for",
+]

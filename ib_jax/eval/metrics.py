@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,51 +33,167 @@ import numpy as np
 
 # Words without apostrophes -> the official spelling (the script mixes ' and U+2019; kept as is).
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "couldn'tve": "couldn’t’ve", "couldnt’ve": "couldn’t’ve",
-    "didnt": "didn’t", "doesnt": "doesn’t", "dont": "don’t", "hadnt": "hadn’t",
-    "hadnt’ve": "hadn’t’ve", "hadn'tve": "hadn’t’ve", "hasnt": "hasn’t", "havent": "haven’t",
-    "hed": "he’d", "hed’ve": "he’d’ve", "he’dve": "he’d’ve", "hes": "he’s", "howd": "how’d",
-    "howll": "how’ll", "hows": "how’s", "Id’ve": "I’d’ve", "I’dve": "I’d’ve", "Im": "I’m",
-    "Ive": "I’ve", "isnt": "isn’t", "itd": "it’d", "itd’ve": "it’d’ve", "it’dve": "it’d’ve",
-    "itll": "it’ll", "let’s": "let’s", "maam": "ma’am", "mightnt": "mightn’t",
-    "mightnt’ve": "mightn’t’ve", "mightn’tve": "mightn’t’ve", "mightve": "might’ve",
-    "mustnt": "mustn’t", "mustve": "must’ve", "neednt": "needn’t", "notve": "not’ve",
-    "oclock": "o’clock", "oughtnt": "oughtn’t", "ow’s’at": "’ow’s’at", "’ows’at": "’ow’s’at",
-    "’ow’sat": "’ow’s’at", "shant": "shan’t", "shed’ve": "she’d’ve", "she’dve": "she’d’ve",
-    "she’s": "she’s", "shouldve": "should’ve", "shouldnt": "shouldn’t",
-    "shouldnt’ve": "shouldn’t’ve", "shouldn’tve": "shouldn’t’ve", "somebody’d": "somebodyd",
-    "somebodyd’ve": "somebody’d’ve", "somebody’dve": "somebody’d’ve",
-    "somebodyll": "somebody’ll", "somebodys": "somebody’s", "someoned": "someone’d",
-    "someoned’ve": "someone’d’ve", "someone’dve": "someone’d’ve", "someonell": "someone’ll",
-    "someones": "someone’s", "somethingd": "something’d", "somethingd’ve": "something’d’ve",
-    "something’dve": "something’d’ve", "somethingll": "something’ll", "thats": "that’s",
-    "thered": "there’d", "thered’ve": "there’d’ve", "there’dve": "there’d’ve",
-    "therere": "there’re", "theres": "there’s", "theyd": "they’d", "theyd’ve": "they’d’ve",
-    "they’dve": "they’d’ve", "theyll": "they’ll", "theyre": "they’re", "theyve": "they’ve",
-    "twas": "’twas", "wasnt": "wasn’t", "wed’ve": "we’d’ve", "we’dve": "we’d’ve",
-    "weve": "we've", "werent": "weren’t", "whatll": "what’ll", "whatre": "what’re",
-    "whats": "what’s", "whatve": "what’ve", "whens": "when’s", "whered": "where’d",
-    "wheres": "where's", "whereve": "where’ve", "whod": "who’d", "whod’ve": "who’d’ve",
-    "who’dve": "who’d’ve", "wholl": "who’ll", "whos": "who’s", "whove": "who've",
-    "whyll": "why’ll", "whyre": "why’re", "whys": "why’s", "wont": "won’t",
-    "wouldve": "would’ve", "wouldnt": "wouldn’t", "wouldnt’ve": "wouldn’t’ve",
-    "wouldn’tve": "wouldn’t’ve", "yall": "y’all", "yall’ll": "y’all’ll", "y’allll": "y’all’ll",
-    "yall’d’ve": "y’all’d’ve", "y’alld’ve": "y’all’d’ve", "y’all’dve": "y’all’d’ve",
-    "youd": "you’d", "youd’ve": "you’d’ve", "you’dve": "you’d’ve", "youll": "you’ll",
-    "youre": "you’re", "youve": "you’ve",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn’t’ve",
+    "couldnt’ve": "couldn’t’ve",
+    "didnt": "didn’t",
+    "doesnt": "doesn’t",
+    "dont": "don’t",
+    "hadnt": "hadn’t",
+    "hadnt’ve": "hadn’t’ve",
+    "hadn'tve": "hadn’t’ve",
+    "hasnt": "hasn’t",
+    "havent": "haven’t",
+    "hed": "he’d",
+    "hed’ve": "he’d’ve",
+    "he’dve": "he’d’ve",
+    "hes": "he’s",
+    "howd": "how’d",
+    "howll": "how’ll",
+    "hows": "how’s",
+    "Id’ve": "I’d’ve",
+    "I’dve": "I’d’ve",
+    "Im": "I’m",
+    "Ive": "I’ve",
+    "isnt": "isn’t",
+    "itd": "it’d",
+    "itd’ve": "it’d’ve",
+    "it’dve": "it’d’ve",
+    "itll": "it’ll",
+    "let’s": "let’s",
+    "maam": "ma’am",
+    "mightnt": "mightn’t",
+    "mightnt’ve": "mightn’t’ve",
+    "mightn’tve": "mightn’t’ve",
+    "mightve": "might’ve",
+    "mustnt": "mustn’t",
+    "mustve": "must’ve",
+    "neednt": "needn’t",
+    "notve": "not’ve",
+    "oclock": "o’clock",
+    "oughtnt": "oughtn’t",
+    "ow’s’at": "’ow’s’at",
+    "’ows’at": "’ow’s’at",
+    "’ow’sat": "’ow’s’at",
+    "shant": "shan’t",
+    "shed’ve": "she’d’ve",
+    "she’dve": "she’d’ve",
+    "she’s": "she’s",
+    "shouldve": "should’ve",
+    "shouldnt": "shouldn’t",
+    "shouldnt’ve": "shouldn’t’ve",
+    "shouldn’tve": "shouldn’t’ve",
+    "somebody’d": "somebodyd",
+    "somebodyd’ve": "somebody’d’ve",
+    "somebody’dve": "somebody’d’ve",
+    "somebodyll": "somebody’ll",
+    "somebodys": "somebody’s",
+    "someoned": "someone’d",
+    "someoned’ve": "someone’d’ve",
+    "someone’dve": "someone’d’ve",
+    "someonell": "someone’ll",
+    "someones": "someone’s",
+    "somethingd": "something’d",
+    "somethingd’ve": "something’d’ve",
+    "something’dve": "something’d’ve",
+    "somethingll": "something’ll",
+    "thats": "that’s",
+    "thered": "there’d",
+    "thered’ve": "there’d’ve",
+    "there’dve": "there’d’ve",
+    "therere": "there’re",
+    "theres": "there’s",
+    "theyd": "they’d",
+    "theyd’ve": "they’d’ve",
+    "they’dve": "they’d’ve",
+    "theyll": "they’ll",
+    "theyre": "they’re",
+    "theyve": "they’ve",
+    "twas": "’twas",
+    "wasnt": "wasn’t",
+    "wed’ve": "we’d’ve",
+    "we’dve": "we’d’ve",
+    "weve": "we've",
+    "werent": "weren’t",
+    "whatll": "what’ll",
+    "whatre": "what’re",
+    "whats": "what’s",
+    "whatve": "what’ve",
+    "whens": "when’s",
+    "whered": "where’d",
+    "wheres": "where's",
+    "whereve": "where’ve",
+    "whod": "who’d",
+    "whod’ve": "who’d’ve",
+    "who’dve": "who’d’ve",
+    "wholl": "who’ll",
+    "whos": "who’s",
+    "whove": "who've",
+    "whyll": "why’ll",
+    "whyre": "why’re",
+    "whys": "why’s",
+    "wont": "won’t",
+    "wouldve": "would’ve",
+    "wouldnt": "wouldn’t",
+    "wouldnt’ve": "wouldn’t’ve",
+    "wouldn’tve": "wouldn’t’ve",
+    "yall": "y’all",
+    "yall’ll": "y’all’ll",
+    "y’allll": "y’all’ll",
+    "yall’d’ve": "y’all’d’ve",
+    "y’alld’ve": "y’all’d’ve",
+    "y’all’dve": "y’all’d’ve",
+    "youd": "you’d",
+    "youd’ve": "you’d’ve",
+    "you’dve": "you’d’ve",
+    "youll": "you’ll",
+    "youre": "you’re",
+    "youve": "you’ve",
 }
 _NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
 }
 _ARTICLES = frozenset({"a", "an", "the"})
 # The official regex is literally "(?!<=\d)(\.)(?!\d)": a typo for a lookbehind, so in effect it
 # strips every period not followed by a digit. Kept verbatim to reproduce official scores.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
-_PUNCTUATION = [";", ":", "/", "'", "[", "]", '"', "(", ")", "=", "+", "\\", "_", ">", "<",
-                "@", "`", ",", "?"]
+_PUNCTUATION = [
+    ";",
+    ":",
+    "/",
+    "'",
+    "[",
+    "]",
+    '"',
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+]
 
 
 def process_punctuation(text: str) -> str:
@@ -123,14 +240,20 @@ class MetricResult:
     extras: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.name, "score": self.score, "per_example": self.per_example,
-                **self.extras}
+        return {
+            "metric": self.name,
+            "score": self.score,
+            "per_example": self.per_example,
+            **self.extras,
+        }
 
 
 def _check_lengths(name: str, predictions: Sequence[Any], references: Sequence[Any]) -> None:
     if len(predictions) != len(references):
-        raise ValueError(f"metric '{name}': {len(predictions)} predictions but "
-                         f"{len(references)} references; they must be parallel lists")
+        raise ValueError(
+            f"metric '{name}': {len(predictions)} predictions but "
+            f"{len(references)} references; they must be parallel lists"
+        )
     if not predictions:
         raise ValueError(f"metric '{name}': no examples to score")
 
@@ -220,8 +343,10 @@ def auc(predictions: Sequence[float], references: Sequence[int]) -> MetricResult
     _check_lengths("auc", predictions, references)
     labels = np.asarray(references)
     if len(np.unique(labels)) < 2:
-        raise ValueError("metric 'auc': references contain a single class "
-                         f"({np.unique(labels).tolist()}); AUC needs both 0 and 1 labels")
+        raise ValueError(
+            "metric 'auc': references contain a single class "
+            f"({np.unique(labels).tolist()}); AUC needs both 0 and 1 labels"
+        )
     scores = np.asarray(predictions, dtype=np.float64)
     return MetricResult("auc", float(roc_auc_score(labels, scores)), scores.tolist())
 
@@ -248,13 +373,17 @@ def mrr(predictions: Sequence[Sequence[float]], references: Sequence[int]) -> Me
     _check_lengths("mrr", predictions, references)
     scores = np.asarray(predictions, dtype=np.float64)
     if scores.ndim != 2:
-        raise ValueError("metric 'mrr': predictions must be one list of candidate scores per "
-                         f"example with the same number of candidates; got shape {scores.shape}")
+        raise ValueError(
+            "metric 'mrr': predictions must be one list of candidate scores per "
+            f"example with the same number of candidates; got shape {scores.shape}"
+        )
     gt = np.asarray(references, dtype=np.int64)
     bad = np.flatnonzero((gt < 0) | (gt >= scores.shape[1]))
     if bad.size:
-        raise ValueError(f"metric 'mrr': gt_index {gt[bad[0]]} of example {bad[0]} is outside "
-                         f"0..{scores.shape[1] - 1}")
+        raise ValueError(
+            f"metric 'mrr': gt_index {gt[bad[0]]} of example {bad[0]} is outside "
+            f"0..{scores.shape[1] - 1}"
+        )
     gt_ranks = scores_to_ranks(scores)[np.arange(len(gt)), gt].astype(np.float64)
     reciprocal = (1.0 / gt_ranks).tolist()
     extras = {f"recall@{k}": float(np.mean(gt_ranks <= k)) for k in (1, 5, 10)}
@@ -268,9 +397,11 @@ def cider(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> Me
     an example depends on the others: always score a full split at once."""
     _check_lengths("cider", predictions, references)
     if shutil.which("java") is None:
-        raise RuntimeError("metric 'cider': pycocoevalcap's PTBTokenizer runs Stanford CoreNLP "
-                           "and needs a `java` executable on PATH (e.g. apt-get install "
-                           "openjdk-17-jre-headless)")
+        raise RuntimeError(
+            "metric 'cider': pycocoevalcap's PTBTokenizer runs Stanford CoreNLP "
+            "and needs a `java` executable on PATH (e.g. apt-get install "
+            "openjdk-17-jre-headless)"
+        )
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -297,8 +428,9 @@ METRICS: dict[str, Callable[[Sequence[Any], Sequence[Any]], MetricResult]] = {
 }
 
 
-def compute(metric_name: str, predictions: Sequence[Any], references: Sequence[Any]
-            ) -> dict[str, Any]:
+def compute(
+    metric_name: str, predictions: Sequence[Any], references: Sequence[Any]
+) -> dict[str, Any]:
     """Score parallel lists with the named metric -> {"metric", "score", "per_example", ...}."""
     if metric_name not in METRICS:
         raise KeyError(f"unknown metric '{metric_name}'; known metrics: {sorted(METRICS)}")

@@ -12,7 +12,8 @@ teacher-forced over all candidates at once; `chunk_size` bounds the [B * chunk, 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,11 @@ def _encode(module, inputs: dict[str, Array]) -> tuple[Array, ...]:
     if module.config.lm_type == "t5":
         encoder_hidden, encoder_mask, _ = module.encode(*(inputs.get(k) for k in MODEL_INPUTS))
         return encoder_hidden, encoder_mask
-    soft_prompt, _ = module.encode_image(inputs["pixel_values"], inputs.get("qformer_input_ids"),
-                                         inputs.get("qformer_attention_mask"))
+    soft_prompt, _ = module.encode_image(
+        inputs["pixel_values"],
+        inputs.get("qformer_input_ids"),
+        inputs.get("qformer_attention_mask"),
+    )
     return soft_prompt, inputs["input_ids"], inputs["attention_mask"]
 
 
@@ -47,7 +51,9 @@ def _candidate_logits(module, context: tuple[Array, ...], labels: Array) -> Arra
     """Inside `apply`: labels [B, c, L] -> logits [B*c, L, V] with logits[:, j] predicting labels[:, j]."""
     batch, num_candidates, length = labels.shape
     flat = labels.reshape(batch * num_candidates, length)
-    repeated = [jnp.repeat(x, num_candidates, axis=0) for x in context]  # example-major, like `flat`
+    repeated = [
+        jnp.repeat(x, num_candidates, axis=0) for x in context
+    ]  # example-major, like `flat`
     if module.config.lm_type == "t5":
         text = module.config.text
         decoder_ids = shift_right(flat, text.decoder_start_token_id, text.pad_token_id)
@@ -56,8 +62,14 @@ def _candidate_logits(module, context: tuple[Array, ...], labels: Array) -> Arra
     return logits
 
 
-def _score(model, length_normalize: bool, chunk_size: int, params: Any, inputs: dict[str, Array],
-           labels: Array) -> Array:
+def _score(
+    model,
+    length_normalize: bool,
+    chunk_size: int,
+    params: Any,
+    inputs: dict[str, Array],
+    labels: Array,
+) -> Array:
     batch, num_candidates, length = labels.shape
     num_chunks = -(-num_candidates // chunk_size)
     padded = num_chunks * chunk_size
@@ -69,8 +81,10 @@ def _score(model, length_normalize: bool, chunk_size: int, params: Any, inputs: 
         logits = model.apply({"params": params}, context, chunk_labels, method=_candidate_logits)
         flat = chunk_labels.reshape(batch * chunk_size, length)
         per_token = token_log_probs(logits, flat)
-        return (per_token.sum(-1).reshape(batch, chunk_size),
-                (flat != -100).sum(-1).reshape(batch, chunk_size))
+        return (
+            per_token.sum(-1).reshape(batch, chunk_size),
+            (flat != -100).sum(-1).reshape(batch, chunk_size),
+        )
 
     total, count = jax.lax.map(score_chunk, chunks)  # [n, B, c]
     total = total.transpose(1, 0, 2).reshape(batch, padded)[:, :num_candidates]
@@ -82,23 +96,36 @@ def _score(model, length_normalize: bool, chunk_size: int, params: Any, inputs: 
 @functools.lru_cache(maxsize=32)
 def compiled_scorer(model, length_normalize: bool = False, chunk_size: int = 0):
     """jit(params, inputs, labels [B, C, L]) -> [B, C]; chunk_size 0 = all candidates at once."""
+
     def run(params, inputs, labels):
-        return _score(model, length_normalize, chunk_size or labels.shape[1], params, inputs, labels)
+        return _score(
+            model, length_normalize, chunk_size or labels.shape[1], params, inputs, labels
+        )
+
     return jax.jit(run)
 
 
-def score_candidates(model, params: Any, batch: dict[str, Any], candidate_labels: Array | np.ndarray, *,
-                     length_normalize: bool = False, chunk_size: int = 0) -> Array:
+def score_candidates(
+    model,
+    params: Any,
+    batch: dict[str, Any],
+    candidate_labels: Array | np.ndarray,
+    *,
+    length_normalize: bool = False,
+    chunk_size: int = 0,
+) -> Array:
     """Log-likelihood of every candidate. batch: CONTRACTS.md keys (extra keys ignored);
     candidate_labels [B, C, L] int32: candidate ids + `</s>`, -100 at pads (an all-pad row is a
     missing candidate and scores -inf). Returns [B, C] float32."""
     inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS if batch.get(k) is not None}
-    return compiled_scorer(model, bool(length_normalize), int(chunk_size))(params, inputs,
-                                                                           jnp.asarray(candidate_labels, jnp.int32))
+    return compiled_scorer(model, bool(length_normalize), int(chunk_size))(
+        params, inputs, jnp.asarray(candidate_labels, jnp.int32)
+    )
 
 
-def candidate_labels(candidates: Sequence[Sequence[str]], tokenizer, max_len: int,
-                     num_candidates: int | None = None) -> np.ndarray:
+def candidate_labels(
+    candidates: Sequence[Sequence[str]], tokenizer, max_len: int, num_candidates: int | None = None
+) -> np.ndarray:
     """Per-example candidate strings -> [B, C, max_len] labels (ids + `</s>`, -100 at pads).
 
     `tokenizer.encode_target(text, max_len)` (data_pipelines.text.LMTokenizer). C defaults to the
@@ -107,7 +134,9 @@ def candidate_labels(candidates: Sequence[Sequence[str]], tokenizer, max_len: in
     out = np.full((len(candidates), max(width, 1), max_len), -100, np.int32)
     for row, options in enumerate(candidates):
         if len(options) > width:
-            raise ValueError(f"example {row} has {len(options)} candidates, more than num_candidates={width}")
+            raise ValueError(
+                f"example {row} has {len(options)} candidates, more than num_candidates={width}"
+            )
         for col, text in enumerate(options):
             out[row, col] = tokenizer.encode_target(text, max_len)
     return out

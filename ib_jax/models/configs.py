@@ -53,7 +53,7 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     dense_act_fn: str = "gelu"
     is_gated_act: bool = True
-    tie_word_embeddings: bool = False    # True: logits against the shared embedding, no lm_head
+    tie_word_embeddings: bool = False  # True: logits against the shared embedding, no lm_head
     scale_decoder_outputs: bool = False  # multiply decoder output by d_model**-0.5 before the head
     pad_token_id: int = 0
     eos_token_id: int = 1
@@ -93,8 +93,8 @@ class ModelConfig:
     text: T5Config | LlamaConfig = T5Config()
     num_query_tokens: int = 32
     instruction_aware: bool = True
-    dtype: str = "float32"          # compute dtype
-    param_dtype: str = "float32"    # storage dtype of parameters as created by init
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"  # storage dtype of parameters as created by init
     scan_layers: bool = False
     remat_policy: str = "none"
 

@@ -11,7 +11,8 @@ Logical axis vocabulary (t5x-style):
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,12 +23,18 @@ Array = jax.Array
 DType = Any
 Axes = tuple[str | None, ...]
 
+
 def fan_in_init(num_contracted: int, num_out: int) -> Callable:
     """LeCun-normal over a kernel whose first `num_contracted` dims are the inputs: activations keep
     unit scale through every Dense, whatever the head layout (matters only when training from scratch)."""
-    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                            in_axis=tuple(range(num_contracted)),
-                                            out_axis=tuple(range(num_contracted, num_contracted + num_out)))
+    return nn.initializers.variance_scaling(
+        1.0,
+        "fan_in",
+        "truncated_normal",
+        in_axis=tuple(range(num_contracted)),
+        out_axis=tuple(range(num_contracted, num_contracted + num_out)),
+    )
+
 
 # Exact-erf GELU is what the released checkpoints use ("gelu" in HF); flax's default is tanh.
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -79,7 +86,9 @@ class DenseGeneral(nn.Module):
         axis = tuple(a % inputs.ndim for a in axis)
         in_shape = tuple(inputs.shape[a] for a in axis)
         if len(self.kernel_axes) != len(in_shape) + len(features):
-            raise ValueError(f"kernel_axes {self.kernel_axes} do not match kernel rank {len(in_shape) + len(features)}")
+            raise ValueError(
+                f"kernel_axes {self.kernel_axes} do not match kernel rank {len(in_shape) + len(features)}"
+            )
         kernel_init = self.kernel_init or fan_in_init(len(in_shape), len(features))
         kernel = self.param(
             "kernel",
@@ -92,9 +101,14 @@ class DenseGeneral(nn.Module):
         contract = (axis, tuple(range(len(axis))))
         out = jax.lax.dot_general(inputs, kernel, (contract, ((), ())), precision=self.precision)
         if self.use_bias:
-            bias_axes = self.bias_axes if self.bias_axes is not None else self.kernel_axes[len(in_shape):]
+            bias_axes = (
+                self.bias_axes if self.bias_axes is not None else self.kernel_axes[len(in_shape) :]
+            )
             bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes), features, self.param_dtype
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                features,
+                self.param_dtype,
             )
             out = out + jnp.asarray(bias, self.dtype)
         return out
@@ -138,10 +152,18 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         features = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-                           (features,), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
-                          (features,), self.param_dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+            (features,),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+            (features,),
+            self.param_dtype,
+        )
         x32 = x.astype(jnp.float32)
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
@@ -159,16 +181,24 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def padding_mask_bias(query_mask: Array | None, key_mask: Array, dtype: DType = jnp.float32) -> Array:
+def padding_mask_bias(
+    query_mask: Array | None, key_mask: Array, dtype: DType = jnp.float32
+) -> Array:
     """Additive attention bias from 0/1 masks. key_mask [B, K] (query_mask [B, Q] unused) -> [B, 1, 1, K]."""
-    del query_mask  # Queries at padded positions still attend; their outputs are ignored downstream.
+    del (
+        query_mask
+    )  # Queries at padded positions still attend; their outputs are ignored downstream.
     big_neg = jnp.finfo(dtype).min
     return jnp.where(key_mask[:, None, None, :] > 0, 0.0, big_neg).astype(dtype)
 
@@ -179,8 +209,9 @@ def causal_mask_bias(length: int, dtype: DType = jnp.float32) -> Array:
     return jnp.where(causal, 0.0, jnp.finfo(dtype).min).astype(dtype)[None, None]
 
 
-def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None = None,
-                          scale: float | None = None) -> Array:
+def dot_product_attention(
+    query: Array, key: Array, value: Array, bias: Array | None = None, scale: float | None = None
+) -> Array:
     """The attention core shared by every model.
 
     query [B, Q, H, Dh], key/value [B, K, H, Dh] (key/value heads may be fewer than query heads:
@@ -201,8 +232,14 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | 
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
 
 
-def cached_key_value(module: nn.Module, key: Array, value: Array, decode_mode: str | None, max_decode_length: int,
-                     position: Array | None) -> tuple[Array, Array]:
+def cached_key_value(
+    module: nn.Module,
+    key: Array,
+    value: Array,
+    decode_mode: str | None,
+    max_decode_length: int,
+    position: Array | None,
+) -> tuple[Array, Array]:
     """The decode cache of a self-attention, shared by the T5 and LLaMA decoders.
 
     key/value [B, T, H, Dh]. "prefill" writes the T prompt positions at slot 0 and returns them (the
@@ -231,8 +268,15 @@ REMAT_POLICIES = {
 }
 
 
-def stack_layers(layer_cls: type[nn.Module], *, num_layers: int, scan: bool, remat_policy: str,
-                 static_argnums: tuple[int, ...] = (), in_axes: tuple = ()) -> type[nn.Module]:
+def stack_layers(
+    layer_cls: type[nn.Module],
+    *,
+    num_layers: int,
+    scan: bool,
+    remat_policy: str,
+    static_argnums: tuple[int, ...] = (),
+    in_axes: tuple = (),
+) -> type[nn.Module]:
     """Wrap a layer class for a stack: optional remat, optional `nn.scan` over a leading `layers` axis.
 
     The wrapped layer must have the signature `(carry, *broadcast_args) -> (carry, None)` when scanned.
@@ -241,8 +285,12 @@ def stack_layers(layer_cls: type[nn.Module], *, num_layers: int, scan: bool, rem
     if remat_policy not in REMAT_POLICIES:
         raise ValueError(f"unknown remat_policy {remat_policy!r}; known: {sorted(REMAT_POLICIES)}")
     if remat_policy != "none":
-        layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan,
-                             static_argnums=static_argnums)
+        layer_cls = nn.remat(
+            layer_cls,
+            policy=REMAT_POLICIES[remat_policy],
+            prevent_cse=not scan,
+            static_argnums=static_argnums,
+        )
     if scan:
         layer_cls = nn.scan(
             layer_cls,

@@ -41,8 +41,8 @@ def apply_rotary(x: Array, positions: Array, theta: float) -> Array:
     """x [B, T, H, Dh], positions [B, T] -> x rotated; HF layout: pairs are (i, i + Dh/2)."""
     head_dim = x.shape[-1]
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)      # [B, T, Dh/2]
-    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]               # [B, T, 1, Dh]
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, Dh]
     cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
     first, second = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-second, first], axis=-1)
@@ -71,8 +71,14 @@ class LlamaAttention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def _project(self, name: str, x: Array, heads: int) -> Array:
-        return layers.DenseGeneral((heads, self.config.head_dim), kernel_axes=("embed", "heads", "kv"), use_bias=False,
-                                   name=name, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return layers.DenseGeneral(
+            (heads, self.config.head_dim),
+            kernel_axes=("embed", "heads", "kv"),
+            use_bias=False,
+            name=name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
 
     @nn.compact
     def __call__(self, x: Array, bias: Array, positions: Array, slot: Array | None) -> Array:
@@ -81,11 +87,20 @@ class LlamaAttention(nn.Module):
         query = apply_rotary(self._project("q_proj", x, cfg.num_heads), positions, cfg.rope_theta)
         key = apply_rotary(self._project("k_proj", x, cfg.num_kv_heads), positions, cfg.rope_theta)
         value = self._project("v_proj", x, cfg.num_kv_heads)
-        key, value = layers.cached_key_value(self, key, value, self.decode_mode, self.max_decode_length, slot)
-        out = layers.dot_product_attention(query, key, value, bias=bias, scale=cfg.head_dim ** -0.5)
+        key, value = layers.cached_key_value(
+            self, key, value, self.decode_mode, self.max_decode_length, slot
+        )
+        out = layers.dot_product_attention(query, key, value, bias=bias, scale=cfg.head_dim**-0.5)
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
-        return layers.DenseGeneral(cfg.hidden_size, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
-                                   use_bias=False, name="o_proj", dtype=self.dtype, param_dtype=self.param_dtype)(out)
+        return layers.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            kernel_axes=("heads", "kv", "embed"),
+            use_bias=False,
+            name="o_proj",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(out)
 
 
 class LlamaMLP(nn.Module):
@@ -99,10 +114,18 @@ class LlamaMLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = layers.DenseGeneral(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="gate_proj", **dense)(x)
-        up = layers.DenseGeneral(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="up_proj", **dense)(x)
-        h = layers.constrain(layers.activation(cfg.hidden_act)(gate) * up, ("act_batch", "act_length", "act_mlp"))
-        return layers.DenseGeneral(cfg.hidden_size, kernel_axes=("mlp", "embed"), name="down_proj", **dense)(h)
+        gate = layers.DenseGeneral(
+            cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="gate_proj", **dense
+        )(x)
+        up = layers.DenseGeneral(
+            cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="up_proj", **dense
+        )(x)
+        h = layers.constrain(
+            layers.activation(cfg.hidden_act)(gate) * up, ("act_batch", "act_length", "act_mlp")
+        )
+        return layers.DenseGeneral(
+            cfg.hidden_size, kernel_axes=("mlp", "embed"), name="down_proj", **dense
+        )(h)
 
 
 class LlamaLayer(nn.Module):
@@ -119,7 +142,9 @@ class LlamaLayer(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = lambda name: layers.RMSNorm(cfg.rms_norm_eps, name=name, **kw)  # noqa: E731
-        attention = LlamaAttention(cfg, self.decode_mode, self.max_decode_length, name="self_attention", **kw)
+        attention = LlamaAttention(
+            cfg, self.decode_mode, self.max_decode_length, name="self_attention", **kw
+        )
         x = x + attention(norm("self_attention_norm")(x), bias, positions, slot)
         x = x + LlamaMLP(cfg, name="mlp", **kw)(norm("mlp_norm")(x))
         return layers.constrain(x, ("act_batch", "act_length", "act_embed")), None
@@ -135,8 +160,13 @@ class LlamaDecoder(nn.Module):
     remat_policy: str = "none"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, decode_mode: str | None = None,
-                 max_decode_length: int = 0) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None,
+        decode_mode: str | None = None,
+        max_decode_length: int = 0,
+    ) -> Array:
         """x [B, T, D] embeddings, mask [B, T] (0 = pad; any padding side) -> hidden [B, T, D].
 
         prefill: `max_decode_length` is the cache length (prompt + tokens to come). step: T == 1, no mask.
@@ -150,8 +180,12 @@ class LlamaDecoder(nn.Module):
             next_position = self.variable("cache", "next_position", jnp.zeros, (batch,), jnp.int32)
             max_decode_length = key_mask.value.shape[1]
             slot = next_slot.value[0]
-            key_mask.value = jax.lax.dynamic_update_slice(key_mask.value, jnp.ones((batch, 1), jnp.int32), (0, slot))
-            bias = layers.padding_mask_bias(None, key_mask.value)  # unwritten slots are 0: causal for free
+            key_mask.value = jax.lax.dynamic_update_slice(
+                key_mask.value, jnp.ones((batch, 1), jnp.int32), (0, slot)
+            )
+            bias = layers.padding_mask_bias(
+                None, key_mask.value
+            )  # unwritten slots are 0: causal for free
             positions = next_position.value[:, None]
             next_slot.value = next_slot.value + 1
             next_position.value = next_position.value + 1
@@ -161,22 +195,37 @@ class LlamaDecoder(nn.Module):
             bias = layers.causal_mask_bias(length) + layers.padding_mask_bias(None, mask)
             if decode_mode == "prefill":
                 if max_decode_length < length:
-                    raise ValueError(f"max_decode_length {max_decode_length} < prompt length {length}")
+                    raise ValueError(
+                        f"max_decode_length {max_decode_length} < prompt length {length}"
+                    )
                 padded = jnp.pad(mask, ((0, 0), (0, max_decode_length - length)))
                 self.variable("cache", "key_mask", lambda: padded)
                 self.variable("cache", "next_slot", lambda: jnp.full((batch,), length, jnp.int32))
-                self.variable("cache", "next_position", lambda: jnp.sum(mask, axis=1, dtype=jnp.int32))
+                self.variable(
+                    "cache", "next_position", lambda: jnp.sum(mask, axis=1, dtype=jnp.int32)
+                )
 
-        layer = layers.stack_layers(LlamaLayer, num_layers=cfg.num_layers, scan=self.scan_layers,
-                                    remat_policy=self.remat_policy, in_axes=(nn.broadcast,) * 3)
-        layer_kw = dict(decode_mode=decode_mode, max_decode_length=max_decode_length, dtype=self.dtype,
-                        param_dtype=self.param_dtype)
+        layer = layers.stack_layers(
+            LlamaLayer,
+            num_layers=cfg.num_layers,
+            scan=self.scan_layers,
+            remat_policy=self.remat_policy,
+            in_axes=(nn.broadcast,) * 3,
+        )
+        layer_kw = dict(
+            decode_mode=decode_mode,
+            max_decode_length=max_decode_length,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         if self.scan_layers:
             x, _ = layer(cfg, name="layers", **layer_kw)(x, bias, positions, slot)
         else:
             for i in range(cfg.num_layers):
                 x, _ = layer(cfg, name=f"layers_{i}", **layer_kw)(x, bias, positions, slot)
-        return layers.RMSNorm(cfg.rms_norm_eps, name="final_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return layers.RMSNorm(
+            cfg.rms_norm_eps, name="final_norm", dtype=self.dtype, param_dtype=self.param_dtype
+        )(x)
 
 
 class Llama(nn.Module):
@@ -197,11 +246,13 @@ class Llama(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = layers.Embed(cfg.vocab_size, cfg.hidden_size, name="embed_tokens", **kw)
-        self.decoder = LlamaDecoder(cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-                                    name="decoder", **kw)
+        self.decoder = LlamaDecoder(
+            cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy, name="decoder", **kw
+        )
         if not cfg.tie_word_embeddings:
-            self.lm_head = layers.DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False,
-                                               name="lm_head", **kw)
+            self.lm_head = layers.DenseGeneral(
+                cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False, name="lm_head", **kw
+            )
 
     def embed(self, ids: Array) -> Array:
         """[B, T] -> [B, T, D]"""
@@ -209,24 +260,41 @@ class Llama(nn.Module):
 
     def logits(self, hidden: Array) -> Array:
         """[B, T, D] -> [B, T, vocab] float32"""
-        logits = self.embed_tokens.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
-        return layers.constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+        logits = (
+            self.embed_tokens.attend(hidden)
+            if self.config.tie_word_embeddings
+            else self.lm_head(hidden)
+        )
+        return layers.constrain(
+            logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab")
+        )
 
-    def _compose(self, soft_prompt: Array, ids: Array, mask: Array, pads_first: bool) -> tuple[Array, Array, Array]:
+    def _compose(
+        self, soft_prompt: Array, ids: Array, mask: Array, pads_first: bool
+    ) -> tuple[Array, Array, Array]:
         """[query][text] with the text's pads moved to one end of the whole sequence.
 
         soft_prompt [B, NQ, D], ids/mask [B, T] -> (embeds [B, S, D], mask [B, S], order [B, S]), S = NQ + T;
         `order[b, s]` is the slot of the unsorted [query][text] sequence that lands in slot s.
         """
-        text = self.embed(jnp.where(mask > 0, ids, 0))  # pad ids (-100, [PAD]) are never attended to
+        text = self.embed(
+            jnp.where(mask > 0, ids, 0)
+        )  # pad ids (-100, [PAD]) are never attended to
         embeds = jnp.concatenate([soft_prompt.astype(text.dtype), text], axis=1)
-        full_mask = jnp.concatenate([jnp.ones(soft_prompt.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1)
+        full_mask = jnp.concatenate(
+            [jnp.ones(soft_prompt.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1
+        )
         order = sort_pads(full_mask, pads_first)
         embeds, full_mask = _gather(embeds, order), jnp.take_along_axis(full_mask, order, axis=1)
         return layers.constrain(embeds, ("act_batch", "act_length", "act_embed")), full_mask, order
 
-    def forward_with_prefix(self, soft_prompt: Array, input_ids: Array, attention_mask: Array,
-                            labels: Array | None = None) -> tuple[Array, Array | None]:
+    def forward_with_prefix(
+        self,
+        soft_prompt: Array,
+        input_ids: Array,
+        attention_mask: Array,
+        labels: Array | None = None,
+    ) -> tuple[Array, Array | None]:
         """Teacher-forced InstructBLIP-Vicuna (LAVIS `concat_text_input_output`).
 
         soft_prompt [B, NQ, D], input_ids/attention_mask [B, Li] (instruction, either padding side),
@@ -239,19 +307,25 @@ class Llama(nn.Module):
         Without: logits [B, NQ + Li, vocab] over `[query][instruction][pads]`, loss None.
         """
         if labels is None:
-            embeds, mask, _ = self._compose(soft_prompt, input_ids, attention_mask, pads_first=False)
+            embeds, mask, _ = self._compose(
+                soft_prompt, input_ids, attention_mask, pads_first=False
+            )
             return self.logits(self.decoder(embeds, mask)), None
         text_ids = jnp.concatenate([input_ids, labels], axis=1)
-        text_mask = jnp.concatenate([attention_mask.astype(jnp.int32), (labels != -100).astype(jnp.int32)], axis=1)
+        text_mask = jnp.concatenate(
+            [attention_mask.astype(jnp.int32), (labels != -100).astype(jnp.int32)], axis=1
+        )
         embeds, mask, order = self._compose(soft_prompt, text_ids, text_mask, pads_first=False)
         hidden = self.decoder(embeds, mask)
         # Target j sits in slot `slot_of[j]`; HF's shift: it is predicted from the slot before.
-        slot_of = jnp.argsort(order, axis=1)[:, -labels.shape[1]:]
+        slot_of = jnp.argsort(order, axis=1)[:, -labels.shape[1] :]
         logits = self.logits(_gather(hidden, jnp.maximum(slot_of - 1, 0)))
         total, count = cross_entropy(logits, labels)
         return logits, total / jnp.maximum(count, 1)
 
-    def prefill(self, soft_prompt: Array, input_ids: Array, attention_mask: Array, max_new_tokens: int) -> Array:
+    def prefill(
+        self, soft_prompt: Array, input_ids: Array, attention_mask: Array, max_new_tokens: int
+    ) -> Array:
         """Run the prompt `[query][instruction]` and create the cache (apply with mutable=["cache"]).
 
         soft_prompt [B, NQ, D], input_ids/attention_mask [B, Li] (either padding side) -> logits of
@@ -259,8 +333,9 @@ class Llama(nn.Module):
         slot for every example; the cache has room for `max_new_tokens` further `step` calls.
         """
         embeds, mask, _ = self._compose(soft_prompt, input_ids, attention_mask, pads_first=True)
-        hidden = self.decoder(embeds, mask, decode_mode="prefill",
-                              max_decode_length=embeds.shape[1] + max_new_tokens)
+        hidden = self.decoder(
+            embeds, mask, decode_mode="prefill", max_decode_length=embeds.shape[1] + max_new_tokens
+        )
         return self.logits(hidden[:, -1:])
 
     def step(self, token_ids: Array) -> Array:

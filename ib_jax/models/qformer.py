@@ -35,15 +35,22 @@ class QFormerAttention(nn.Module):
         cfg = self.config
         head_dim = cfg.hidden_size // cfg.num_heads
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
         def heads(name, inputs, in_axis):
-            return layers.DenseGeneral((cfg.num_heads, head_dim), kernel_axes=(in_axis, "heads", "kv"),
-                                       name=name, **dense)(inputs)
+            return layers.DenseGeneral(
+                (cfg.num_heads, head_dim), kernel_axes=(in_axis, "heads", "kv"), name=name, **dense
+            )(inputs)
 
         query = heads("query", x, "embed")
         key, value = heads("key", kv_inputs, "embed"), heads("value", kv_inputs, "embed")
-        out = layers.dot_product_attention(query, key, value, bias=bias, scale=head_dim ** -0.5)
-        out = layers.DenseGeneral(cfg.hidden_size, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
-                                  name="output_dense", **dense)(out)
+        out = layers.dot_product_attention(query, key, value, bias=bias, scale=head_dim**-0.5)
+        out = layers.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            kernel_axes=("heads", "kv", "embed"),
+            name="output_dense",
+            **dense,
+        )(out)
         return layers.LayerNorm(cfg.layer_norm_eps, name="output_layernorm", **dense)(out + x)
 
 
@@ -58,9 +65,13 @@ class QFormerFeedForward(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = layers.DenseGeneral(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="intermediate", **dense)(x)
+        h = layers.DenseGeneral(
+            cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="intermediate", **dense
+        )(x)
         h = layers.activation(cfg.hidden_act)(h)
-        h = layers.DenseGeneral(cfg.hidden_size, kernel_axes=("mlp", "embed"), name="output", **dense)(h)
+        h = layers.DenseGeneral(
+            cfg.hidden_size, kernel_axes=("mlp", "embed"), name="output", **dense
+        )(h)
         return layers.LayerNorm(cfg.layer_norm_eps, name="output_layernorm", **dense)(h + x)
 
 
@@ -79,8 +90,9 @@ class QFormerLayer(nn.Module):
         x = QFormerAttention(self.config, name="attention", **kw)(x, x, self_bias)
         queries, text = x[:, :nq], x[:, nq:]
         if self.has_cross_attention:
-            queries = QFormerAttention(self.config, is_cross_attention=True, name="crossattention", **kw)(
-                queries, image_embeds, None)
+            queries = QFormerAttention(
+                self.config, is_cross_attention=True, name="crossattention", **kw
+            )(queries, image_embeds, None)
         queries = QFormerFeedForward(self.config, name="ffn_query", **kw)(queries)
         if text.shape[1]:
             text = QFormerFeedForward(self.config, name="ffn_text", **kw)(text)
@@ -99,8 +111,14 @@ class QFormerGroup(nn.Module):
     @nn.compact
     def __call__(self, x: Array, self_bias: Array, image_embeds: Array):
         for j in range(self.config.cross_attention_frequency):
-            x = QFormerLayer(self.config, self.num_query_tokens, has_cross_attention=(j == 0), name=f"layer_{j}",
-                             dtype=self.dtype, param_dtype=self.param_dtype)(x, self_bias, image_embeds)
+            x = QFormerLayer(
+                self.config,
+                self.num_query_tokens,
+                has_cross_attention=(j == 0),
+                name=f"layer_{j}",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )(x, self_bias, image_embeds)
         return x, None
 
 
@@ -116,37 +134,63 @@ class QFormer(nn.Module):
     remat_policy: str = "none"
 
     @nn.compact
-    def __call__(self, image_embeds: Array, input_ids: Array | None, attention_mask: Array | None) -> Array:
+    def __call__(
+        self, image_embeds: Array, input_ids: Array | None, attention_mask: Array | None
+    ) -> Array:
         """image_embeds [B, P, Dv], input_ids/attention_mask [B, T] (None if not instruction-aware)."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if cfg.num_layers % cfg.cross_attention_frequency:
-            raise ValueError(f"Q-Former num_layers ({cfg.num_layers}) must be a multiple of "
-                             f"cross_attention_frequency ({cfg.cross_attention_frequency})")
+            raise ValueError(
+                f"Q-Former num_layers ({cfg.num_layers}) must be a multiple of "
+                f"cross_attention_frequency ({cfg.cross_attention_frequency})"
+            )
         batch = image_embeds.shape[0]
-        query_tokens = self.param("query_tokens", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), (None, "embed")), (self.num_query_tokens, cfg.hidden_size), self.param_dtype)
-        x = jnp.broadcast_to(query_tokens.astype(self.dtype), (batch, self.num_query_tokens, cfg.hidden_size))
+        query_tokens = self.param(
+            "query_tokens",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (self.num_query_tokens, cfg.hidden_size),
+            self.param_dtype,
+        )
+        x = jnp.broadcast_to(
+            query_tokens.astype(self.dtype), (batch, self.num_query_tokens, cfg.hidden_size)
+        )
         mask = jnp.ones((batch, self.num_query_tokens), jnp.int32)
         if self.instruction_aware:
             if input_ids is None:
                 raise ValueError("an instruction-aware Q-Former needs qformer_input_ids")
             if attention_mask is None:
                 attention_mask = jnp.ones_like(input_ids)
-            word = layers.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings", **kw)(input_ids)
-            position = layers.Embed(cfg.max_position_embeddings, cfg.hidden_size, axes=(None, "embed"),
-                                    name="position_embeddings", **kw)(jnp.arange(input_ids.shape[1]))
+            word = layers.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings", **kw)(
+                input_ids
+            )
+            position = layers.Embed(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                axes=(None, "embed"),
+                name="position_embeddings",
+                **kw,
+            )(jnp.arange(input_ids.shape[1]))
             x = jnp.concatenate([x, word + position[None]], axis=1)
             mask = jnp.concatenate([mask, attention_mask.astype(jnp.int32)], axis=1)
         x = layers.LayerNorm(cfg.layer_norm_eps, name="embeddings_layernorm", **kw)(x)
         self_bias = layers.padding_mask_bias(None, mask)
 
         num_groups = cfg.num_layers // cfg.cross_attention_frequency
-        group = layers.stack_layers(QFormerGroup, num_layers=num_groups, scan=self.scan_layers,
-                                    remat_policy=self.remat_policy, in_axes=(nn.broadcast, nn.broadcast))
+        group = layers.stack_layers(
+            QFormerGroup,
+            num_layers=num_groups,
+            scan=self.scan_layers,
+            remat_policy=self.remat_policy,
+            in_axes=(nn.broadcast, nn.broadcast),
+        )
         if self.scan_layers:
-            x, _ = group(cfg, self.num_query_tokens, name="groups", **kw)(x, self_bias, image_embeds)
+            x, _ = group(cfg, self.num_query_tokens, name="groups", **kw)(
+                x, self_bias, image_embeds
+            )
         else:
             for g in range(num_groups):
-                x, _ = group(cfg, self.num_query_tokens, name=f"groups_{g}", **kw)(x, self_bias, image_embeds)
+                x, _ = group(cfg, self.num_query_tokens, name=f"groups_{g}", **kw)(
+                    x, self_bias, image_embeds
+                )
         return x[:, : self.num_query_tokens]

@@ -26,8 +26,9 @@ from ib_jax.models.configs import T5Config
 Array = jax.Array
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
     """T5's bucketing of (key - query) offsets; small offsets exact, larger ones log-spaced."""
     buckets = jnp.zeros_like(relative_position)
     if bidirectional:
@@ -39,8 +40,9 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
     max_exact = num_buckets // 2
     is_small = relative_position < max_exact
     safe = jnp.maximum(relative_position, 1).astype(jnp.float32)
-    large = max_exact + (jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
-                         * (num_buckets - max_exact)).astype(jnp.int32)
+    large = max_exact + (
+        jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).astype(jnp.int32)
     large = jnp.minimum(large, num_buckets - 1)
     return buckets + jnp.where(is_small, relative_position, large)
 
@@ -54,10 +56,18 @@ class RelativePositionBias(nn.Module):
     def __call__(self, query_positions: Array, key_positions: Array) -> Array:
         """[Q], [K] int -> additive bias [1, H, Q, K]"""
         cfg = self.config
-        table = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "heads")),
-                           (cfg.relative_attention_num_buckets, cfg.num_heads), self.param_dtype)
-        buckets = relative_position_bucket(key_positions[None, :] - query_positions[:, None], self.bidirectional,
-                                           cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "heads")),
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            self.param_dtype,
+        )
+        buckets = relative_position_bucket(
+            key_positions[None, :] - query_positions[:, None],
+            self.bidirectional,
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+        )
         return jnp.take(table.astype(jnp.float32), buckets, axis=0).transpose(2, 0, 1)[None]
 
 
@@ -73,11 +83,19 @@ class T5Attention(nn.Module):
 
     def _project(self, name: str, x: Array) -> Array:
         cfg = self.config
-        return layers.DenseGeneral((cfg.num_heads, cfg.d_kv), kernel_axes=("embed", "heads", "kv"), use_bias=False,
-                                   name=name, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return layers.DenseGeneral(
+            (cfg.num_heads, cfg.d_kv),
+            kernel_axes=("embed", "heads", "kv"),
+            use_bias=False,
+            name=name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
 
     @nn.compact
-    def __call__(self, x: Array, kv_inputs: Array | None, bias: Array, position: Array | None = None) -> Array:
+    def __call__(
+        self, x: Array, kv_inputs: Array | None, bias: Array, position: Array | None = None
+    ) -> Array:
         """x [B, T, D], kv_inputs [B, S, D] (cross, not needed in step mode), bias -> [B, T, D].
 
         position: int32 scalar, where a "step" writes its key/value into the self-attention cache.
@@ -87,12 +105,20 @@ class T5Attention(nn.Module):
             key, value = self._cross_key_value(kv_inputs)
         else:
             key, value = self._project("k", x), self._project("v", x)
-            key, value = layers.cached_key_value(self, key, value, self.decode_mode, self.max_decode_length,
-                                                 position)
+            key, value = layers.cached_key_value(
+                self, key, value, self.decode_mode, self.max_decode_length, position
+            )
         out = layers.dot_product_attention(query, key, value, bias=bias)
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
-        return layers.DenseGeneral(self.config.d_model, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
-                                   use_bias=False, name="o", dtype=self.dtype, param_dtype=self.param_dtype)(out)
+        return layers.DenseGeneral(
+            self.config.d_model,
+            axis=(-2, -1),
+            kernel_axes=("heads", "kv", "embed"),
+            use_bias=False,
+            name="o",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(out)
 
     def _cross_key_value(self, kv_inputs: Array | None) -> tuple[Array, Array]:
         if self.decode_mode != "step":
@@ -116,10 +142,16 @@ class T5FeedForward(nn.Module):
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         act = layers.activation(cfg.dense_act_fn)
         if cfg.is_gated_act:
-            h = act(layers.DenseGeneral(cfg.d_ff, kernel_axes=("embed", "mlp"), name="wi_0", **dense)(x))
-            h = h * layers.DenseGeneral(cfg.d_ff, kernel_axes=("embed", "mlp"), name="wi_1", **dense)(x)
+            h = act(
+                layers.DenseGeneral(cfg.d_ff, kernel_axes=("embed", "mlp"), name="wi_0", **dense)(x)
+            )
+            h = h * layers.DenseGeneral(
+                cfg.d_ff, kernel_axes=("embed", "mlp"), name="wi_1", **dense
+            )(x)
         else:
-            h = act(layers.DenseGeneral(cfg.d_ff, kernel_axes=("embed", "mlp"), name="wi", **dense)(x))
+            h = act(
+                layers.DenseGeneral(cfg.d_ff, kernel_axes=("embed", "mlp"), name="wi", **dense)(x)
+            )
         h = layers.constrain(h, ("act_batch", "act_length", "act_mlp"))
         return layers.DenseGeneral(cfg.d_model, kernel_axes=("mlp", "embed"), name="wo", **dense)(h)
 
@@ -135,17 +167,25 @@ class T5Layer(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, self_bias: Array, encoder_hidden: Array | None, cross_bias: Array | None,
-                 position: Array | None):
+    def __call__(
+        self,
+        x: Array,
+        self_bias: Array,
+        encoder_hidden: Array | None,
+        cross_bias: Array | None,
+        position: Array | None,
+    ):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attn = dict(decode_mode=self.decode_mode, max_decode_length=self.max_decode_length, **kw)
         norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, name=name, **kw)  # noqa: E731
-        x = x + T5Attention(cfg, name="self_attention", **attn)(norm("self_attention_norm")(x), None, self_bias,
-                                                                 position)
+        x = x + T5Attention(cfg, name="self_attention", **attn)(
+            norm("self_attention_norm")(x), None, self_bias, position
+        )
         if self.is_decoder:
             x = x + T5Attention(cfg, is_cross_attention=True, name="cross_attention", **attn)(
-                norm("cross_attention_norm")(x), encoder_hidden, cross_bias)
+                norm("cross_attention_norm")(x), encoder_hidden, cross_bias
+            )
         x = x + T5FeedForward(cfg, name="mlp", **kw)(norm("mlp_norm")(x))
         return layers.constrain(x, ("act_batch", "act_length", "act_embed")), None
 
@@ -161,16 +201,26 @@ class T5Stack(nn.Module):
     remat_policy: str = "none"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, encoder_hidden: Array | None = None,
-                 encoder_mask: Array | None = None, decode_mode: str | None = None,
-                 max_decode_length: int = 0) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None,
+        encoder_hidden: Array | None = None,
+        encoder_mask: Array | None = None,
+        decode_mode: str | None = None,
+        max_decode_length: int = 0,
+    ) -> Array:
         """x [B, T, D] embeddings, mask [B, T] (0 = pad) -> [B, T, D]."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         num_layers = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         length = x.shape[1]
-        position_bias = RelativePositionBias(cfg, bidirectional=not self.is_decoder, param_dtype=self.param_dtype,
-                                             name="relative_attention_bias")
+        position_bias = RelativePositionBias(
+            cfg,
+            bidirectional=not self.is_decoder,
+            param_dtype=self.param_dtype,
+            name="relative_attention_bias",
+        )
         position = None
         if decode_mode == "step":
             max_decode_length = self.get_variable("cache", "max_length").shape[1]
@@ -178,7 +228,9 @@ class T5Stack(nn.Module):
             position = index.value[0]
             key_positions = jnp.arange(max_decode_length)
             self_bias = position_bias(position[None], key_positions)
-            self_bias = self_bias + jnp.where(key_positions <= position, 0.0, jnp.finfo(jnp.float32).min)
+            self_bias = self_bias + jnp.where(
+                key_positions <= position, 0.0, jnp.finfo(jnp.float32).min
+            )
             index.value = index.value + 1
             encoder_mask = self.get_variable("cache", "encoder_mask")
         else:
@@ -189,20 +241,40 @@ class T5Stack(nn.Module):
             if mask is not None:
                 self_bias = self_bias + layers.padding_mask_bias(None, mask)
             if decode_mode == "prefill":
-                self.variable("cache", "position", lambda: jnp.full((x.shape[0],), length, jnp.int32))
+                self.variable(
+                    "cache", "position", lambda: jnp.full((x.shape[0],), length, jnp.int32)
+                )
                 self.variable("cache", "encoder_mask", lambda: encoder_mask.astype(jnp.int32))
                 # The cache length is static; a zero-size marker carries it into "step" calls.
-                self.variable("cache", "max_length", lambda: jnp.zeros((x.shape[0], max_decode_length), jnp.int8))
+                self.variable(
+                    "cache",
+                    "max_length",
+                    lambda: jnp.zeros((x.shape[0], max_decode_length), jnp.int8),
+                )
         cross_bias = None if encoder_mask is None else layers.padding_mask_bias(None, encoder_mask)
 
-        layer = layers.stack_layers(T5Layer, num_layers=num_layers, scan=self.scan_layers,
-                                    remat_policy=self.remat_policy, in_axes=(nn.broadcast,) * 4)
-        layer_kw = dict(is_decoder=self.is_decoder, decode_mode=decode_mode, max_decode_length=max_decode_length, **kw)
+        layer = layers.stack_layers(
+            T5Layer,
+            num_layers=num_layers,
+            scan=self.scan_layers,
+            remat_policy=self.remat_policy,
+            in_axes=(nn.broadcast,) * 4,
+        )
+        layer_kw = dict(
+            is_decoder=self.is_decoder,
+            decode_mode=decode_mode,
+            max_decode_length=max_decode_length,
+            **kw,
+        )
         if self.scan_layers:
-            x, _ = layer(cfg, name="layers", **layer_kw)(x, self_bias, encoder_hidden, cross_bias, position)
+            x, _ = layer(cfg, name="layers", **layer_kw)(
+                x, self_bias, encoder_hidden, cross_bias, position
+            )
         else:
             for i in range(num_layers):
-                x, _ = layer(cfg, name=f"layers_{i}", **layer_kw)(x, self_bias, encoder_hidden, cross_bias, position)
+                x, _ = layer(cfg, name=f"layers_{i}", **layer_kw)(
+                    x, self_bias, encoder_hidden, cross_bias, position
+                )
         return layers.RMSNorm(cfg.layer_norm_epsilon, name="final_norm", **kw)(x)
 
 
@@ -223,8 +295,9 @@ class T5(nn.Module):
         self.encoder = T5Stack(cfg, is_decoder=False, name="encoder", **stack)
         self.decoder = T5Stack(cfg, is_decoder=True, name="decoder", **stack)
         if not cfg.tie_word_embeddings:
-            self.lm_head = layers.DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False,
-                                               name="lm_head", **kw)
+            self.lm_head = layers.DenseGeneral(
+                cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False, name="lm_head", **kw
+            )
 
     def embed(self, ids: Array) -> Array:
         """[B, T] -> [B, T, D]"""
@@ -234,22 +307,38 @@ class T5(nn.Module):
         """[B, S, D], [B, S] -> encoder hidden states [B, S, D]"""
         return self.encoder(inputs_embeds, attention_mask)
 
-    def decode(self, decoder_input_ids: Array, encoder_hidden: Array | None, encoder_mask: Array | None,
-               decoder_attention_mask: Array | None = None, decode_mode: str | None = None,
-               max_decode_length: int = 0) -> Array:
+    def decode(
+        self,
+        decoder_input_ids: Array,
+        encoder_hidden: Array | None,
+        encoder_mask: Array | None,
+        decoder_attention_mask: Array | None = None,
+        decode_mode: str | None = None,
+        max_decode_length: int = 0,
+    ) -> Array:
         """[B, T] ids -> logits [B, T, vocab] (float32)."""
-        x = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
-                         decode_mode=decode_mode, max_decode_length=max_decode_length)
+        x = self.decoder(
+            self.shared(decoder_input_ids),
+            decoder_attention_mask,
+            encoder_hidden,
+            encoder_mask,
+            decode_mode=decode_mode,
+            max_decode_length=max_decode_length,
+        )
         if self.config.scale_decoder_outputs:
-            x = x * (self.config.d_model ** -0.5)
+            x = x * (self.config.d_model**-0.5)
         if self.config.tie_word_embeddings:
             logits = self.shared.attend(x)
         else:
             logits = self.lm_head(x)
-        return layers.constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+        return layers.constrain(
+            logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab")
+        )
 
 
 def shift_right(labels: Array, decoder_start_token_id: int, pad_token_id: int) -> Array:
     """Teacher-forcing inputs from labels: [start, y0, ..., y_{T-2}], -100 replaced by pad."""
-    shifted = jnp.concatenate([jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+    shifted = jnp.concatenate(
+        [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1
+    )
     return jnp.where(shifted == -100, pad_token_id, shifted)

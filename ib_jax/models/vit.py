@@ -19,6 +19,7 @@ Array = jax.Array
 
 def _torch_bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
     """[out, in] matrix equal to torch's 1-D bicubic resize (align_corners=False, clamped borders)."""
+
     def cubic(x):
         x = abs(x)
         if x <= 1:
@@ -47,8 +48,12 @@ def interpolate_position_embedding(pos: Array, grid_h: int, grid_w: int) -> Arra
     patch_pos = pos[1:].reshape(old, old, -1).astype(jnp.float32)
     rows = jnp.asarray(_torch_bicubic_matrix(old, grid_h), jnp.float32)
     cols = jnp.asarray(_torch_bicubic_matrix(old, grid_w), jnp.float32)
-    resized = jnp.einsum("ih,hwd,jw->ijd", rows, patch_pos, cols, precision=jax.lax.Precision.HIGHEST)
-    return jnp.concatenate([pos[:1], resized.reshape(grid_h * grid_w, -1).astype(pos.dtype)], axis=0)
+    resized = jnp.einsum(
+        "ih,hwd,jw->ijd", rows, patch_pos, cols, precision=jax.lax.Precision.HIGHEST
+    )
+    return jnp.concatenate(
+        [pos[:1], resized.reshape(grid_h * grid_w, -1).astype(pos.dtype)], axis=0
+    )
 
 
 class VisionEmbeddings(nn.Module):
@@ -66,14 +71,27 @@ class VisionEmbeddings(nn.Module):
         patches = patches.reshape(batch, grid_h, p, grid_w, p, channels).transpose(0, 1, 3, 2, 4, 5)
         # A stride-p convolution is a Dense over each (p, p, 3) patch.
         patch_embeds = layers.DenseGeneral(
-            cfg.hidden_size, axis=(-3, -2, -1), kernel_axes=(None, None, None, "embed"),
-            dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embedding")(patches)
+            cfg.hidden_size,
+            axis=(-3, -2, -1),
+            kernel_axes=(None, None, None, "embed"),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="patch_embedding",
+        )(patches)
         patch_embeds = patch_embeds.reshape(batch, grid_h * grid_w, cfg.hidden_size)
         num_positions = (cfg.image_size // p) ** 2 + 1
-        class_embedding = self.param("class_embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), ("embed",)), (cfg.hidden_size,), self.param_dtype)
-        position_embedding = self.param("position_embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), (None, "embed")), (num_positions, cfg.hidden_size), self.param_dtype)
+        class_embedding = self.param(
+            "class_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+            (cfg.hidden_size,),
+            self.param_dtype,
+        )
+        position_embedding = self.param(
+            "position_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (num_positions, cfg.hidden_size),
+            self.param_dtype,
+        )
         cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (batch, 1, cfg.hidden_size))
         embeddings = jnp.concatenate([cls, patch_embeds], axis=1)
         positions = interpolate_position_embedding(position_embedding, grid_h, grid_w)
@@ -91,13 +109,22 @@ class VisionAttention(nn.Module):
         cfg = self.config
         head_dim = cfg.hidden_size // cfg.num_heads
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        qkv = layers.DenseGeneral((3, cfg.num_heads, head_dim), kernel_axes=("embed", "qkv", "heads", "kv"),
-                                  name="qkv", **dense)(x)
+        qkv = layers.DenseGeneral(
+            (3, cfg.num_heads, head_dim),
+            kernel_axes=("embed", "qkv", "heads", "kv"),
+            name="qkv",
+            **dense,
+        )(x)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = layers.dot_product_attention(query, key, value, scale=head_dim ** -0.5)
+        out = layers.dot_product_attention(query, key, value, scale=head_dim**-0.5)
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
-        return layers.DenseGeneral(cfg.hidden_size, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
-                                   name="projection", **dense)(out)
+        return layers.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            kernel_axes=("heads", "kv", "embed"),
+            name="projection",
+            **dense,
+        )(out)
 
 
 class VisionMlp(nn.Module):
@@ -109,10 +136,14 @@ class VisionMlp(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = layers.DenseGeneral(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="fc1", **dense)(x)
+        h = layers.DenseGeneral(
+            cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="fc1", **dense
+        )(x)
         h = layers.activation(cfg.hidden_act)(h)
         h = layers.constrain(h, ("act_batch", "act_length", "act_mlp"))
-        return layers.DenseGeneral(cfg.hidden_size, kernel_axes=("mlp", "embed"), name="fc2", **dense)(h)
+        return layers.DenseGeneral(
+            cfg.hidden_size, kernel_axes=("mlp", "embed"), name="fc2", **dense
+        )(h)
 
 
 class VisionLayer(nn.Module):
@@ -127,8 +158,11 @@ class VisionLayer(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x + VisionAttention(cfg, name="self_attn", **kw)(
-            layers.LayerNorm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x))
-        x = x + VisionMlp(cfg, name="mlp", **kw)(layers.LayerNorm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x))
+            layers.LayerNorm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x)
+        )
+        x = x + VisionMlp(cfg, name="mlp", **kw)(
+            layers.LayerNorm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x)
+        )
         return layers.constrain(x, ("act_batch", "act_length", "act_embed")), None
 
 
@@ -146,8 +180,13 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = VisionEmbeddings(cfg, name="embeddings", **kw)(pixel_values.astype(self.dtype))
-        layer = layers.stack_layers(VisionLayer, num_layers=cfg.num_layers, scan=self.scan_layers,
-                                    remat_policy=self.remat_policy, in_axes=(nn.broadcast,))
+        layer = layers.stack_layers(
+            VisionLayer,
+            num_layers=cfg.num_layers,
+            scan=self.scan_layers,
+            remat_policy=self.remat_policy,
+            in_axes=(nn.broadcast,),
+        )
         if self.scan_layers:
             x, _ = layer(cfg, name="layers", **kw)(x, None)
         else:

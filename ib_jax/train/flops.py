@@ -25,9 +25,9 @@ class Shapes:
 def vision_forward(cfg: ModelConfig, s: Shapes) -> float:
     v = cfg.vision
     tokens = (s.image_size // v.patch_size) ** 2 + 1
-    per_layer = 2 * tokens * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
-    per_layer += 4 * tokens ** 2 * v.hidden_size
-    patch = 2 * (tokens - 1) * 3 * v.patch_size ** 2 * v.hidden_size
+    per_layer = 2 * tokens * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
+    per_layer += 4 * tokens**2 * v.hidden_size
+    patch = 2 * (tokens - 1) * 3 * v.patch_size**2 * v.hidden_size
     return s.num_frames * (v.num_layers * per_layer + patch)
 
 
@@ -39,7 +39,7 @@ def qformer_forward(cfg: ModelConfig, s: Shapes) -> float:
     total = 0.0
     for layer in range(q.num_layers):
         n = nq + text
-        total += 2 * n * 4 * d * d + 4 * n * n * d          # self-attention
+        total += 2 * n * 4 * d * d + 4 * n * n * d  # self-attention
         total += 2 * nq * 2 * d * f + 2 * text * 2 * d * f  # query / text feed-forward
         if layer % q.cross_attention_frequency == 0:
             total += 2 * nq * 2 * d * d + 2 * image_tokens * 2 * d * q.encoder_hidden_size
@@ -55,20 +55,30 @@ def _lm_width(cfg: ModelConfig) -> int:
 def t5_forward(t: T5Config, source_len: int, target_len: int) -> float:
     inner = t.num_heads * t.d_kv
     ffn = (3 if t.is_gated_act else 2) * t.d_model * t.d_ff
-    encoder = t.num_layers * (2 * source_len * (4 * t.d_model * inner + ffn) + 4 * source_len ** 2 * inner)
+    encoder = t.num_layers * (
+        2 * source_len * (4 * t.d_model * inner + ffn) + 4 * source_len**2 * inner
+    )
     decoder = t.num_decoder_layers * (
-        2 * target_len * (6 * t.d_model * inner + ffn) + 2 * source_len * 2 * t.d_model * inner
-        + 4 * target_len ** 2 * inner + 4 * target_len * source_len * inner)
+        2 * target_len * (6 * t.d_model * inner + ffn)
+        + 2 * source_len * 2 * t.d_model * inner
+        + 4 * target_len**2 * inner
+        + 4 * target_len * source_len * inner
+    )
     return encoder + decoder + 2 * target_len * t.d_model * t.vocab_size
 
 
 def llama_forward(text: LlamaConfig, prefix_len: int, text_len: int, target_len: int) -> float:
     """Vicuna over `[queries][instruction][target]`; the head runs on the target slots only."""
-    seq, d, heads, kv_heads = prefix_len + text_len + target_len, text.hidden_size, text.num_heads, text.num_kv_heads
+    seq, d, heads, kv_heads = (
+        prefix_len + text_len + target_len,
+        text.hidden_size,
+        text.num_heads,
+        text.num_kv_heads,
+    )
     head_dim = d // heads
     projections = 2 * seq * d * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v
-    mlp = 2 * seq * 3 * d * text.intermediate_size                    # SwiGLU: gate, up, down
-    attention = 4 * seq * seq * heads * head_dim                       # scores + weighted sum (dense mask)
+    mlp = 2 * seq * 3 * d * text.intermediate_size  # SwiGLU: gate, up, down
+    attention = 4 * seq * seq * heads * head_dim  # scores + weighted sum (dense mask)
     return text.num_layers * (projections + mlp + attention) + 2 * target_len * d * text.vocab_size
 
 
@@ -91,9 +101,18 @@ def forward_flops(cfg: ModelConfig, s: Shapes) -> float:
 
 
 # Dense bf16 peak per chip, for the MFU estimate on accelerators (CPU peaks must be measured).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100": 312e12}
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
 
 
 def device_peak_flops(device_kind: str, configured: float = 0.0) -> float | None:

@@ -34,9 +34,12 @@ class MetricsWriter:
         elapsed = time.perf_counter() - self.started
         eta = elapsed / max(step - self.start_step, 1) * (self.total_steps - step)
         extras = f" mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
-        print(f"step {step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['learning_rate']:.2e} "
-              f"|g| {metrics['grad_norm']:.3f} {metrics['examples_per_s']:.1f} ex/s{extras} "
-              f"ETA {_duration(eta)}", flush=True)
+        print(
+            f"step {step}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['learning_rate']:.2e} "
+            f"|g| {metrics['grad_norm']:.3f} {metrics['examples_per_s']:.1f} ex/s{extras} "
+            f"ETA {_duration(eta)}",
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.enabled:

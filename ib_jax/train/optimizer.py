@@ -12,9 +12,14 @@ from flax import traverse_util
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
-    warmup = optax.linear_schedule(train.warmup_init_lr, train.learning_rate, max(train.warmup_steps, 1))
-    decay = optax.cosine_decay_schedule(train.learning_rate, max(train.num_steps - train.warmup_steps, 1),
-                                        alpha=train.end_learning_rate / train.learning_rate)
+    warmup = optax.linear_schedule(
+        train.warmup_init_lr, train.learning_rate, max(train.warmup_steps, 1)
+    )
+    decay = optax.cosine_decay_schedule(
+        train.learning_rate,
+        max(train.num_steps - train.warmup_steps, 1),
+        alpha=train.end_learning_rate / train.learning_rate,
+    )
     return optax.join_schedules([warmup, decay], [train.warmup_steps])
 
 
@@ -28,8 +33,15 @@ def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransforma
     parts = []
     if train.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
-    parts.append(optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2,
-                             weight_decay=train.weight_decay, mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            learning_rate_schedule(train),
+            b1=train.b1,
+            b2=train.b2,
+            weight_decay=train.weight_decay,
+            mask=decay_mask,
+        )
+    )
     return optax.chain(*parts)
 
 

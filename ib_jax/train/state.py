@@ -8,7 +8,8 @@ query tokens, language projection and ln_vision). Frozen towers are held in `fro
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax
 import jax
@@ -32,10 +33,14 @@ def split_params(params: Any, patterns: Sequence[str]) -> tuple[dict, dict]:
     flat = traverse_util.flatten_dict(params, sep="/")
     trainable = {k: v for k, v in flat.items() if is_trainable(k, patterns)}
     if not trainable:
-        raise ValueError(f"config.train.trainable {list(patterns)} matches no parameter; paths look like "
-                         f"{sorted(flat)[:3]}")
+        raise ValueError(
+            f"config.train.trainable {list(patterns)} matches no parameter; paths look like "
+            f"{sorted(flat)[:3]}"
+        )
     frozen = {k: v for k, v in flat.items() if k not in trainable}
-    return traverse_util.unflatten_dict(trainable, sep="/"), traverse_util.unflatten_dict(frozen, sep="/")
+    return traverse_util.unflatten_dict(trainable, sep="/"), traverse_util.unflatten_dict(
+        frozen, sep="/"
+    )
 
 
 def merge_params(trainable: dict, frozen: dict) -> dict:
@@ -46,10 +51,12 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
 
 def cast_floating(tree: Any, dtype: str) -> Any:
     """Floating leaves (arrays or ShapeDtypeStructs) to `dtype`; others unchanged."""
+
     def cast(x):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             return x
         if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
         return x.astype(dtype)
+
     return jax.tree_util.tree_map(cast, tree)

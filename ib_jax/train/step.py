@@ -6,7 +6,8 @@ so memory is that of one micro-batch; the update is the mean of the micro-batch 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,32 +16,50 @@ import optax
 from ib_jax.models.instructblip import InstructBlip
 from ib_jax.train.state import TrainState, merge_params
 
-MODEL_INPUTS = ("pixel_values", "qformer_input_ids", "qformer_attention_mask", "input_ids", "attention_mask",
-                "labels")
+MODEL_INPUTS = (
+    "pixel_values",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+    "input_ids",
+    "attention_mask",
+    "labels",
+)
 
 
-def loss_fn(model: InstructBlip, trainable: Any, frozen: Any, batch: dict[str, jax.Array]) -> jax.Array:
+def loss_fn(
+    model: InstructBlip, trainable: Any, frozen: Any, batch: dict[str, jax.Array]
+) -> jax.Array:
     params = merge_params(trainable, frozen)
     out = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS})
     return out.loss
 
 
-def make_train_step(model: InstructBlip, optimizer: optax.GradientTransformation, grad_accum_steps: int = 1
-                    ) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    model: InstructBlip, optimizer: optax.GradientTransformation, grad_accum_steps: int = 1
+) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
     grad_fn = jax.value_and_grad(lambda t, f, b: loss_fn(model, t, f, b))
 
-    def train_step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+    def train_step(
+        state: TrainState, frozen: Any, batch: dict[str, jax.Array]
+    ) -> tuple[TrainState, dict]:
         if grad_accum_steps == 1:
             loss, grads = grad_fn(state.trainable, frozen, batch)
         else:
             micro = jax.tree_util.tree_map(
-                lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]), batch)
+                lambda x: x.reshape(
+                    (grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]
+                ),
+                batch,
+            )
 
             def accumulate(carry, micro_batch):
                 loss, grads = grad_fn(state.trainable, frozen, micro_batch)
                 return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
 
-            zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.trainable))
+            zeros = (
+                jnp.zeros((), jnp.float32),
+                jax.tree_util.tree_map(jnp.zeros_like, state.trainable),
+            )
             (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
             loss, grads = jax.tree_util.tree_map(lambda x: x / grad_accum_steps, (loss, grads))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)

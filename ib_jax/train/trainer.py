@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,7 +27,8 @@ from data_pipelines import demo_data, pipeline
 from ib_jax import checkpoint, distributed, sharding
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
-from ib_jax.train import flops, optimizer as optim
+from ib_jax.train import flops
+from ib_jax.train import optimizer as optim
 from ib_jax.train.metrics_writer import MetricsWriter
 from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
 from ib_jax.train.step import make_train_step
@@ -45,15 +47,23 @@ def example_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtype
     d = config.data
     b, size = d.global_batch_size, d.image_size
     ints = lambda length: jax.ShapeDtypeStruct((b, length), jnp.int32)  # noqa: E731
-    return {"pixel_values": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32),
-            "qformer_input_ids": ints(d.qformer_max_len), "qformer_attention_mask": ints(d.qformer_max_len),
-            "input_ids": ints(d.text_max_len), "attention_mask": ints(d.text_max_len),
-            "labels": ints(d.target_max_len)}
+    return {
+        "pixel_values": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32),
+        "qformer_input_ids": ints(d.qformer_max_len),
+        "qformer_attention_mask": ints(d.qformer_max_len),
+        "input_ids": ints(d.text_max_len),
+        "attention_mask": ints(d.text_max_len),
+        "labels": ints(d.target_max_len),
+    }
 
 
-def _init_fn(model: InstructBlip, batch: dict[str, jax.ShapeDtypeStruct]) -> Callable[[jax.Array], Any]:
+def _init_fn(
+    model: InstructBlip, batch: dict[str, jax.ShapeDtypeStruct]
+) -> Callable[[jax.Array], Any]:
     """rng -> boxed params, for a batch given by shapes only."""
-    return lambda rng: init_params(model, rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()})
+    return lambda rng: init_params(
+        model, rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()}
+    )
 
 
 def _pretrained_params(config: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
@@ -66,7 +76,9 @@ def _pretrained_params(config: ml_collections.ConfigDict, model_config: ModelCon
         loaded_config, params, _ = api.convert_hf(path, scan_layers=model_config.scan_layers)
     arch = lambda c: (c.vision, c.qformer, c.text, c.num_query_tokens)  # noqa: E731
     if arch(loaded_config) != arch(model_config):
-        raise ValueError(f"config.init.pretrained={path} has another architecture than config.model")
+        raise ValueError(
+            f"config.init.pretrained={path} has another architecture than config.model"
+        )
     return params
 
 
@@ -86,6 +98,7 @@ class _Preemption:
         if jax.process_count() == 1:
             return self.requested
         from jax.experimental import multihost_utils
+
         return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
     def restore(self):
@@ -102,12 +115,12 @@ class TrainProgram:
 
     model: InstructBlip
     optimizer: optax.GradientTransformation
-    init: Callable[[jax.Array], Any]       # rng -> boxed params
+    init: Callable[[jax.Array], Any]  # rng -> boxed params
     param_shardings: Any
     abstract_state: TrainState
     abstract_frozen: Any
     abstract_batch: dict[str, jax.ShapeDtypeStruct]
-    step_fn: Callable                      # jitted (state, frozen, batch) -> (state, metrics)
+    step_fn: Callable  # jitted (state, frozen, batch) -> (state, metrics)
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> TrainProgram:
@@ -115,25 +128,46 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
     model = InstructBlip(from_config_dict(config.model))
     tx = optim.make_optimizer(config.train)
     init = _init_fn(model, example_batch(config))
-    boxed = jax.eval_shape(lambda: init(jax.random.key(0)))  # no eager op: works on compile-only meshes
+    boxed = jax.eval_shape(
+        lambda: init(jax.random.key(0))
+    )  # no eager op: works on compile-only meshes
     boxed_trainable, boxed_frozen = split_params(boxed, config.train.trainable)
-    boxed_opt_state = jax.eval_shape(tx.init, boxed_trainable)  # moments keep their parameters' axis names
+    boxed_opt_state = jax.eval_shape(
+        tx.init, boxed_trainable
+    )  # moments keep their parameters' axis names
     shard = lambda tree: sharding.logical_shardings(tree, mesh, rules)  # noqa: E731
-    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
-                       trainable=checkpoint.abstract_like(sharding.unboxed(boxed_trainable), shard(boxed_trainable)),
-                       opt_state=checkpoint.abstract_like(sharding.unboxed(boxed_opt_state), shard(boxed_opt_state)))
-    frozen = checkpoint.abstract_like(cast_floating(sharding.unboxed(boxed_frozen), config.train.frozen_dtype),
-                                      shard(boxed_frozen))
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, len(v.shape)))
-             for k, v in example_batch(config).items()}
+    state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
+        trainable=checkpoint.abstract_like(
+            sharding.unboxed(boxed_trainable), shard(boxed_trainable)
+        ),
+        opt_state=checkpoint.abstract_like(
+            sharding.unboxed(boxed_opt_state), shard(boxed_opt_state)
+        ),
+    )
+    frozen = checkpoint.abstract_like(
+        cast_floating(sharding.unboxed(boxed_frozen), config.train.frozen_dtype),
+        shard(boxed_frozen),
+    )
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, len(v.shape))
+        )
+        for k, v in example_batch(config).items()
+    }
     shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
-    step_fn = jax.jit(make_train_step(model, tx, config.train.grad_accum_steps),
-                      in_shardings=(shardings_of(state), shardings_of(frozen), shardings_of(batch)),
-                      out_shardings=(shardings_of(state), sharding.replicated(mesh)), donate_argnums=(0,))
+    step_fn = jax.jit(
+        make_train_step(model, tx, config.train.grad_accum_steps),
+        in_shardings=(shardings_of(state), shardings_of(frozen), shardings_of(batch)),
+        out_shardings=(shardings_of(state), sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
     return TrainProgram(model, tx, init, shard(boxed), state, frozen, batch, step_fn)
 
 
-def initial_state(config: ml_collections.ConfigDict, program: TrainProgram) -> tuple[TrainState, Any]:
+def initial_state(
+    config: ml_collections.ConfigDict, program: TrainProgram
+) -> tuple[TrainState, Any]:
     """Pretrained (config.init.pretrained) or random parameters, placed on the mesh; fresh optimizer.
 
     One compiled program makes the whole state (compiles dominate small runs)."""
@@ -143,15 +177,21 @@ def initial_state(config: ml_collections.ConfigDict, program: TrainProgram) -> t
 
     def make(params):
         trainable, frozen = split_params(params, tcfg.trainable)
-        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                           opt_state=program.optimizer.init(trainable))
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            trainable=trainable,
+            opt_state=program.optimizer.init(trainable),
+        )
         return state, cast_floating(frozen, tcfg.frozen_dtype)
 
     if config.init.get("pretrained"):
-        params = jax.device_put(_pretrained_params(config, program.model.config), program.param_shardings)
+        params = jax.device_put(
+            _pretrained_params(config, program.model.config), program.param_shardings
+        )
         return jax.jit(make, out_shardings=out_shardings)(params)
-    return jax.jit(lambda rng: make(nn.unbox(program.init(rng))),
-                   out_shardings=out_shardings)(jax.random.key(tcfg.seed))
+    return jax.jit(lambda rng: make(nn.unbox(program.init(rng))), out_shardings=out_shardings)(
+        jax.random.key(tcfg.seed)
+    )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -159,44 +199,74 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tcfg = config.train
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     demo_data.ensure_from_config(config.data)
-    dataset = pipeline.build_train_dataset(config.data, process_index=jax.process_index(),
-                                           process_count=jax.process_count())
+    dataset = pipeline.build_train_dataset(
+        config.data, process_index=jax.process_index(), process_count=jax.process_count()
+    )
     data_iterator = iter(dataset)
 
     with sharding.activate(mesh, rules):
         program = build_program(config, mesh, rules)
-        manager = checkpoint.make_manager(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
-                                          config.checkpoint.async_save)
+        manager = checkpoint.make_manager(
+            workdir,
+            config.checkpoint.every_steps,
+            config.checkpoint.keep,
+            config.checkpoint.async_save,
+        )
         start = manager.latest_step()
         if start is None:
             state, frozen = initial_state(config, program)
             start = 0
         else:
             abstract = program.abstract_state
-            restored = checkpoint.restore(manager, start, merge_params(abstract.trainable, program.abstract_frozen),
-                                          abstract.opt_state, data_iterator)
+            restored = checkpoint.restore(
+                manager,
+                start,
+                merge_params(abstract.trainable, program.abstract_frozen),
+                abstract.opt_state,
+                data_iterator,
+            )
             trainable, frozen = split_params(restored["params"], tcfg.trainable)
             step = jax.device_put(jnp.asarray(start, jnp.int32), abstract.step.sharding)
-            state = TrainState(step=step, trainable=trainable,
-                               opt_state=restored["opt_state"])
+            state = TrainState(step=step, trainable=trainable, opt_state=restored["opt_state"])
             logger.info("resumed from step %d", start)
 
         model_config = program.model.config
-        shapes = flops.Shapes(config.data.global_batch_size, config.data.image_size, config.data.qformer_max_len,
-                              config.data.text_max_len, config.data.target_max_len)
+        shapes = flops.Shapes(
+            config.data.global_batch_size,
+            config.data.image_size,
+            config.data.qformer_max_len,
+            config.data.text_max_len,
+            config.data.target_max_len,
+        )
         step_flops = flops.train_step_flops(model_config, shapes)
-        peak = flops.device_peak_flops(jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0))
+        peak = flops.device_peak_flops(
+            jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0)
+        )
         started = time.perf_counter()
-        step_fn = program.step_fn.lower(program.abstract_state, program.abstract_frozen,
-                                        program.abstract_batch).compile()
+        step_fn = program.step_fn.lower(
+            program.abstract_state, program.abstract_frozen, program.abstract_batch
+        ).compile()
         logger.info("train step compiled in %.1f s", time.perf_counter() - started)
         distributed.barrier("ib_jax_train_step_compiled")
         writer = MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
         preemption = _Preemption()
         last: dict[str, float] = {}
         try:
-            last, finished = _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer,
-                                   preemption, optim.learning_rate_schedule(tcfg), step_flops, peak, start)
+            last, finished = _loop(
+                config,
+                state,
+                frozen,
+                step_fn,
+                data_iterator,
+                mesh,
+                manager,
+                writer,
+                preemption,
+                optim.learning_rate_schedule(tcfg),
+                step_flops,
+                peak,
+                start,
+            )
         finally:
             preemption.restore()
             manager.wait_until_finished()
@@ -208,8 +278,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return last
 
 
-def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, preemption, schedule,
-          step_flops, peak, start) -> tuple[dict[str, float], bool]:
+def _loop(
+    config,
+    state,
+    frozen,
+    step_fn,
+    data_iterator,
+    mesh,
+    manager,
+    writer,
+    preemption,
+    schedule,
+    step_flops,
+    peak,
+    start,
+) -> tuple[dict[str, float], bool]:
     """Steps start+1.. until num_steps, a preemption or stop_after_steps; (last metrics, finished)."""
     tcfg = config.train
     last: dict[str, float] = {}
@@ -222,13 +305,20 @@ def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, 
         if step % tcfg.log_every == 0 or is_last or step == start + 1:
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; the last good checkpoint "
-                                         f"(step {manager.latest_step()}) is untouched")
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss} at step {step}; the last good checkpoint "
+                    f"(step {manager.latest_step()}) is untouched"
+                )
             elapsed = time.perf_counter() - window_start
             step_time = elapsed / window_steps
-            last = {"loss": loss, "grad_norm": float(metrics["grad_norm"]), "learning_rate": float(schedule(step - 1)),
-                    "step_time_s": step_time, "examples_per_s": config.data.global_batch_size / step_time,
-                    "tokens_per_s": _tokens(config) / step_time}
+            last = {
+                "loss": loss,
+                "grad_norm": float(metrics["grad_norm"]),
+                "learning_rate": float(schedule(step - 1)),
+                "step_time_s": step_time,
+                "examples_per_s": config.data.global_batch_size / step_time,
+                "tokens_per_s": _tokens(config) / step_time,
+            }
             if step_flops and peak:
                 last["mfu"] = step_flops / step_time / (peak * jax.device_count())
             writer.write(step, last)
@@ -236,10 +326,19 @@ def _loop(config, state, frozen, step_fn, data_iterator, mesh, manager, writer, 
         stop = preemption.any_process() or step - start == tcfg.get("stop_after_steps", 0)
         if stop or is_last or step % config.checkpoint.every_steps == 0:
             if not np.isfinite(float(metrics["loss"])):  # never save a diverged state
-                raise NonFiniteLossError(f"non-finite loss at step {step}; the last good checkpoint "
-                                         f"(step {manager.latest_step()}) is untouched")
-            checkpoint.save(manager, step, merge_params(state.trainable, frozen), state.opt_state, data_iterator,
-                            config, force=stop or is_last)
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step}; the last good checkpoint "
+                    f"(step {manager.latest_step()}) is untouched"
+                )
+            checkpoint.save(
+                manager,
+                step,
+                merge_params(state.trainable, frozen),
+                state.opt_state,
+                data_iterator,
+                config,
+                force=stop or is_last,
+            )
         if stop:
             return last, False
     return last, True
