@@ -28,17 +28,11 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import images, mixing, registry, sources, templates, text
+from ib_jax.batch import TRAIN_KEYS
 
 logger = logging.getLogger(__name__)
 
-BATCH_KEYS = (
-    "pixel_values",
-    "qformer_input_ids",
-    "qformer_attention_mask",
-    "input_ids",
-    "attention_mask",
-    "labels",
-)
+BATCH_KEYS = TRAIN_KEYS  # a training batch holds exactly these
 BAD_KEY = "_bad"  # marker element: {"_bad": reason, "_dataset": name}
 DATASET_KEY = "_dataset"  # name of the dataset an element came from (stripped before batching)
 META_FIELDS = (

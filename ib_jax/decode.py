@@ -33,15 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ib_jax.batch import MODEL_INPUTS
+
 Array = jax.Array
 Cache = Any
-MODEL_INPUTS = (
-    "pixel_values",
-    "qformer_input_ids",
-    "qformer_attention_mask",
-    "input_ids",
-    "attention_mask",
-)
 _NEG = -1.0e9  # HF's "very large negative" for beam bookkeeping (not -inf: it must stay comparable)
 
 

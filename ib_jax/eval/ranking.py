@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ib_jax.decode import MODEL_INPUTS
+from ib_jax.batch import MODEL_INPUTS
 from ib_jax.models.t5 import shift_right
 
 Array = jax.Array

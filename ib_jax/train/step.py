@@ -13,24 +13,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ib_jax.batch import TRAIN_KEYS
 from ib_jax.models.instructblip import InstructBlip
 from ib_jax.train.state import TrainState, merge_params
-
-MODEL_INPUTS = (
-    "pixel_values",
-    "qformer_input_ids",
-    "qformer_attention_mask",
-    "input_ids",
-    "attention_mask",
-    "labels",
-)
 
 
 def loss_fn(
     model: InstructBlip, trainable: Any, frozen: Any, batch: dict[str, jax.Array]
 ) -> jax.Array:
     params = merge_params(trainable, frozen)
-    out = model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS})
+    out = model.apply({"params": params}, **{k: batch[k] for k in TRAIN_KEYS})
     return out.loss
 
 
