@@ -10,7 +10,6 @@ SentencePiece, batch) after a warm-up. Prints one JSON line per worker count.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -18,10 +17,11 @@ import time
 
 import numpy as np
 import skimage.data
+from absl import app, flags
 from PIL import Image
 from tqdm import tqdm
 
-from data_pipelines import demo_data, pipeline
+from data_pipelines import demo_data, train_pipeline
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "camera")
 
@@ -57,6 +57,7 @@ def write_jpegs(root: str, num_images: int) -> str:
 
 
 def measure(root: str, ann_path: str, workers: int, batch_size: int, batches: int) -> dict:
+    """Examples/s of `build_train_dataset` over the files of `write_jpegs`, after a warm-up."""
     config = {
         "datasets": [
             {"name": "vqav2", "ann_path": ann_path, "image_root": os.path.join(root, "images")}
@@ -74,7 +75,7 @@ def measure(root: str, ann_path: str, workers: int, batch_size: int, batches: in
         "augment": False,
         "prefetch_batches": 2,
     }
-    iterator = iter(pipeline.build_train_dataset(config, process_index=0, process_count=1))
+    iterator = iter(train_pipeline.build_train_dataset(config, process_index=0, process_count=1))
     for _ in range(3):  # warm-up: worker start, tokenizer load, first buffers
         next(iterator)
     start = time.perf_counter()
@@ -92,21 +93,25 @@ def measure(root: str, ann_path: str, workers: int, batch_size: int, batches: in
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--num_images", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
-    args = parser.parse_args()
+def _define_flags() -> None:
+    """CLI flags, defined only when run as a program (benchmarks.run imports this module)."""
+    global _NUM_IMAGES, _BATCH_SIZE, _BATCHES, _WORKERS
+    _NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "JPEGs to write")
+    _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "examples per batch")
+    _BATCHES = flags.DEFINE_integer("batches", 20, "batches timed after the warm-up")
+    _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "worker counts to measure")
+
+
+def main(argv: list[str]) -> None:
+    """Writes the JPEGs once, then prints one JSON line per worker count."""
+    del argv
     with tempfile.TemporaryDirectory() as root:
-        ann_path = write_jpegs(root, args.num_images)
-        for workers in (int(w) for w in args.workers.split(",")):
-            print(
-                json.dumps(measure(root, ann_path, workers, args.batch_size, args.batches)),
-                flush=True,
-            )
+        ann_path = write_jpegs(root, _NUM_IMAGES.value)
+        for workers in (int(w) for w in _WORKERS.value):
+            result = measure(root, ann_path, workers, _BATCH_SIZE.value, _BATCHES.value)
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)

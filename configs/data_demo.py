@@ -1,8 +1,11 @@
 """Data config of the embedded demo (rendered shapes; data_pipelines/demo_data.py).
 
-`get_config("root=/some/dir")` puts the demo data elsewhere (default: workdirs/demo_data). The demo
-files are written on first use by `data_pipelines.demo_data.ensure_demo_dataset(root, ...)` with
-the `demo_num_train` / `demo_num_eval` / `seed` below; every path here is derived from `root`.
+`get_config("root=/some/dir")` puts the demo data elsewhere (default: workdirs/demo_data);
+`num_train=`, `num_eval=` and `seed=` (the same arg string, comma-separated, or keyword arguments
+for the first two) size and seed the rendering. Every entry names its generator
+(`generate={"kind": "demo_shapes", ...}`), so the files are written on first use by whichever
+data code reads an entry first (`data_pipelines.sources.load_records`); every path here is
+derived from `root`.
 """
 
 import os
@@ -12,38 +15,38 @@ import ml_collections
 from data_pipelines import demo_data
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+def get_config(
+    arg: str | None = None, *, num_train: int = 600, num_eval: int = 100
+) -> ml_collections.ConfigDict:
+    """The demo's data config; `arg` options (root, num_train, num_eval, seed) override."""
     options = dict(item.split("=", 1) for item in arg.split(",")) if arg else {}
     root = options.get("root", "workdirs/demo_data")
     images = os.path.join(root, "images")
-    ann = lambda name: os.path.join(root, "annotations", f"{name}.json")  # noqa: E731
+    generate = {
+        "kind": "demo_shapes",
+        "root": root,
+        "num_train": int(options.get("num_train", num_train)),
+        "num_eval": int(options.get("num_eval", num_eval)),
+        "seed": int(options.get("seed", 0)),
+    }
+
+    def entry(name: str, annotations: str, **fields) -> dict:
+        ann_path = os.path.join(root, "annotations", f"{annotations}.json")
+        return dict(name=name, ann_path=ann_path, image_root=images, generate=generate, **fields)
 
     config = ml_collections.ConfigDict()
-    config.demo_root = root
-    config.demo_num_train = 600
-    config.demo_num_eval = 100
     # Training mixture: registry names; weights ~ sqrt(#records) x multiplier.
     config.datasets = [
-        {"name": "demo_vqa", "ann_path": ann("vqa_train"), "image_root": images, "multiplier": 2.0},
-        {
-            "name": "demo_caption",
-            "ann_path": ann("caption_train"),
-            "image_root": images,
-            "multiplier": 1.0,
-        },
-        {"name": "demo_mc", "ann_path": ann("mc_train"), "image_root": images, "multiplier": 1.0},
-        {"name": "demo_qg", "ann_path": ann("vqa_train"), "image_root": images, "multiplier": 0.5},
+        entry("demo_vqa", "vqa_train", multiplier=2.0),
+        entry("demo_caption", "caption_train", multiplier=1.0),
+        entry("demo_mc", "mc_train", multiplier=1.0),
+        entry("demo_qg", "vqa_train", multiplier=0.5),
     ]
     # Held-out evaluation: images never seen in training.
     config.eval_datasets = [
-        {"name": "demo_vqa", "split": "eval", "ann_path": ann("vqa_eval"), "image_root": images},
-        {
-            "name": "demo_caption",
-            "split": "eval",
-            "ann_path": ann("caption_eval"),
-            "image_root": images,
-        },
-        {"name": "demo_mc", "split": "eval", "ann_path": ann("mc_eval"), "image_root": images},
+        entry("demo_vqa", "vqa_eval", split="eval"),
+        entry("demo_caption", "caption_eval", split="eval"),
+        entry("demo_mc", "mc_eval", split="eval"),
     ]
     config.image_size = 64
     config.num_frames = 4

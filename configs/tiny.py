@@ -42,15 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat_policy="none",
     )
     config.init = ml_collections.ConfigDict(dict(pretrained=""))
-    config.data = data_demo.get_config(arg)
+    config.data = data_demo.get_config(arg, num_train=64, num_eval=16)  # short test runs
     config.data.image_size = 32
     config.data.global_batch_size = 8
     config.data.qformer_max_len = 24
     config.data.text_max_len = 24
     config.data.target_max_len = 12
     config.data.prefetch_batches = 0
-    config.data.demo_num_train = 64
-    config.data.demo_num_eval = 16
     config.mesh = common.mesh(data=-1)
     config.train = common.train(
         num_steps=6,

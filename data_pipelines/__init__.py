@@ -1,12 +1,16 @@
 """Grain input pipelines for InstructBLIP instruction tuning and zero-shot evaluation.
 
 Entry points (kept small; see each module's docstring):
-- `pipeline.build_train_dataset(data_config, process_index=, process_count=)`: endless per-process
-  batches (docs/CONTRACTS.md), iterator with get_state/set_state.
-- `pipeline.build_eval_dataset(data_config, name, split, ...)`: padded batches + `valid` + `meta`.
-- `demo_data.write_demo_dataset(root, num_train, num_eval, seed)`: the embedded demo data.
-- `python -m data_pipelines.inspect` / `python -m data_pipelines.prepare`.
+- `train_pipeline.build_train_dataset(data_config, process_index=, process_count=)`: endless
+  per-process batches (docs/CONTRACTS.md), iterator with get_state/set_state.
+- `eval_pipeline.build_eval_dataset(data_config, name, split, ...)`: padded batches + `valid` +
+  `meta`.
+- `python -m data_pipelines.preview` / `python -m data_pipelines.prepare`, both with the run
+  config training takes (`--config=configs/demo.py`).
 
-Modules: registry (datasets), formats (annotation parsers), sources (records / ArrayRecord),
-templates (instructions), images, text (tokenizers), mixing, pipeline, demo_data.
+Modules, from the files to the batch: registry (the datasets), formats/ (annotation parsers, one
+module per dataset family), sources (records from annotation files, ArrayRecord files or a
+generator such as the demo's), templates (instructions), images, text (tokenizers), preprocess
+(one example -> arrays; the table of data-config defaults), mixing, train_pipeline,
+eval_pipeline; demo_data renders the embedded demo, prepare writes ArrayRecord files.
 """

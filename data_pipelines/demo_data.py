@@ -18,6 +18,7 @@ learns it on CPU in minutes. `build_tokenizer_assets(out_dir)` regenerates the c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import string
@@ -163,39 +164,49 @@ def write_demo_dataset(root: str, num_train: int = 600, num_eval: int = 100, see
 def ensure_demo_dataset(
     root: str, num_train: int = 600, num_eval: int = 100, seed: int = 0
 ) -> dict:
-    """`write_demo_dataset` unless `root` already holds the same demo (checked by a manifest)."""
+    """`write_demo_dataset` unless `root` already holds the same demo (checked by a manifest).
+
+    This is the `demo_shapes` generator of `data_pipelines.sources`: the demo config's entries
+    name it, and whichever process reads them first renders the files. A lock file serializes
+    processes that start together on one machine (the others then find the manifest)."""
+    os.makedirs(root, exist_ok=True)
     manifest = os.path.join(root, "manifest.json")
     wanted = {"num_train": num_train, "num_eval": num_eval, "seed": seed}
-    if os.path.exists(manifest):
-        with open(manifest) as f:
-            saved = json.load(f)
-        if saved.get("args") == wanted:
-            return saved["paths"]
-    paths = write_demo_dataset(root, num_train, num_eval, seed)
-    with open(manifest, "w") as f:
-        json.dump({"args": wanted, "paths": paths}, f)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                saved = json.load(f)
+            if saved.get("args") == wanted:
+                return saved["paths"]
+        paths = write_demo_dataset(root, num_train, num_eval, seed)
+        with open(manifest, "w") as f:
+            json.dump({"args": wanted, "paths": paths}, f)
     return paths
 
 
+def _demo_options(data_config) -> list[dict]:
+    """The distinct `demo_shapes` options named by a data config's entries (usually one)."""
+    found = []
+    entries = list(data_config.get("datasets") or []) + list(data_config.get("eval_datasets") or [])
+    for entry in entries:
+        options = dict(entry.get("generate") or {})
+        if options.pop("kind", None) == "demo_shapes" and options not in found:
+            found.append(options)
+    return found
+
+
 def ensure_from_config(data_config) -> dict | None:
-    """Writes the demo data a config points at (`demo_root`), if it has one; else None."""
-    root = data_config.get("demo_root") if hasattr(data_config, "get") else None
-    if not root:
-        return None
-    return ensure_demo_dataset(
-        root,
-        int(data_config.get("demo_num_train", 600)),
-        int(data_config.get("demo_num_eval", 100)),
-        int(data_config.get("seed", 0)),
-    )
+    """Writes the demo data a data config's entries name (once, e.g. before starting several
+    processes that would otherwise all find it missing); the paths of the first, or None."""
+    paths = [ensure_demo_dataset(**options) for options in _demo_options(data_config)]
+    return paths[0] if paths else None
 
 
 def demo_corpus() -> list[str]:
     """Every text the demo can produce: scene captions/questions/answers, all instruction templates
     (placeholders removed) and the printable ASCII characters (so no character maps to [UNK])."""
-    from data_pipelines import (
-        templates,
-    )  # local import: templates is light, but keep module order clear
+    from data_pipelines import templates  # local: only the asset builder needs it
 
     lines = [string.ascii_lowercase, string.ascii_uppercase, string.digits, string.punctuation]
     for shape in SHAPES:
@@ -266,9 +277,8 @@ def build_tokenizer_assets(out_dir: str = ASSETS_DIR) -> dict[str, str]:
             shuffle_input_sentence=False,
             minloglevel=2,
         )
-        os.remove(
-            prefix + ".vocab"
-        )  # the .model holds everything; keep the committed assets minimal
+        # The .model holds everything; keep the committed assets minimal.
+        os.remove(prefix + ".vocab")
     return {"qformer_vocab": vocab_path, "lm_spm": prefix + ".model"}
 
 

@@ -1,6 +1,9 @@
 """Annotation files + images -> one ArrayRecord file per (dataset, split), for fast random access.
 
-  python -m data_pipelines.prepare --config=configs/data_demo.py --out_dir=/data/prepared
+  python -m data_pipelines.prepare --config=configs/demo.py --out=/data/prepared
+
+`--config` is the run config training takes (its `data` section is read; a data-only config such
+as configs/data_heldin.py works too), with the same `--config.data.<key>=...` overrides.
 
 Why ArrayRecord and not a TFDS builder: TFDS writes examples through `tf.train.Example` (its
 Image/Text features need TensorFlow, which this project does not install). The files written here
@@ -26,13 +29,15 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from data_pipelines import demo_data, images, sources
+from data_pipelines import images, preprocess, sources
 
 logger = logging.getLogger(__name__)
 
 
 def prepare_entry(
-    entry: Mapping[str, Any], out_path: str, max_bad_fraction: float = 0.01
+    entry: Mapping[str, Any],
+    out_path: str,
+    max_bad_fraction: float = preprocess.DATA_DEFAULTS["max_bad_fraction"],
 ) -> dict[str, Any]:
     """Writes one config entry's records to `out_path`; returns the sidecar dict (counts, paths)."""
     records = sources.load_records(entry, max_bad_fraction)
@@ -79,11 +84,15 @@ def _check_decodable(record: Mapping[str, Any]) -> None:
         images.load_image(record["image"])
 
 
-def prepare_config(data_config, out_dir: str) -> list[dict[str, Any]]:
-    """Every training and eval entry of a data config -> ArrayRecord files under `out_dir`."""
+def prepare_config(data_config: Mapping[str, Any], out_dir: str) -> list[dict[str, Any]]:
+    """Every training and eval entry of a data config -> ArrayRecord files under `out_dir`
+    (`<out_dir>/<dataset>/<split>.array_record`); returns the sidecars."""
     results = []
-    max_bad = float(data_config.get("max_bad_fraction", 0.01))
-    for entry in list(data_config.get("datasets", [])) + list(data_config.get("eval_datasets", [])):
+    max_bad = float(preprocess.setting(data_config, "max_bad_fraction"))
+    entries = list(preprocess.setting(data_config, "datasets")) + list(
+        preprocess.setting(data_config, "eval_datasets")
+    )
+    for entry in entries:
         split = entry.get("split", "train")
         out_path = os.path.join(out_dir, entry["name"], f"{split}{sources.ARRAY_RECORD_SUFFIX}")
         results.append(prepare_entry(entry, out_path, max_bad))
@@ -92,20 +101,22 @@ def prepare_config(data_config, out_dir: str) -> list[dict[str, Any]]:
 
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
-    global _CONFIG, _OUT_DIR
+    global _CONFIG, _OUT
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "data config file (configs/data_*.py)"
+        "config",
+        None,
+        "run config (configs/*.py; its `data` is read) or a data config",
+        lock_config=True,
     )
-    _OUT_DIR = flags.DEFINE_string("out_dir", None, "where to write <dataset>/<split>.array_record")
+    _OUT = flags.DEFINE_string("out", None, "directory for <dataset>/<split>.array_record")
+    flags.mark_flags_as_required(["config", "out"])
 
 
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
+    """Prepares every dataset of --config's data under --out; prints one JSON line each."""
     del argv
     logging.basicConfig(level=logging.WARNING)
-    if _CONFIG.value is None or _OUT_DIR.value is None:
-        raise app.UsageError("--config and --out_dir are required")
-    demo_data.ensure_from_config(_CONFIG.value)
-    for sidecar in prepare_config(_CONFIG.value, _OUT_DIR.value):
+    for sidecar in prepare_config(preprocess.data_section(_CONFIG.value), _OUT.value):
         print(
             json.dumps(
                 {k: sidecar[k] for k in ("dataset", "array_record", "num_records", "num_skipped")}

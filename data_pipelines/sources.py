@@ -6,6 +6,11 @@ A config entry (one element of `data_config.datasets`) names a registry dataset 
 tree). Records are canonical dicts (docs/CONTRACTS.md). Prepared records carry the encoded image
 bytes under `image_bytes` (a list for video frames under `frame_bytes`) instead of a path.
 
+An entry may also say how its files are made: `generate={"kind": <GENERATORS key>, **options}`
+(the embedded demo: `{"kind": "demo_shapes", "root", "num_train", "num_eval", "seed"}`). The files
+are then written on first use, by whichever code reads the entry first, so no driver needs to
+know that a dataset is generated.
+
 Start-up errors (unknown dataset, missing file or directory, empty split) are raised here, naming
 the dataset and the path, before any worker starts.
 """
@@ -16,16 +21,18 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from data_pipelines import formats, registry
+from data_pipelines.preprocess import DATA_DEFAULTS
 
 logger = logging.getLogger(__name__)
 ARRAY_RECORD_SUFFIX = ".array_record"
 
 
 def entry_name(entry: Mapping[str, Any]) -> str:
+    """The registry name of a config entry (KeyError naming the entry if it has none)."""
     if "name" not in entry:
         raise KeyError(f"data config dataset entry {dict(entry)} has no 'name'")
     return str(entry["name"])
@@ -34,6 +41,36 @@ def entry_name(entry: Mapping[str, Any]) -> str:
 def resolve_spec(entry: Mapping[str, Any]) -> registry.DatasetSpec:
     """The registry spec of a config entry (KeyError listing the known names if unknown)."""
     return registry.get(entry_name(entry))
+
+
+# ------------------------------------------------------------------------------------------
+# Generated sources: files written by code on first use
+# ------------------------------------------------------------------------------------------
+
+
+def _demo_shapes(root: str, num_train: int = 600, num_eval: int = 100, seed: int = 0) -> None:
+    from data_pipelines import demo_data  # local: only generated entries need the renderer
+
+    demo_data.ensure_demo_dataset(root, int(num_train), int(num_eval), int(seed))
+
+
+GENERATORS: dict[str, Callable[..., None]] = {"demo_shapes": _demo_shapes}
+
+
+def ensure_generated(entry: Mapping[str, Any]) -> None:
+    """Writes the files of an entry with `generate=` unless they are already there (no-op for
+    other entries). Each generator checks its own output, so calling this again is cheap."""
+    options = entry.get("generate")
+    if not options:
+        return
+    options = dict(options)
+    kind = options.pop("kind", None)
+    if kind not in GENERATORS:
+        raise KeyError(
+            f"dataset {entry.get('name')!r}: unknown generate kind {kind!r}; "
+            f"known: {sorted(GENERATORS)}"
+        )
+    GENERATORS[kind](**options)
 
 
 # ------------------------------------------------------------------------------------------
@@ -95,9 +132,11 @@ class ArrayRecordRecords(Sequence):
         self._source = grain.sources.ArrayRecordDataSource([path])
 
     def __len__(self) -> int:
+        """Number of records in the file."""
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The decoded record at `index` (header fields + `image_bytes` / `frame_bytes`)."""
         return deserialize_record(self._source[index])
 
 
@@ -118,9 +157,11 @@ def _check_paths(name: str, entry: Mapping[str, Any]) -> None:
 
 
 def load_records(
-    entry: Mapping[str, Any], max_bad_fraction: float = 0.01
+    entry: Mapping[str, Any], max_bad_fraction: float = DATA_DEFAULTS["max_bad_fraction"]
 ) -> Sequence[dict[str, Any]]:
     """A config entry -> its records (a list, or a lazy ArrayRecord sequence). Never empty.
+
+    A generated entry (`generate=`) has its files written first if they are not there yet.
 
     Annotation files go through `formats.parse` (options from the entry's `parse_options`, e.g.
     `{"split": "train"}`); malformed entries are skipped, counted and logged, and more than
@@ -128,6 +169,7 @@ def load_records(
     """
     name = entry_name(entry)
     spec = resolve_spec(entry)
+    ensure_generated(entry)
     _check_paths(name, entry)
     if "array_record" in entry:
         records: Sequence[dict[str, Any]] = ArrayRecordRecords(entry["array_record"])

@@ -144,10 +144,10 @@ class Outputs:
 
 
 def _eval_settings(config: ml_collections.ConfigDict, dataset: str):
-    from data_pipelines import pipeline, sources
+    from data_pipelines import eval_pipeline, sources
     from ib_jax.eval import evaluators
 
-    entry = pipeline.find_eval_entry(config.data, dataset, config.eval.get("split", "eval"))
+    entry = eval_pipeline.find_eval_entry(config.data, dataset, config.eval.get("split", "eval"))
     overrides = config.eval.get("overrides", {}) or {}
     overrides = dict(overrides.get(dataset, {}) or {}) if hasattr(overrides, "get") else {}
     return evaluators.settings_for(
@@ -161,7 +161,7 @@ def evaluate_checkpoint(
     """Every dataset of config.eval on one checkpoint; writes outputs, returns {dataset: metrics}."""
     from tqdm import tqdm
 
-    from data_pipelines import pipeline, sources
+    from data_pipelines import eval_pipeline, preprocess, sources
     from data_pipelines.text import LMTokenizer
     from ib_jax.eval import evaluators
 
@@ -175,10 +175,11 @@ def evaluate_checkpoint(
     for dataset in config.eval.datasets:
         settings = _eval_settings(config, dataset)
         evaluator = evaluators.make_evaluator(settings, tokenizer)
-        entry = pipeline.find_eval_entry(data_config, dataset, split)
-        total = len(sources.load_records(entry, float(data_config.get("max_bad_fraction", 0.01))))
+        entry = eval_pipeline.find_eval_entry(data_config, dataset, split)
+        max_bad_fraction = preprocess.setting(data_config, "max_bad_fraction")
+        total = len(sources.load_records(entry, float(max_bad_fraction)))
         with tqdm(total=total, desc=f"{tag} {dataset}", unit="ex", leave=False) as bar:
-            batches = pipeline.build_eval_dataset(data_config, dataset, split)
+            batches = eval_pipeline.build_eval_dataset(data_config, dataset, split)
             result = evaluator.run(model, params, batches, progress=bar.update)
         outputs.write(dataset, tag, step, result.metrics, result.predictions)
         logger.info("%s %s: %s", tag, dataset, result.metrics)
@@ -237,9 +238,6 @@ def run(
     poll_seconds: float = 30.0,
     timeout_seconds: float = 3600.0,
 ) -> Any:
-    from data_pipelines import demo_data
-
-    demo_data.ensure_from_config(config.data)  # the demo config's data is generated on first use
     outputs = Outputs(workdir)
     try:
         if watch_mode:

@@ -11,18 +11,27 @@ import pytest
 from PIL import Image
 
 from configs import data_demo
-from data_pipelines import demo_data, mixing, pipeline, prepare, sources
+from data_pipelines import (
+    demo_data,
+    eval_pipeline,
+    mixing,
+    prepare,
+    preprocess,
+    sources,
+    train_pipeline,
+)
+from ib_jax.batch import TRAIN_KEYS
 
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("demo"))
-    demo_data.write_demo_dataset(root, num_train=40, num_eval=10, seed=0)
+    demo_data.ensure_demo_dataset(root, num_train=40, num_eval=10, seed=0)
     return root
 
 
 def make_config(root, **overrides):
-    config = data_demo.get_config(f"root={root}")
+    config = data_demo.get_config(f"root={root}", num_train=40, num_eval=10)
     config.global_batch_size = 8
     config.eval_batch_size = 8
     config.prefetch_batches = 0
@@ -45,8 +54,8 @@ def assert_batches_equal(a, b):
 
 def test_train_batch_matches_the_contract(demo_root):
     config = make_config(demo_root)
-    batch = take(pipeline.build_train_dataset(config, process_index=0, process_count=1), 1)[0]
-    assert set(batch) == set(pipeline.BATCH_KEYS)
+    batch = take(train_pipeline.build_train_dataset(config, process_index=0, process_count=1), 1)[0]
+    assert set(batch) == set(TRAIN_KEYS)
     assert (
         batch["pixel_values"].shape == (8, 64, 64, 3) and batch["pixel_values"].dtype == np.float32
     )
@@ -64,7 +73,7 @@ def test_train_batch_matches_the_contract(demo_root):
 
 def test_deterministic_and_resumes_exactly(demo_root):
     config = make_config(demo_root, prefetch_batches=2)
-    build = lambda c: pipeline.build_train_dataset(c, process_index=0, process_count=1)  # noqa: E731
+    build = lambda c: train_pipeline.build_train_dataset(c, process_index=0, process_count=1)  # noqa: E731
     assert_batches_equal(take(build(config), 3), take(build(config), 3))
     other = make_config(demo_root, seed=1)
     assert not np.array_equal(
@@ -84,13 +93,13 @@ def test_deterministic_and_resumes_exactly(demo_root):
 
 def test_worker_processes_are_deterministic_and_resumable(demo_root):
     config = make_config(demo_root, worker_count=2)
-    dataset = pipeline.build_train_dataset(config, process_index=0, process_count=1)
+    dataset = train_pipeline.build_train_dataset(config, process_index=0, process_count=1)
     iterator = iter(dataset)
     first = [next(iterator) for _ in range(2)]
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(2)]
     iterator.close()
-    again = iter(pipeline.build_train_dataset(config, process_index=0, process_count=1))
+    again = iter(train_pipeline.build_train_dataset(config, process_index=0, process_count=1))
     assert_batches_equal([next(again) for _ in range(2)], first)
     again.set_state(state)
     assert_batches_equal([next(again) for _ in range(2)], expected)
@@ -102,16 +111,19 @@ def test_processes_read_disjoint_shards(demo_root):
     seen = []
     for process_index in range(2):
         batch = take(
-            pipeline.build_train_dataset(config, process_index=process_index, process_count=2), 1
+            train_pipeline.build_train_dataset(
+                config, process_index=process_index, process_count=2
+            ),
+            1,
         )[0]
         assert batch["pixel_values"].shape[0] == 4  # global 8 // 2 processes
-        stream, _ = pipeline.build_train_examples(
+        stream, _ = train_pipeline.build_train_examples(
             config, process_index=process_index, process_count=2, keep_text=True
         )
         seen.append({(e["_dataset"], e["_id"]) for e in take(stream, 120)})
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     with pytest.raises(ValueError, match="not divisible"):
-        pipeline.build_train_dataset(
+        train_pipeline.build_train_dataset(
             make_config(demo_root, global_batch_size=9), process_index=0, process_count=2
         )
 
@@ -132,10 +144,10 @@ def test_mixture_proportions_match_sqrt_size_weights():
 
 
 def test_realized_mixture_in_the_real_pipeline(demo_root):
-    from data_pipelines import inspect as inspect_cli
+    from data_pipelines import preview
 
     config = make_config(demo_root, image_size=16)
-    lines = list(inspect_cli.inspect_examples(config, 240))
+    lines = list(preview.preview_examples(config, 240))
     assert len(lines) == 241 and all(json.dumps(line) for line in lines)
     assert {"dataset", "instruction", "target", "image_shape"} <= set(lines[0])
     for name, row in lines[-1]["mixture"].items():
@@ -167,11 +179,11 @@ def corrupt_copy(demo_root, tmp_path, bad_every):
 def test_bad_images_are_skipped_counted_and_logged(demo_root, tmp_path, caplog):
     root, broken = corrupt_copy(demo_root, tmp_path, bad_every=20)  # 5% bad
     config = make_config(root, max_bad_fraction=0.2, bad_fraction_min_examples=10)
-    iterator = iter(pipeline.build_train_dataset(config, process_index=0, process_count=1))
-    with caplog.at_level(logging.WARNING, logger="data_pipelines.pipeline"):
+    iterator = iter(train_pipeline.build_train_dataset(config, process_index=0, process_count=1))
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.train_pipeline"):
         batches = [next(iterator) for _ in range(10)]
     assert all(b["pixel_values"].shape[0] == 8 for b in batches)
-    counts = pipeline.find_guard(iterator).counts
+    counts = train_pipeline.find_guard(iterator).counts
     assert counts["bad"] > 0 and counts["seen"] == counts["bad"] + sum(
         counts["per_dataset"].values()
     )
@@ -179,15 +191,15 @@ def test_bad_images_are_skipped_counted_and_logged(demo_root, tmp_path, caplog):
     assert any(os.path.basename(p) in logged for p in broken)
 
     strict = make_config(root, max_bad_fraction=0.01, bad_fraction_min_examples=10)
-    with pytest.raises(pipeline.BadDataError, match="max_bad_fraction"):
-        take(pipeline.build_train_dataset(strict, process_index=0, process_count=1), 30)
+    with pytest.raises(preprocess.BadDataError, match="max_bad_fraction"):
+        take(train_pipeline.build_train_dataset(strict, process_index=0, process_count=1), 30)
 
 
 def test_bad_images_in_worker_processes_reach_the_main_process(demo_root, tmp_path):
     root, _ = corrupt_copy(demo_root, tmp_path, bad_every=2)  # 50% bad
     config = make_config(root, worker_count=1, max_bad_fraction=0.1, bad_fraction_min_examples=10)
-    iterator = iter(pipeline.build_train_dataset(config, process_index=0, process_count=1))
-    with pytest.raises(pipeline.BadDataError, match="were bad"):
+    iterator = iter(train_pipeline.build_train_dataset(config, process_index=0, process_count=1))
+    with pytest.raises(preprocess.BadDataError, match="were bad"):
         for _ in range(20):
             next(iterator)
     iterator.close()
@@ -214,7 +226,7 @@ def test_startup_errors_name_the_problem(demo_root, tmp_path):
     ann = os.path.join(demo_root, "annotations", "vqa_train.json")
 
     def build(entry):
-        return pipeline.build_train_dataset(
+        return train_pipeline.build_train_dataset(
             make_config(demo_root, datasets=[entry]), process_index=0, process_count=1
         )
 
@@ -230,7 +242,7 @@ def test_startup_errors_name_the_problem(demo_root, tmp_path):
     with pytest.raises(ValueError, match="demo_vqa.*empty split"):
         build({"name": "demo_vqa", "ann_path": str(tmp_path / "empty.json"), "image_root": images})
     with pytest.raises(KeyError, match="no eval dataset 'demo_vqa' split 'test'"):
-        pipeline.build_eval_dataset(make_config(demo_root), "demo_vqa", "test")
+        eval_pipeline.build_eval_dataset(make_config(demo_root), "demo_vqa", "test")
 
 
 def test_eval_covers_every_example_once_with_padding(demo_root):
@@ -240,7 +252,7 @@ def test_eval_covers_every_example_once_with_padding(demo_root):
     seen, batch_counts = [], []
     for process_index in range(2):
         batches = list(
-            pipeline.build_eval_dataset(
+            eval_pipeline.build_eval_dataset(
                 config, "demo_vqa", "eval", process_index=process_index, process_count=2
             )
         )
@@ -261,12 +273,12 @@ def test_array_record_source_equals_annotation_source(demo_root, tmp_path):
     entry = dict(config.eval_datasets[0])
     sidecar = prepare.prepare_entry(entry, str(tmp_path / "demo_vqa" / "eval.array_record"))
     assert sidecar["num_records"] == 30 and sidecar["num_skipped"] == 0
-    from_json = list(pipeline.build_eval_dataset(config, "demo_vqa", "eval"))
+    from_json = list(eval_pipeline.build_eval_dataset(config, "demo_vqa", "eval"))
     prepared = make_config(demo_root)
     prepared.eval_datasets = [
         {"name": "demo_vqa", "split": "eval", "array_record": sidecar["array_record"]}
     ]
-    from_array_record = list(pipeline.build_eval_dataset(prepared, "demo_vqa", "eval"))
+    from_array_record = list(eval_pipeline.build_eval_dataset(prepared, "demo_vqa", "eval"))
     assert len(from_json) == len(from_array_record)
     for a, b in zip(from_json, from_array_record):
         for key in a:
@@ -300,7 +312,7 @@ def test_video_clips_sample_frames_uniformly(tmp_path):
             "image_root": str(root / "frames"),
         }
     ]
-    batch = next(iter(pipeline.build_eval_dataset(config, "msvd_qa", "test")))
+    batch = next(iter(eval_pipeline.build_eval_dataset(config, "msvd_qa", "test")))
     assert batch["pixel_values"].shape == (2, 4, 16, 16, 3)
     assert batch["meta"]["answers"] == [["car"], ["man"]]
     # frames 1, 3, 6, 8 of 10 (segment centres): the red channel rises across the clip
@@ -310,11 +322,16 @@ def test_video_clips_sample_frames_uniformly(tmp_path):
 
 def test_augmentation_switch(demo_root):
     plain = take(
-        pipeline.build_train_dataset(make_config(demo_root), process_index=0, process_count=1), 1
+        train_pipeline.build_train_dataset(
+            make_config(demo_root), process_index=0, process_count=1
+        ),
+        1,
     )[0]
     config = make_config(demo_root, augment=True)
-    augmented = take(pipeline.build_train_dataset(config, process_index=0, process_count=1), 1)[0]
-    again = take(pipeline.build_train_dataset(config, process_index=0, process_count=1), 1)[0]
+    augmented = take(
+        train_pipeline.build_train_dataset(config, process_index=0, process_count=1), 1
+    )[0]
+    again = take(train_pipeline.build_train_dataset(config, process_index=0, process_count=1), 1)[0]
     np.testing.assert_array_equal(augmented["input_ids"], plain["input_ids"])  # same examples
     assert not np.array_equal(augmented["pixel_values"], plain["pixel_values"])
     np.testing.assert_array_equal(augmented["pixel_values"], again["pixel_values"])
@@ -335,7 +352,7 @@ def test_eval_with_more_processes_than_examples(demo_root, tmp_path):
     valid = []
     for process_index in range(4):
         batches = list(
-            pipeline.build_eval_dataset(
+            eval_pipeline.build_eval_dataset(
                 config, "demo_vqa", "tiny", process_index=process_index, process_count=4
             )
         )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import common, data_demo
-from data_pipelines import pipeline, sources
+from data_pipelines import eval_pipeline, sources
 from ib_jax import evaluate
 from ib_jax.eval import evaluators
 
@@ -52,15 +52,13 @@ def _config(root: str) -> ml_collections.ConfigDict:
         scan_layers=False,
         remat_policy="none",
     )
-    config.data = data_demo.get_config(f"root={root}")
+    config.data = data_demo.get_config(f"root={root},num_train=8,num_eval=3")
     config.data.update(
         dict(
             image_size=32,
             qformer_max_len=24,
             text_max_len=24,
             target_max_len=8,
-            demo_num_train=8,
-            demo_num_eval=3,
             global_batch_size=4,
             prefetch_batches=0,
         )
@@ -162,7 +160,7 @@ def test_one_shot_on_a_converted_directory(config, tmp_path):
 
     assert set(results) == set(DATASETS)
     sizes = [
-        len(sources.load_records(pipeline.find_eval_entry(config.data, n, "eval")))
+        len(sources.load_records(eval_pipeline.find_eval_entry(config.data, n, "eval")))
         for n in DATASETS
     ]
     assert any(size % 4 for size in sizes)  # some last batch is padded: padding rows must not count
@@ -173,7 +171,9 @@ def test_one_shot_on_a_converted_directory(config, tmp_path):
     ]:
         m = results[name]
         # Every example is counted once; the padding rows of the last batch (batch size 4) are not.
-        expected = len(sources.load_records(pipeline.find_eval_entry(config.data, name, "eval")))
+        expected = len(
+            sources.load_records(eval_pipeline.find_eval_entry(config.data, name, "eval"))
+        )
         assert m["num_examples"] == expected and m["num_scored"] == expected
         assert m["missing_images"] == 0
         assert 0.0 <= m[metric] <= (10.0 if metric == "cider" else 1.0)

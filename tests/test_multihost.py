@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipelines import demo_data, pipeline
+from data_pipelines import demo_data, train_pipeline
 from ib_jax import checkpoint, sharding
 from ib_jax.configs_util import load_config
 from ib_jax.train import trainer
@@ -47,7 +47,7 @@ def _config(data_root):
 def _emulated_two_process_batches(config, num_batches):
     """Global batches of a 2-process run, built in one process: [process 0 rows; process 1 rows]."""
     iterators = [
-        iter(pipeline.build_train_dataset(config.data, process_index=i, process_count=2))
+        iter(train_pipeline.build_train_dataset(config.data, process_index=i, process_count=2))
         for i in range(2)
     ]
     return [
@@ -137,7 +137,7 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
 
         # The per-process data iterator state cannot move to another process count.
         one_process_iterator = iter(
-            pipeline.build_train_dataset(config.data, process_index=0, process_count=1)
+            train_pipeline.build_train_dataset(config.data, process_index=0, process_count=1)
         )
         with pytest.raises(ValueError, match=r"process_0-of-1\.json does not exist"):
             checkpoint.restore(

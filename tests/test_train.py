@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from data_pipelines import demo_data, pipeline
+from data_pipelines import demo_data, train_pipeline
 from ib_jax import checkpoint, sharding
 from ib_jax.configs_util import load_config, model_config
 from ib_jax.models.instructblip import InstructBlip
@@ -77,7 +77,9 @@ def _one_step(config, batch_np, devices=None):
 def test_sharded_step_equals_single_device(data_root):
     config = _config(data_root)
     demo_data.ensure_from_config(config.data)
-    batch = next(iter(pipeline.build_train_dataset(config.data, process_index=0, process_count=1)))
+    batch = next(
+        iter(train_pipeline.build_train_dataset(config.data, process_index=0, process_count=1))
+    )
     assert jax.device_count() == 8
     loss_8, params_8, specs = _one_step(_config(data_root, data=2, fsdp=2, tensor=2), batch)
     assert any(any(axis is not None for axis in spec) for spec in specs), "nothing was sharded"
@@ -93,7 +95,9 @@ def test_sharded_step_equals_single_device(data_root):
 def test_gradient_accumulation_matches_full_batch(data_root):
     config = _config(data_root, data=8)
     demo_data.ensure_from_config(config.data)
-    batch = next(iter(pipeline.build_train_dataset(config.data, process_index=0, process_count=1)))
+    batch = next(
+        iter(train_pipeline.build_train_dataset(config.data, process_index=0, process_count=1))
+    )
     loss_full, params_full, _ = _one_step(config, batch)
     config.train.grad_accum_steps = 2
     config.mesh.shape.data = 4  # each micro-batch of 4 still splits over the data axis

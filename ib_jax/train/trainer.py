@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from data_pipelines import demo_data, pipeline
+from data_pipelines import train_pipeline
 from ib_jax import checkpoint, distributed, sharding
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
@@ -198,8 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train per `config` in `workdir`; returns the last logged metrics."""
     tcfg = config.train
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
-    demo_data.ensure_from_config(config.data)
-    dataset = pipeline.build_train_dataset(
+    dataset = train_pipeline.build_train_dataset(
         config.data, process_index=jax.process_index(), process_count=jax.process_count()
     )
     data_iterator = iter(dataset)

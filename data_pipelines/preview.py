@@ -1,0 +1,98 @@
+"""Prints decoded training examples as JSON lines, then the realized mixture proportions.
+
+  python -m data_pipelines.preview --config=configs/demo.py --num_examples=20 [--out=preview.jsonl]
+
+`--config` is the run config training takes (its `data` section is read; a data-only config such
+as configs/data_heldin.py works too), with the same `--config.data.<key>=...` overrides. Each line:
+dataset, filled instruction, target, image (pixel) shape, token counts. The last line compares the
+realized fraction of each dataset among the examples printed with its target weight.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from data_pipelines import preprocess, train_pipeline
+from ib_jax.batch import IGNORE_INDEX
+
+
+def preview_examples(
+    data_config: Mapping[str, Any],
+    num_examples: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Yields one JSON-able dict per good example (and one per bad example met on the way),
+    then a final {"mixture": ..., "examples", "bad_examples"} summary."""
+    stream, weights = train_pipeline.build_train_examples(
+        data_config, process_index=process_index, process_count=process_count, keep_text=True
+    )
+    counts, bad = collections.Counter(), 0
+    iterator = iter(stream)
+    while sum(counts.values()) < num_examples:
+        example = next(iterator)
+        if preprocess.BAD_KEY in example:
+            bad += 1
+            yield {"bad_example": example[preprocess.BAD_KEY]}
+            continue
+        counts[example[preprocess.DATASET_KEY]] += 1
+        yield {
+            "dataset": example[preprocess.DATASET_KEY],
+            "instruction": example["_instruction"],
+            "target": example["_target"],
+            "image_shape": list(example["pixel_values"].shape),
+            "qformer_tokens": int(example["qformer_attention_mask"].sum()),
+            "lm_tokens": int(example["attention_mask"].sum()),
+            "target_tokens": int((example["labels"] != IGNORE_INDEX).sum()),
+        }
+    total = sum(counts.values())
+    yield {
+        "mixture": {
+            name: {"realized": round(counts[name] / total, 4), "target": round(w, 4)}
+            for name, w in weights.items()
+        },
+        "examples": total,
+        "bad_examples": bad,
+    }
+
+
+def _define_flags() -> None:
+    """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
+    global _CONFIG, _OUT, _NUM, _PROCESS_INDEX, _PROCESS_COUNT
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "run config (configs/*.py; its `data` is read) or a data config",
+        lock_config=True,
+    )
+    _OUT = flags.DEFINE_string("out", None, "write the JSON lines to this file (default: stdout)")
+    _NUM = flags.DEFINE_integer("num_examples", 10, "how many examples to print")
+    _PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "which host shard to read")
+    _PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "number of host shards")
+    flags.mark_flags_as_required(["config"])
+
+
+def main(argv: list[str]) -> None:
+    """Prints (or writes to --out) the preview of --config's training data."""
+    del argv
+    logging.basicConfig(level=logging.WARNING)
+    data_config = preprocess.data_section(_CONFIG.value)
+    lines = preview_examples(data_config, _NUM.value, _PROCESS_INDEX.value, _PROCESS_COUNT.value)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(_OUT.value, "w")) if _OUT.value else sys.stdout
+        for line in lines:
+            print(json.dumps(line), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
