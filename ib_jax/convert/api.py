@@ -1,7 +1,10 @@
 """Conversion entry points: HF directories and LAVIS state dicts -> (ModelConfig, params), saved with Orbax.
 
 A converted directory holds `config.json` (our `config.model`) and `params/` (an Orbax PyTree
-checkpoint) in the layout the config asks for (scanned or not).
+checkpoint) in the layout the config asks for (scanned or not). Each source is first *planned*
+(`plan_hf`, `plan_lavis`, `blip2.plan_blip2`: every key matched, every shape checked, nothing
+read), then either converted into memory (`convert_*`, for `load_pretrained`) or streamed to a
+directory (`write_converted`: bounded memory, for the command line).
 """
 
 from __future__ import annotations
@@ -11,16 +14,13 @@ import json
 import os
 from typing import Any
 
-import numpy as np
-
-from ib_jax.convert import core, readers, rules
+from ib_jax.convert import core, readers, rules, write
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
 from ib_jax.models.configs import ModelConfig, from_config_dict, to_config_dict
 
 
-def _tie_if_headless(
-    config: ModelConfig, state: dict[str, np.ndarray], head_key: str
-) -> ModelConfig:
+def tie_if_headless(config: ModelConfig, state: readers.LazyState, head_key: str) -> ModelConfig:
+    """A T5 checkpoint without an lm_head key reads its logits off the shared embedding."""
     if config.lm_type == "t5" and head_key not in state:
         return dataclasses.replace(
             config, text=dataclasses.replace(config.text, tie_word_embeddings=True)
@@ -28,10 +28,8 @@ def _tie_if_headless(
     return config
 
 
-def convert_hf(
-    directory: str, **overrides: Any
-) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
-    """A `save_pretrained` InstructBLIP directory -> (config, params, report)."""
+def plan_hf(directory: str, **overrides: Any) -> core.Plan:
+    """A `save_pretrained` InstructBLIP directory -> its conversion plan."""
     config = model_config_from_hf(read_hf_config(directory), **overrides)
     state = readers.read_hf_directory(directory)
     if config.lm_type == "llama":
@@ -39,27 +37,26 @@ def convert_hf(
 
         table, aliases, unused = llama_rules.HF_RULES, llama_rules.HF_ALIASES, llama_rules.HF_UNUSED
     else:
-        config = _tie_if_headless(config, state, "language_model.lm_head.weight")
+        config = tie_if_headless(config, state, "language_model.lm_head.weight")
         table, aliases, unused = rules.HF_RULES, rules.HF_ALIASES, []
-    params, report = core.convert_state_dict(state, table, config, aliases, unused)
-    return config, _layout(params, config), report
+    return core.plan(state, table, config, aliases, unused)
 
 
-def convert_lavis(
+def plan_lavis(
     checkpoint: str,
     config: ModelConfig,
     vit: str | None = None,
     language_model: str | None = None,
-) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
+) -> core.Plan:
     """A LAVIS state dict; trimmed files get the frozen towers from `vit` (EVA ViT-g .pth, keys
-    without the `visual_encoder.` prefix) and `language_model` (an HF T5 directory or file)."""
+    without the `visual_encoder.` prefix) and `language_model` (an HF T5/Vicuna directory or file)."""
     state = readers.read_any(checkpoint)
     prefix = "t5_model." if config.lm_type == "t5" else "llm_model."
     if vit is not None:
-        state.update({f"visual_encoder.{k}": v for k, v in readers.read_any(vit).items()})
+        state.update(readers.read_any(vit), prefix="visual_encoder.")
     if language_model is not None:
-        state.update({prefix + k: v for k, v in readers.read_any(language_model).items()})
-    state = core.fuse_lavis_qkv_bias(state)
+        state.update(readers.read_any(language_model), prefix=prefix)
+    core.fuse_lavis_qkv_bias(state)
     if config.lm_type == "llama":
         from ib_jax.convert import llama_rules
 
@@ -69,14 +66,59 @@ def convert_lavis(
             llama_rules.LAVIS_UNUSED,
         )
     else:
-        config = _tie_if_headless(config, state, "t5_model.lm_head.weight")
+        config = tie_if_headless(config, state, "t5_model.lm_head.weight")
         table, aliases, unused = rules.LAVIS_RULES, rules.LAVIS_ALIASES, rules.LAVIS_UNUSED
-    params, report = core.convert_state_dict(state, table, config, aliases, unused)
-    return config, _layout(params, config), report
+    return core.plan(state, table, config, aliases, unused)
 
 
-def _layout(params: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
-    return core.stack_scanned(params) if config.scan_layers else params
+def to_memory(plan: core.Plan) -> dict[str, Any]:
+    """The plan's parameters as one nested dict, in the layout its config asks for."""
+    sink = write.MemorySink()
+    write.write(plan, plan.config.scan_layers, sink)
+    return sink.result()
+
+
+def convert_hf(
+    directory: str, **overrides: Any
+) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
+    """A `save_pretrained` InstructBLIP directory -> (config, params, report)."""
+    plan = plan_hf(directory, **overrides)
+    return plan.config, to_memory(plan), plan.report
+
+
+def convert_lavis(
+    checkpoint: str,
+    config: ModelConfig,
+    vit: str | None = None,
+    language_model: str | None = None,
+) -> tuple[ModelConfig, dict[str, Any], dict[str, list[str]]]:
+    """A LAVIS state dict (see `plan_lavis`) -> (config, params, report)."""
+    plan = plan_lavis(checkpoint, config, vit=vit, language_model=language_model)
+    return plan.config, to_memory(plan), plan.report
+
+
+def _write_config(directory: str, config: ModelConfig) -> None:
+    # The config is written last: a directory with config.json holds a complete checkpoint.
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(to_config_dict(config).to_dict(), f, indent=2)
+
+
+def write_converted(
+    directory: str, plan: core.Plan, flush_bytes: int = write.DEFAULT_FLUSH_BYTES
+) -> write.WriteStats:
+    """Stream the plan into `directory` (config.json + params/) holding about one layer group at
+    a time; the directory must not hold a checkpoint already."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    sink = write.OrbaxSink(os.path.join(directory, "params"))
+    try:
+        stats = write.write(plan, plan.config.scan_layers, sink, flush_bytes)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    _write_config(directory, plan.config)
+    return stats
 
 
 def save_converted(directory: str, config: ModelConfig, params: dict[str, Any]) -> None:
@@ -87,9 +129,7 @@ def save_converted(directory: str, config: ModelConfig, params: dict[str, Any]) 
     os.makedirs(directory, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(directory, "params"), params)
-    # The config is written last: a directory with config.json holds a complete checkpoint.
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(to_config_dict(config).to_dict(), f, indent=2)
+    _write_config(directory, config)
 
 
 def load_converted(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
@@ -108,6 +148,7 @@ def load_converted(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[
 
 
 def is_converted_directory(path: str) -> bool:
+    """A directory written by `save_converted` / `write_converted` (config.json + params/)."""
     return os.path.isdir(os.path.join(path, "params")) and os.path.exists(
         os.path.join(path, "config.json")
     )

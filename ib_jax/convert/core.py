@@ -1,12 +1,16 @@
-"""Apply a conversion table to a flat torch-style state dict and produce Flax parameters.
+"""Match a conversion table against a lazily read state dict: a `Plan` of (target <- source, hook).
 
 Every source tensor is consumed by exactly one rule, declared an alias of another key (tied copies,
 checked equal), or declared unused; anything else, any parameter left without a source and any
-shape mismatch stops the conversion with a `ConversionError` that names the keys and shapes.
+shape mismatch stops the conversion with a `ConversionError` that names the keys, shapes and files.
+All of this is decided from shapes before any tensor is converted (aliases excepted: they are
+compared), so bad input stops a conversion before it writes anything. `write.py` then reads the
+plan's tensors group by group.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +20,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from ib_jax.convert.readers import Entry, LazyState
 from ib_jax.convert.rules import Rule
 from ib_jax.models.configs import ModelConfig
 
@@ -26,8 +31,6 @@ class ConversionError(ValueError):
 
 def abstract_params(config: ModelConfig) -> dict[str, Any]:
     """Shapes of the model's parameters in the unscanned layout, without allocating them."""
-    import dataclasses
-
     import jax.numpy as jnp
 
     from ib_jax.models.instructblip import InstructBlip
@@ -47,17 +50,52 @@ def abstract_params(config: ModelConfig) -> dict[str, Any]:
     return nn.unbox(shapes)
 
 
-def fuse_lavis_qkv_bias(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """LAVIS keeps q_bias and v_bias; the fused qkv bias is cat(q_bias, 0, v_bias)."""
-    state = dict(state)
+def fuse_lavis_qkv_bias(state: LazyState) -> None:
+    """LAVIS keeps q_bias and v_bias; the fused qkv bias is cat(q_bias, 0, v_bias) (in place)."""
     for key in [k for k in state if k.endswith(".attn.q_bias")]:
         prefix = key[: -len("q_bias")]
         v_key = prefix + "v_bias"
         if v_key not in state:
-            raise ConversionError(f"{key} has no matching {v_key}")
+            raise ConversionError(f"{key} has no matching {v_key} {state[key].where(key)}")
         q_bias, v_bias = state.pop(key), state.pop(v_key)
-        state[prefix + "qkv_bias"] = np.concatenate([q_bias, np.zeros_like(q_bias), v_bias])
-    return state
+
+        def fused(q=q_bias, v=v_bias):
+            q_value = q.read()
+            return np.concatenate([q_value, np.zeros_like(q_value), v.read()])
+
+        shape = (q_bias.shape[0] * 3,) + q_bias.shape[1:]
+        state.add(prefix + "qkv_bias", dataclasses.replace(q_bias, shape=shape, read=fused))
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """One target parameter: read `key`, apply the rule's hook, cast to the target dtype."""
+
+    key: str
+    entry: Entry
+    rule: Rule
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self) -> np.ndarray:
+        source = np.asarray(self.entry.read())
+        array = self.rule.hook(source, self.shape)
+        if array.shape != self.shape:
+            raise ConversionError(
+                f"{self.key} became {array.shape}, not {self.shape} {self.entry.where(self.key)}"
+            )
+        array = array.astype(self.dtype, copy=False)
+        # A view would keep its source alive (for a torch file: the whole memory map).
+        return array.copy() if np.may_share_memory(array, source) else array
+
+
+@dataclasses.dataclass
+class Plan:
+    """{flat target path: Assignment} for every parameter of `config`'s model (unscanned names)."""
+
+    config: ModelConfig
+    assignments: dict[str, Assignment]
+    report: dict[str, list[str]]
 
 
 def _target_path(rule: Rule, match: re.Match, config: ModelConfig) -> str:
@@ -69,22 +107,22 @@ def _target_path(rule: Rule, match: re.Match, config: ModelConfig) -> str:
     return rule.target.format(**fields)
 
 
-def convert_state_dict(
-    state: Mapping[str, np.ndarray],
+def plan(
+    state: LazyState,
     rules: list[Rule],
     config: ModelConfig,
     aliases: Mapping[str, str] | None = None,
     unused: list[str] | None = None,
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Flat {torch key: array} -> (nested Flax params, report {"aliases": [...], "unused": [...]})."""
+) -> Plan:
+    """Match every source key; raise one `ConversionError` listing every problem found."""
     expected = traverse_util.flatten_dict(abstract_params(config), sep="/")
     compiled = [(re.compile(rule.pattern + r"$"), rule) for rule in rules]
-    converted: dict[str, np.ndarray] = {}
-    sources: dict[str, str] = {}
+    assignments: dict[str, Assignment] = {}
     report: dict[str, list[str]] = {"aliases": [], "unused": []}
     problems: list[str] = []
 
-    for key, value in state.items():
+    for key in state:
+        entry = state[key]
         if _is_alias(key, state, aliases or {}, report, problems) or _is_unused(
             key, unused or [], config, report
         ):
@@ -92,50 +130,54 @@ def convert_state_dict(
         match = next(((m, rule) for regex, rule in compiled if (m := regex.match(key))), None)
         if match is None:
             problems.append(
-                f"unexpected key {key} {tuple(value.shape)}: no conversion rule matches it"
+                f"unexpected key {key} {entry.shape}: no conversion rule matches it "
+                + entry.where(key)
             )
             continue
-        target = _target_path(match[1], match[0], config)
+        rule = match[1]
+        target = _target_path(rule, match[0], config)
         if target not in expected:
-            problems.append(f"key {key} maps to {target}, which this config's model does not have")
+            problems.append(
+                f"key {key} maps to {target}, which this config's model does not have "
+                + entry.where(key)
+            )
             continue
-        if target in converted:
-            problems.append(f"keys {sources[target]} and {key} both map to {target}")
+        if target in assignments:
+            problems.append(
+                f"keys {assignments[target].key} and {key} both map to {target} "
+                f"{assignments[target].entry.where(assignments[target].key)} {entry.where(key)}"
+            )
             continue
         want = tuple(expected[target].shape)
-        try:
-            array = match[1].hook(np.asarray(value), want)
-        except ValueError as err:
+        problem = rule.check(entry.shape, want)
+        if problem:
             problems.append(
-                f"shape mismatch for {key}: {tuple(value.shape)} cannot become {target} {want} ({err})"
+                f"shape mismatch for {key}: {entry.shape} cannot become {target} {want} "
+                f"({problem}) {entry.where(key)}"
             )
             continue
-        if array.shape != want:
-            problems.append(
-                f"shape mismatch for {key}: {tuple(value.shape)} -> {target} needs {want}"
-            )
-            continue
-        converted[target], sources[target] = array.astype(np.dtype(expected[target].dtype)), key
+        dtype = np.dtype(expected[target].dtype)
+        assignments[target] = Assignment(key, entry, rule, want, dtype)
 
-    missing = sorted(set(expected) - set(converted))
+    missing = sorted(set(expected) - set(assignments))
     problems += [
         f"missing: no source key for parameter {path} {tuple(expected[path].shape)}"
         for path in missing
     ]
     if problems:
         raise ConversionError(f"{len(problems)} conversion problem(s):\n  " + "\n  ".join(problems))
-    return traverse_util.unflatten_dict(converted, sep="/"), report
+    return Plan(config, assignments, report)
 
 
-def _is_alias(
-    key: str, state: Mapping[str, np.ndarray], aliases: Mapping[str, str], report, problems
-) -> bool:
+def _is_alias(key: str, state: LazyState, aliases: Mapping[str, str], report, problems) -> bool:
     for pattern, original in aliases.items():
         if re.fullmatch(pattern, key):
-            if original in state and not np.array_equal(
-                np.asarray(state[original]), np.asarray(state[key])
-            ):
-                problems.append(f"{key} should be a tied copy of {original} but differs from it")
+            # Tied copies are compared, not trusted: reading two embedding tables costs little.
+            if original in state and not np.array_equal(state.read(original), state.read(key)):
+                problems.append(
+                    f"{key} should be a tied copy of {original} but differs from it "
+                    + state[key].where(key)
+                )
             report["aliases"].append(f"{key} = {original}")
             return True
     return False
@@ -153,6 +195,16 @@ def _is_unused(key: str, unused: list[str], config: ModelConfig, report) -> bool
 
 
 _STACKED = re.compile(r"^(layers|groups)_(\d+)$")
+
+
+def stacked_name(path: str) -> tuple[str, int] | None:
+    """`a/layers_3/b` -> (`a/layers/b`, 3); None for a path outside a layer stack."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        match = _STACKED.match(part)
+        if match:
+            return "/".join(parts[:i] + [match[1]] + parts[i + 1 :]), int(match[2])
+    return None
 
 
 def stack_scanned(params: dict[str, Any]) -> dict[str, Any]:

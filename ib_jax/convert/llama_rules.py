@@ -40,19 +40,36 @@ def head_with_added_rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return linear(_with_added_rows(x, shape[-1]), shape)
 
 
+def _rows_check(source: tuple[int, ...], rows: int, width: tuple[int, ...]) -> str | None:
+    if source[0] not in (rows, rows - ADDED_TOKENS) or tuple(source[1:]) != tuple(width):
+        return f"needs [{rows} or {rows - ADDED_TOKENS} rows, {', '.join(map(str, width))}]"
+    return None
+
+
+def embedding_rows_check(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    return _rows_check(source, target[0], target[1:])
+
+
+def head_rows_check(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    return _rows_check(source, target[-1], target[:-1])
+
+
 def llama_rules(prefix: str, resize_vocab: bool = False) -> list[Rule]:
     """`{prefix}.model.*` and `{prefix}.lm_head.weight` of a LlamaForCausalLM -> language_model/..."""
     layer = rf"{prefix}\.model\.layers\.(?P<layer>\d+)"
     dst = "language_model/decoder/layers_{layer}"
-    embedding_hook = embedding_with_added_rows if resize_vocab else rules.reshape
-    head_hook = head_with_added_rows if resize_vocab else linear
+    if resize_vocab:
+        embedding = (embedding_with_added_rows, embedding_rows_check)
+        head = (head_with_added_rows, head_rows_check)
+    else:
+        embedding, head = (rules.reshape, rules.same_size), (linear, rules.same_size)
     table = [
         Rule(
             rf"{prefix}\.model\.embed_tokens\.weight",
             "language_model/embed_tokens/embedding",
-            embedding_hook,
+            *embedding,
         ),
-        Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", head_hook),
+        Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", *head),
         *norm(rf"{prefix}\.model\.norm", "language_model/decoder/final_norm", bias=False),
         *norm(rf"{layer}\.input_layernorm", f"{dst}/self_attention_norm", bias=False),
         *norm(rf"{layer}\.post_attention_layernorm", f"{dst}/mlp_norm", bias=False),

@@ -9,11 +9,15 @@ Hooks:
   linear   torch Linear weight [out, in] -> kernel [in, ...out] (transpose, then reshape)
   conv     torch Conv2d weight [D, C, ph, pw] -> kernel [ph, pw, C, D]
   reshape  same values, target shape (biases split per head, [1, N, D] positions...)
+
+Each rule also has a `check(source shape, target shape) -> problem or None`, run on shapes alone
+before any tensor is read, so that a conversion refuses bad input before it writes anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -31,11 +35,19 @@ def reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return x.reshape(shape)
 
 
+def same_size(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    """The check of `linear`, `conv` and `reshape`: the element counts agree."""
+    if math.prod(source) != math.prod(target):
+        return f"{math.prod(source)} elements, the target holds {math.prod(target)}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     pattern: str
     target: str
     hook: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] = reshape
+    check: Callable[[tuple[int, ...], tuple[int, ...]], str | None] = same_size
 
 
 def dense(src: str, dst: str, bias: bool = True) -> list[Rule]:
