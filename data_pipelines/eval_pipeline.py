@@ -18,7 +18,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import images, registry, sources
+from data_pipelines import images, sources
 from data_pipelines.preprocess import (
     BadDataError,
     ExamplePreprocessor,
@@ -26,6 +26,7 @@ from data_pipelines.preprocess import (
     multiprocessing_options,
     setting,
 )
+from data_pipelines.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ META_FIELDS = (
 )
 
 
-def eval_instruction(spec: registry.DatasetSpec, record: Mapping[str, Any]) -> str:
+def eval_instruction(spec: DatasetSpec, record: Mapping[str, Any]) -> str:
     """The dataset's zero-shot prompt (registry) filled from the record; slots in prompt order."""
     prompt = spec.eval_prompt
     slots = prompt.count("{}")

@@ -22,7 +22,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from data_pipelines import images, registry, templates, text
+from data_pipelines import images, templates, text
+from data_pipelines.specs import DatasetSpec
 
 BAD_KEY = "_bad"  # marker element: {"_bad": reason, "_dataset": name}
 DATASET_KEY = "_dataset"  # name of the dataset an element came from (stripped before batching)
@@ -108,7 +109,7 @@ class ExamplePreprocessor:
     def __init__(
         self,
         data_config: Mapping[str, Any],
-        spec: registry.DatasetSpec,
+        spec: DatasetSpec,
         *,
         train: bool,
         keep_text: bool = False,

@@ -26,6 +26,7 @@ from typing import Any
 
 from data_pipelines import formats, registry
 from data_pipelines.preprocess import DATA_DEFAULTS
+from data_pipelines.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 ARRAY_RECORD_SUFFIX = ".array_record"
@@ -38,7 +39,7 @@ def entry_name(entry: Mapping[str, Any]) -> str:
     return str(entry["name"])
 
 
-def resolve_spec(entry: Mapping[str, Any]) -> registry.DatasetSpec:
+def resolve_spec(entry: Mapping[str, Any]) -> DatasetSpec:
     """The registry spec of a config entry (KeyError listing the known names if unknown)."""
     return registry.get(entry_name(entry))
 

@@ -5,14 +5,14 @@ import collections
 import numpy as np
 import pytest
 
-from data_pipelines import registry, templates
+from data_pipelines import specs, templates
 
 
 def test_paper_pool_sizes_and_every_category_has_templates():
     assert len(templates.CAPTION_TEMPLATES) == 13
     assert len(templates.VQA_TEMPLATES) == 10
     assert len(templates.QUESTION_GENERATION_TEMPLATES) == 6
-    assert set(templates.TEMPLATES) == set(registry.TASK_CATEGORIES)
+    assert set(templates.TEMPLATES) == set(specs.TASK_CATEGORIES)
     for category, pool in templates.TEMPLATES.items():
         if category != "llava_instruct":
             assert 6 <= len(pool) <= 15, category

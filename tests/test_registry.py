@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from data_pipelines import formats, registry
+from data_pipelines import formats, registry, specs
 from ib_jax.eval import metrics
 
 
@@ -33,7 +33,7 @@ def test_every_spec_points_at_real_format_metric_and_category():
         spec = registry.get(name)
         assert spec.format in formats.PARSERS, (name, spec.format)
         assert spec.metric in metrics.METRICS, (name, spec.metric)
-        assert spec.task_category in registry.TASK_CATEGORIES
+        assert spec.task_category in specs.TASK_CATEGORIES
         if spec.split == "held_in":
             assert spec.num_train and spec.size_source, name
 
@@ -66,8 +66,8 @@ def test_spec_is_frozen_and_validated():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"
     with pytest.raises(ValueError, match="unknown task category 'vqa'"):
-        registry.DatasetSpec(
-            "x", "vqa", "held_in", "vqav2", 1, "", "accuracy", "generate", "", registry.QA_DECODING
+        specs.DatasetSpec(
+            "x", "vqa", "held_in", "vqav2", 1, "", "accuracy", "generate", "", specs.QA_DECODING
         )
 
 
