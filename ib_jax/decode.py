@@ -2,10 +2,10 @@
 
 Semantics follow Hugging Face `GenerationMixin.generate` (transformers v5) token for token:
 
-- logits processors in HF's order: repetition penalty (`RepetitionPenaltyLogitsProcessor`, over
-  every token of the decoder sequence, the T5 start token included), min-new-tokens (EOS -> -inf
-  while fewer than `min_new_tokens` tokens were generated), then for sampling temperature and
-  top-p (`TopPLogitsWarper`, min_tokens_to_keep=1).
+- logits processors in HF's order (ib_jax/logits_processors.py): repetition penalty over every
+  token of the sequence (the T5 start token, or a decoder-only prompt, included), min-new-tokens
+  (EOS -> -inf while fewer than `min_new_tokens` tokens were generated), then for sampling
+  temperature and top-p (`TopPLogitsWarper`, min_tokens_to_keep=1).
 - greedy / sampling (`_sample`): processors act on raw logits; finished rows emit `pad`.
 - beam search (`_beam_search`): processors act on log-softmax scores; 2*num_beams candidates per
   step; a candidate that hits EOS (or the length limit) among the top num_beams is scored
@@ -18,8 +18,8 @@ The whole decode (encoder, prefill, `lax.while_loop` over steps, early exit when
 done) is one jitted function per (model, DecodeSettings), cached; DecodeSettings holds what fixes
 shapes and control flow (max_new_tokens, num_beams, do_sample, eos, pad), while the numeric knobs
 (min_new_tokens, length_penalty, repetition_penalty, temperature, top_p) are traced, so an eval
-job with per-dataset overrides compiles once per shape, not once per override. The language-model-specific part is a
-pair of functions (`LMAdapter.start`, `LMAdapter.step`) selected by `model.config.lm_type`.
+job with per-dataset overrides compiles once per shape, not once per override. The model is reached
+through `InstructBlip.prefill` and `InstructBlip.step` only (any LM family; ib_jax/models/lm.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ib_jax.batch import MODEL_INPUTS
+from ib_jax.logits_processors import (
+    Knobs,
+    apply_processors,
+    make_knobs,
+    presence_mask,
+    top_p_filter,
+)
 
 Array = jax.Array
 Cache = Any
@@ -62,165 +69,55 @@ class DecodeSettings:
             )
 
 
-class Knobs(NamedTuple):
-    """Numeric settings, passed as traced scalars so that changing them does not recompile
-    (per-dataset overrides in an eval job share one executable per shape)."""
-
-    min_new_tokens: Array  # int32 ()
-    length_divisors: (
-        Array  # float32 [max_new_tokens + 1]: n ** length_penalty (HF: float64 -> float32)
-    )
-    repetition_penalty: Array  # float32 ()
-    temperature: Array  # float32 ()
-    top_p: Array  # float32 ()
-
-
-def make_knobs(
-    max_new_tokens: int,
-    *,
-    min_new_tokens: int = 0,
-    length_penalty: float = 1.0,
-    repetition_penalty: float = 1.0,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-) -> Knobs:
-    if repetition_penalty <= 0 or temperature <= 0 or not 0 < top_p <= 1 or min_new_tokens < 0:
-        raise ValueError(
-            f"need repetition_penalty > 0, temperature > 0, 0 < top_p <= 1, min_new_tokens >= 0; got "
-            f"{repetition_penalty}, {temperature}, {top_p}, {min_new_tokens}"
-        )
-    divisors = [1.0] + [float(n) ** float(length_penalty) for n in range(1, max_new_tokens + 1)]
-    return Knobs(
-        np.int32(min_new_tokens),
-        np.asarray(divisors, np.float64).astype(np.float32),
-        np.float32(repetition_penalty),
-        np.float32(temperature),
-        np.float32(top_p),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
-# The language-model-specific pair
+# The language model, through its interface (ib_jax/models/lm.py)
 # ---------------------------------------------------------------------------------------------
 
 
-class LMAdapter(NamedTuple):
-    """start(params, batch, max_decode_length) -> (logits [B, V] for the first new token, cache,
-                                                   context ids [B, P] already in the sequence,
-                                                   context mask [B, P])
-    step(params, tokens [N], cache) -> (logits [N, V] for the next token, cache)
+class LMCalls(NamedTuple):
+    """The two calls a search makes into the model (any LM family, through `InstructBlip`):
+
+    start(params, batch, max_new_tokens) -> (logits [B, V] of the first new token, cache,
+                                             seen ids [B, S], seen mask [B, S])
+    step(params, tokens [N], cache) -> (logits [N, V] of the next token, cache)
 
     Every cache leaf has the batch on axis 0, so beams are expanded with `jnp.repeat` and reordered
-    with one gather. The context ids seed the repetition penalty (T5: the decoder start token).
+    with one gather; `beam_invariant` names the leaves a reorder may skip. The seen ids seed the
+    repetition penalty (HF also counts its `<image>` placeholder ids in a decoder-only prompt; our
+    inputs have none, which matters only with repetition_penalty != 1).
     """
 
     start: Callable[..., tuple[Array, Cache, Array, Array]]
     step: Callable[..., tuple[Array, Cache]]
+    beam_invariant: tuple[str, ...]
 
 
-def _t5_adapter(model) -> LMAdapter:
+def lm_calls(model) -> LMCalls:
+    """`InstructBlip.prefill` / `InstructBlip.step` as pure functions of the parameters."""
+    from ib_jax.models import families
     from ib_jax.models.instructblip import InstructBlip
 
-    text = model.config.text
-
-    def start(params, batch, max_decode_length):
-        encoder_hidden, encoder_mask, _ = model.apply(
-            {"params": params}, *(batch.get(k) for k in MODEL_INPUTS), method=InstructBlip.encode
-        )
-        start_ids = jnp.full((encoder_hidden.shape[0], 1), text.decoder_start_token_id, jnp.int32)
-        logits, variables = model.apply(
-            {"params": params},
-            start_ids,
-            encoder_hidden,
-            encoder_mask,
-            decode_mode="prefill",
-            max_decode_length=max_decode_length,
-            method=InstructBlip.decode,
-            mutable=["cache"],
-        )
-        return logits[:, -1], variables["cache"], start_ids, jnp.ones_like(start_ids)
-
-    def step(params, tokens, cache):
-        logits, variables = model.apply(
-            {"params": params, "cache": cache},
-            tokens[:, None],
-            None,
-            None,
-            decode_mode="step",
-            method=InstructBlip.decode,
-            mutable=["cache"],
-        )
-        return logits[:, -1], variables["cache"]
-
-    return LMAdapter(start, step)
-
-
-def _llama_adapter(model) -> LMAdapter:
-    """Vicuna: `InstructBlip.decoder_only_prefill` / `decoder_only_step` (ib_jax/models/llama.py).
-
-    The prompt ids seed the repetition penalty, as in HF, except that HF also counts its `<image>`
-    placeholder ids, which our inputs do not have (they only matter with repetition_penalty != 1).
-    """
-    from ib_jax.models.instructblip import InstructBlip
-
-    def start(params, batch, max_decode_length):
-        logits, variables = model.apply(
+    def start(params, batch, max_new_tokens):
+        prefill, variables = model.apply(
             {"params": params},
             *(batch.get(k) for k in MODEL_INPUTS),
-            max_new_tokens=max_decode_length,
-            method=InstructBlip.decoder_only_prefill,
+            max_new_tokens=max_new_tokens,
+            method=InstructBlip.prefill,
             mutable=["cache"],
         )
-        return logits[:, -1], variables["cache"], batch["input_ids"], batch["attention_mask"]
+        return prefill.logits[:, -1], variables["cache"], prefill.seen_ids, prefill.seen_mask
 
     def step(params, tokens, cache):
         logits, variables = model.apply(
             {"params": params, "cache": cache},
             tokens[:, None],
-            method=InstructBlip.decoder_only_step,
+            method=InstructBlip.step,
             mutable=["cache"],
         )
         return logits[:, -1], variables["cache"]
 
-    return LMAdapter(start, step)
-
-
-ADAPTERS: dict[str, Callable[[Any], LMAdapter]] = {"t5": _t5_adapter, "llama": _llama_adapter}
-
-
-# ---------------------------------------------------------------------------------------------
-# Logits processors (HF order and arithmetic)
-# ---------------------------------------------------------------------------------------------
-
-
-def presence_mask(ids: Array, mask: Array, vocab_size: int) -> Array:
-    """[N, P] ids (+ mask) -> [N, V] bool: which tokens occur in each row's sequence."""
-    rows = jnp.arange(ids.shape[0])[:, None]
-    safe = jnp.clip(ids, 0, vocab_size - 1)
-    return jnp.zeros((ids.shape[0], vocab_size), bool).at[rows, safe].max(mask.astype(bool))
-
-
-def _process(
-    scores: Array, presence: Array, num_generated: Array, knobs: Knobs, eos_token_id: int
-) -> Array:
-    """Repetition penalty, then min-new-tokens. scores [N, V] float32 (a penalty of 1 is exact identity)."""
-    penalty = knobs.repetition_penalty
-    penalised = jnp.where(scores < 0, scores * penalty, scores / penalty)
-    scores = jnp.where(presence, penalised, scores)
-    blocked = num_generated < knobs.min_new_tokens
-    return scores.at[:, eos_token_id].set(jnp.where(blocked, -jnp.inf, scores[:, eos_token_id]))
-
-
-def top_p_filter(logits: Array, top_p: Array | float, min_tokens_to_keep: int = 1) -> Array:
-    """HF TopPLogitsWarper: drop the low tail whose cumulative probability is <= 1 - top_p. [N, V]"""
-    order = jnp.argsort(logits, axis=-1)  # ascending, as HF sorts
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    remove_sorted = cumulative <= (1 - top_p)
-    remove_sorted = remove_sorted.at[:, -min_tokens_to_keep:].set(False)
-    rows = jnp.arange(logits.shape[0])[:, None]
-    remove = jnp.zeros_like(remove_sorted).at[rows, order].set(remove_sorted)
-    return jnp.where(remove, -jnp.inf, logits)
+    module_cls = families.family_of(model.config.text).module_cls
+    return LMCalls(start, step, tuple(module_cls.BEAM_INVARIANT_CACHE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,15 +126,17 @@ def top_p_filter(logits: Array, top_p: Array | float, min_tokens_to_keep: int = 
 
 
 def _greedy_or_sample(
-    adapter: LMAdapter, settings: DecodeSettings, params, batch, knobs: Knobs, rng
+    lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Knobs, rng
 ) -> Array:
     steps = settings.max_new_tokens
-    logits, cache, context, context_mask = adapter.start(params, batch, steps)
+    logits, cache, context, context_mask = lm.start(params, batch, steps)
     batch_size, vocab = logits.shape
     presence = presence_mask(context, context_mask, vocab)
 
     def choose(logits, presence, i, rng):
-        scores = _process(logits.astype(jnp.float32), presence, i, knobs, settings.eos_token_id)
+        scores = apply_processors(
+            logits.astype(jnp.float32), presence, i, knobs, settings.eos_token_id
+        )
         if not settings.do_sample:
             return jnp.argmax(scores, axis=-1).astype(jnp.int32)
         # HF skips TopP when top_p == 1; the filter would still drop tokens whose probability
@@ -274,7 +173,7 @@ def _greedy_or_sample(
         return (state["i"] < steps) & ~jnp.all(state["done"])
 
     def body(state):
-        logits, cache = adapter.step(params, state["last"], state["cache"])
+        logits, cache = lm.step(params, state["last"], state["cache"])
         return emit(dict(state, cache=cache), logits)
 
     return jax.lax.while_loop(cond, body, state)["tokens"]
@@ -290,26 +189,23 @@ def _gather_beams(x: Array, index: Array) -> Array:
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-# Cache leaves equal across an example's beams (the projected encoder keys/values and mask, and
-# per-row counters, repeated at beam expansion): a reorder within the example leaves them unchanged.
-_BEAM_INVARIANT = ("cross_key", "cross_value", "encoder_mask", "max_length", "position")
-
-
-def _reorder_cache(cache: Cache, reorder: Callable[[Array], Array]) -> Cache:
-    """Gather the cache to the surviving beams, skipping the beam-invariant leaves (~12% of 5-beam time)."""
+def _reorder_cache(
+    cache: Cache, reorder: Callable[[Array], Array], invariant: tuple[str, ...]
+) -> Cache:
+    """Gather the cache to the surviving beams, skipping the leaves named in `invariant` (equal
+    across an example's beams since beam expansion, so a reorder within the example leaves them
+    unchanged; skipping the T5 encoder keys/values saves ~12% of 5-beam time)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: x if getattr(path[-1], "key", None) in _BEAM_INVARIANT else reorder(x),
+        lambda path, x: x if getattr(path[-1], "key", None) in invariant else reorder(x),
         cache,
     )
 
 
-def _beam_search(
-    adapter: LMAdapter, settings: DecodeSettings, params, batch, knobs: Knobs, rng
-) -> Array:
+def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Knobs, rng) -> Array:
     del rng
     steps, beams = settings.max_new_tokens, settings.num_beams
     keep = 2 * beams  # HF: max(2, 1 + number of EOS ids) * num_beams with one EOS id
-    logits, cache, context, context_mask = adapter.start(params, batch, steps)
+    logits, cache, context, context_mask = lm.start(params, batch, steps)
     batch_size, vocab = logits.shape
     expand = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
     cache = jax.tree_util.tree_map(expand, cache)
@@ -321,7 +217,7 @@ def _beam_search(
     def beam_step(state, logits):
         i = state["i"]  # tokens generated so far; this step writes position i
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        log_probs = _process(log_probs, state["presence"], i, knobs, settings.eos_token_id)
+        log_probs = apply_processors(log_probs, state["presence"], i, knobs, settings.eos_token_id)
         log_probs = (
             log_probs.reshape(batch_size, beams, vocab) + state["running_scores"][:, :, None]
         )
@@ -371,7 +267,7 @@ def _beam_search(
             is_finished=is_finished,
             improvable=improvable,
             presence=presence,
-            cache=_reorder_cache(state["cache"], reorder),
+            cache=_reorder_cache(state["cache"], reorder, lm.beam_invariant),
             go_on=jnp.any(improvable) & ~jnp.all(hits),
         )
 
@@ -396,7 +292,7 @@ def _beam_search(
 
     def body(state):
         tokens = state["running_seqs"][:, :, state["i"] - 1].reshape(-1)
-        logits, cache = adapter.step(params, tokens, state["cache"])
+        logits, cache = lm.step(params, tokens, state["cache"])
         return beam_step(dict(state, cache=cache), logits)
 
     state = jax.lax.while_loop(cond, body, state)
@@ -418,14 +314,8 @@ def compiled_generate(
     model, settings: DecodeSettings
 ) -> Callable[[Any, dict[str, Array], Knobs, Array], Array]:
     """jit(params, batch, knobs, rng) -> [B, max_new_tokens] int32 for one (model, settings); cached."""
-    lm_type = model.config.lm_type
-    if lm_type not in ADAPTERS:
-        raise ValueError(
-            f"no generation adapter for lm_type={lm_type!r}; known: {sorted(ADAPTERS)}"
-        )
-    adapter = ADAPTERS[lm_type](model)
     search = _beam_search if settings.num_beams > 1 else _greedy_or_sample
-    return jax.jit(functools.partial(search, adapter, settings))
+    return jax.jit(functools.partial(search, lm_calls(model), settings))
 
 
 def generate(
@@ -493,8 +383,8 @@ __all__ = [
     "DecodeSettings",
     "Knobs",
     "make_knobs",
-    "LMAdapter",
-    "ADAPTERS",
+    "LMCalls",
+    "lm_calls",
     "compiled_generate",
     "generate",
     "decode_text",

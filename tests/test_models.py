@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ib_jax.batch import MODEL_INPUTS
 from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference
@@ -99,39 +100,27 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 def test_t5_prefill_and_steps_equal_the_teacher_forced_decoder():
     batch = reference.inputs(seed=3)
+    inputs = [batch[k] for k in MODEL_INPUTS]
     for scan in (False, True):
         config = dataclasses.replace(CONFIG, scan_layers=scan)
         model, params = _init(config, batch)
-        encoded, mask, _ = model.apply(
+        # Teacher forcing on these labels feeds the decoder [start=0, 5, 9, 17] / [0, 3, 3, 8].
+        labels = jnp.asarray([[5, 9, 17, 1], [3, 3, 8, 1]], jnp.int32)
+        context = model.apply({"params": params}, *inputs, method=model.encode_prompt)
+        full = model.apply({"params": params}, context, labels, method=model.target_logits)
+        prompt, variables = model.apply(
             {"params": params},
-            batch["pixel_values"],
-            batch["qformer_input_ids"],
-            batch["qformer_attention_mask"],
-            batch["input_ids"],
-            batch["attention_mask"],
-            method=model.encode,
-        )
-        tokens = jnp.asarray([[0, 5, 9, 17], [0, 3, 3, 8]], jnp.int32)
-        full = model.apply({"params": params}, tokens, encoded, mask, method=model.decode)
-        logits, variables = model.apply(
-            {"params": params},
-            tokens[:, :1],
-            encoded,
-            mask,
-            decode_mode="prefill",
-            max_decode_length=4,
-            method=model.decode,
+            *inputs,
+            max_new_tokens=4,
+            method=model.prefill,
             mutable=["cache"],
         )
-        steps = [logits[:, 0]]
-        for t in range(1, 4):
+        steps = [prompt.logits[:, 0]]
+        for t in range(3):
             logits, variables = model.apply(
                 {"params": params, "cache": variables["cache"]},
-                tokens[:, t : t + 1],
-                None,
-                None,
-                decode_mode="step",
-                method=model.decode,
+                labels[:, t : t + 1],
+                method=model.step,
                 mutable=["cache"],
             )
             steps.append(logits[:, 0])

@@ -121,8 +121,6 @@ def _run(model, params, batch):
                 "attention_mask",
             )
         ),
-        None,
-        None,
         inputs.get("labels"),
     )
 
@@ -199,10 +197,8 @@ def test_prefill_and_steps_match_reference(hf_dir, loaded, scan):
         dataclasses.replace(model.config, remat_policy="none")
     )  # remat is for gradients
     num_steps = 4
-    prefill = _jitted(
-        model, InstructBlip.decoder_only_prefill, max_new_tokens=num_steps, mutable=("cache",)
-    )
-    step = _jitted(model, InstructBlip.decoder_only_step, mutable=("cache",))
+    prefill = _jitted(model, InstructBlip.prefill, max_new_tokens=num_steps, mutable=("cache",))
+    step = _jitted(model, InstructBlip.step, mutable=("cache",))
     names = (
         "pixel_values",
         "qformer_input_ids",
@@ -210,7 +206,8 @@ def test_prefill_and_steps_match_reference(hf_dir, loaded, scan):
         "input_ids",
         "attention_mask",
     )
-    logits, variables = prefill({"params": params}, *(jnp.asarray(batch[name]) for name in names))
+    prompt, variables = prefill({"params": params}, *(jnp.asarray(batch[name]) for name in names))
+    logits = prompt.logits
     cache = variables["cache"]
     assert all(
         leaf.shape[0] == 3 for leaf in jax.tree_util.tree_leaves(cache)

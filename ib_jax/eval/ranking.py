@@ -3,10 +3,11 @@
 score(candidate) = sum over the candidate's tokens (its `</s>` included) of log p(token | image,
 instruction, previous tokens), or that sum divided by the token count (`length_normalize=True`).
 
-One jitted pass per batch: the image and instruction are encoded once per example (T5: the
-encoder output; Vicuna: the soft prompt), repeated for the candidates, and the decoder runs
-teacher-forced over all candidates at once; `chunk_size` bounds the [B * chunk, L, vocab] logits
-(Visual Dialog has 100 candidates per example) by scanning over chunks of candidates.
+One jitted pass per batch: the image and instruction are encoded once per example (the LM's
+`encode_prompt` context: T5's encoder output, Vicuna's soft prompt), repeated for the candidates,
+and the LM runs teacher-forced (`target_logits`) over all candidates at once; `chunk_size` bounds
+the [B * chunk, L, vocab] logits (Visual Dialog has 100 candidates per example) by scanning over
+chunks of candidates.
 """
 
 from __future__ import annotations
@@ -19,47 +20,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ib_jax.batch import MODEL_INPUTS
-from ib_jax.models.t5 import shift_right
+from ib_jax.batch import IGNORE_INDEX, MODEL_INPUTS
+from ib_jax.models.lm import Context
+from ib_jax.models.losses import token_log_probs
 
 Array = jax.Array
 
 
-def token_log_probs(logits: Array, labels: Array) -> Array:
-    """[N, L, V] logits, [N, L] labels (-100 = pad) -> [N, L] log p(label), 0 at pads."""
-    valid = labels != -100
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-    return jnp.where(valid, picked, 0.0)
+def _encode(module, inputs: dict[str, Array]) -> Context:
+    """Inside `apply`: what the candidates share, computed once per example (the LM's Context)."""
+    return module.encode_prompt(*(inputs.get(k) for k in MODEL_INPUTS))
 
 
-def _encode(module, inputs: dict[str, Array]) -> tuple[Array, ...]:
-    """Inside `apply`: what the candidates share, computed once per example.
-    T5: (encoder output [B, S, D], mask [B, S]); Vicuna: (soft prompt [B, NQ, D], ids, mask)."""
-    if module.config.lm_type == "t5":
-        encoder_hidden, encoder_mask, _ = module.encode(*(inputs.get(k) for k in MODEL_INPUTS))
-        return encoder_hidden, encoder_mask
-    soft_prompt, _ = module.encode_image(
-        inputs["pixel_values"],
-        inputs.get("qformer_input_ids"),
-        inputs.get("qformer_attention_mask"),
-    )
-    return soft_prompt, inputs["input_ids"], inputs["attention_mask"]
-
-
-def _candidate_logits(module, context: tuple[Array, ...], labels: Array) -> Array:
+def _candidate_logits(module, context: Context, labels: Array) -> Array:
     """Inside `apply`: labels [B, c, L] -> logits [B*c, L, V] with logits[:, j] predicting labels[:, j]."""
     batch, num_candidates, length = labels.shape
     flat = labels.reshape(batch * num_candidates, length)
-    repeated = [
-        jnp.repeat(x, num_candidates, axis=0) for x in context
-    ]  # example-major, like `flat`
-    if module.config.lm_type == "t5":
-        text = module.config.text
-        decoder_ids = shift_right(flat, text.decoder_start_token_id, text.pad_token_id)
-        return module.decode(decoder_ids, *repeated)
-    logits, _ = module.language_model.forward_with_prefix(*repeated, flat)
-    return logits
+    # Example-major, like `flat`.
+    repeated = jax.tree_util.tree_map(lambda x: jnp.repeat(x, num_candidates, axis=0), context)
+    return module.target_logits(repeated, flat)
 
 
 def _score(
@@ -73,7 +52,9 @@ def _score(
     batch, num_candidates, length = labels.shape
     num_chunks = -(-num_candidates // chunk_size)
     padded = num_chunks * chunk_size
-    labels = jnp.pad(labels, ((0, 0), (0, padded - num_candidates), (0, 0)), constant_values=-100)
+    labels = jnp.pad(
+        labels, ((0, 0), (0, padded - num_candidates), (0, 0)), constant_values=IGNORE_INDEX
+    )
     chunks = labels.reshape(batch, num_chunks, chunk_size, length).transpose(1, 0, 2, 3)
     context = model.apply({"params": params}, inputs, method=_encode)
 
@@ -83,7 +64,7 @@ def _score(
         per_token = token_log_probs(logits, flat)
         return (
             per_token.sum(-1).reshape(batch, chunk_size),
-            (flat != -100).sum(-1).reshape(batch, chunk_size),
+            (flat != IGNORE_INDEX).sum(-1).reshape(batch, chunk_size),
         )
 
     total, count = jax.lax.map(score_chunk, chunks)  # [n, B, c]
@@ -131,7 +112,7 @@ def candidate_labels(
     `tokenizer.encode_target(text, max_len)` (data_pipelines.text.LMTokenizer). C defaults to the
     largest candidate count in the batch; missing candidates are all -100 (score -inf)."""
     width = num_candidates or max((len(c) for c in candidates), default=1)
-    out = np.full((len(candidates), max(width, 1), max_len), -100, np.int32)
+    out = np.full((len(candidates), max(width, 1), max_len), IGNORE_INDEX, np.int32)
     for row, options in enumerate(candidates):
         if len(options) > width:
             raise ValueError(

@@ -15,6 +15,8 @@ import ml_collections
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+    """EVA ViT-g by default (InstructBLIP's image encoder)."""
+
     hidden_size: int = 1408
     intermediate_size: int = 6144
     num_layers: int = 39
@@ -27,6 +29,8 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QFormerConfig:
+    """BERT-base Q-Former by default (30522 WordPiece rows + [DEC])."""
+
     vocab_size: int = 30523
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -41,6 +45,8 @@ class QFormerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
+    """FlanT5-XL by default; the `t5` LM family (ib_jax/models/t5.py)."""
+
     vocab_size: int = 32128
     d_model: int = 2048
     d_kv: int = 64
@@ -83,11 +89,15 @@ class LlamaConfig:
 
     @property
     def head_dim(self) -> int:
+        """Per-head width Dh = hidden_size / num_heads."""
         return self.hidden_size // self.num_heads
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The whole InstructBLIP: vision, Q-Former, the LM (`text`: its family's config dataclass,
+    ib_jax/models/families.py) and the numerics/layout shared by every tower."""
+
     vision: VisionConfig = VisionConfig()
     qformer: QFormerConfig = QFormerConfig()
     text: T5Config | LlamaConfig = T5Config()
@@ -100,7 +110,10 @@ class ModelConfig:
 
     @property
     def lm_type(self) -> str:
-        return "t5" if isinstance(self.text, T5Config) else "llama"
+        """The language-model family's name (`config.model.lm_type`), from its registry."""
+        from ib_jax.models import families  # the registry imports the models, which import this
+
+        return families.family_of(self.text).name
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
@@ -114,10 +127,9 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 def from_config_dict(model: ml_collections.ConfigDict | dict) -> ModelConfig:
     """`config.model` (see configs/) -> ModelConfig."""
     model = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
-    lm_type = model.pop("lm_type", "t5")
-    text_cls = {"t5": T5Config, "llama": LlamaConfig}.get(lm_type)
-    if text_cls is None:
-        raise ValueError(f"config.model.lm_type must be 't5' or 'llama', got {lm_type!r}")
+    from ib_jax.models import families  # the registry imports the models, which import this
+
+    text_cls = families.family(model.pop("lm_type", "t5")).config_cls
     model["vision"] = _build(VisionConfig, model.get("vision", {}))
     model["qformer"] = _build(QFormerConfig, model.get("qformer", {}))
     model["text"] = _build(text_cls, model.get("text", {}))

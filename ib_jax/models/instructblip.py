@@ -4,6 +4,9 @@ The projected query outputs are prepended to the language model's input embeddin
 scatters them into leading `<image>` placeholders, which is the same thing). Instruction ids
 therefore carry no placeholder tokens. Video clips [B, F, H, W, 3] are encoded frame by frame and
 their query outputs concatenated: F * num_query_tokens soft tokens.
+
+The language model is whichever family `config.text` belongs to (ib_jax/models/families.py),
+reached only through the `LanguageModel` interface (ib_jax/models/lm.py).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ib_jax.models import layers
+from ib_jax.models import families, layers
 from ib_jax.models.configs import ModelConfig
+from ib_jax.models.lm import Context, Prefill
+from ib_jax.models.losses import mean_cross_entropy
 from ib_jax.models.qformer import QFormer
-from ib_jax.models.t5 import T5, shift_right
 from ib_jax.models.vit import VisionTransformer
 
 Array = jax.Array
@@ -26,25 +30,20 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class InstructBlipOutput:
-    logits: Array  # [B, T_out, vocab] float32
-    loss: Array | None  # token-mean cross-entropy over labels != -100
+    """What the teacher-forced forward returns (B batch, F frames, NQ query tokens)."""
+
+    logits: Array  # [B, Lt, vocab] float32 (labels given); else the LM's prompt_logits
+    loss: Array | None  # token-mean cross-entropy over labels != IGNORE_INDEX
     image_embeds: Array  # [B*F, 1 + patches, Dv] after ln_vision
     qformer_output: Array  # [B*F, NQ, Dq]
     language_model_inputs: Array  # [B, F*NQ, D_lm]
-    encoder_hidden: Array | None  # T5 encoder output [B, F*NQ + T_in, D_lm]
-
-
-def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """Summed token cross-entropy and token count over labels != -100. [B, T, V], [B, T] -> (), ()"""
-    valid = labels != -100
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token_nll = -jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)[
-        ..., 0
-    ]
-    return jnp.sum(token_nll * valid), jnp.sum(valid)
+    encoder_hidden: Array | None  # encoder-decoder LMs: [B, F*NQ + Li, D_lm]; else None
 
 
 class InstructBlip(nn.Module):
+    """The composition; its parameters are `vision`, `qformer`, `language_projection` and
+    `language_model` (the LM family's own tree)."""
+
     config: ModelConfig
 
     def setup(self):
@@ -54,6 +53,7 @@ class InstructBlip(nn.Module):
             param_dtype=layers.canonicalize_dtype(cfg.param_dtype),
         )
         stack = dict(scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy, **kw)
+        family = families.family_of(cfg.text)
         self.vision = VisionTransformer(cfg.vision, name="vision", **stack)
         self.qformer = QFormer(
             cfg.qformer,
@@ -62,16 +62,10 @@ class InstructBlip(nn.Module):
             name="qformer",
             **stack,
         )
-        lm_width = cfg.text.d_model if cfg.lm_type == "t5" else cfg.text.hidden_size
         self.language_projection = layers.DenseGeneral(
-            lm_width, kernel_axes=(None, "embed"), name="language_projection", **kw
+            family.width(cfg.text), kernel_axes=(None, "embed"), name="language_projection", **kw
         )
-        if cfg.lm_type == "t5":
-            self.language_model = T5(cfg.text, name="language_model", **stack)
-        else:
-            from ib_jax.models.llama import Llama  # the decoder-only family
-
-            self.language_model = Llama(cfg.text, name="language_model", **stack)
+        self.language_model = family.module_cls(cfg.text, name="language_model", **stack)
 
     def encode_image(
         self,
@@ -79,7 +73,8 @@ class InstructBlip(nn.Module):
         qformer_input_ids: Array | None,
         qformer_attention_mask: Array | None,
     ) -> tuple[Array, dict[str, Array]]:
-        """[B, H, W, 3] or [B, F, H, W, 3] -> soft prompt [B, F*NQ, D_lm] and intermediates."""
+        """[B, H, W, 3] or [B, F, H, W, 3] -> soft prompt [B, F*NQ, D_lm] and intermediates
+        ("image_embeds", "qformer_output")."""
         batch = pixel_values.shape[0]
         num_frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
         if pixel_values.ndim == 5:
@@ -97,40 +92,23 @@ class InstructBlip(nn.Module):
         )
         return soft_prompt, {"image_embeds": image_embeds, "qformer_output": qformer_output}
 
-    def encode(
+    def encode_prompt(
         self,
         pixel_values: Array,
         qformer_input_ids: Array | None,
         qformer_attention_mask: Array | None,
         input_ids: Array,
         attention_mask: Array,
-    ) -> tuple[Array, Array, dict[str, Array]]:
-        """T5 path: soft prompt + instruction through the encoder -> ([B, S, D], mask [B, S], intermediates)."""
-        soft_prompt, aux = self.encode_image(
-            pixel_values, qformer_input_ids, qformer_attention_mask
-        )
-        inputs_embeds, mask = self._prepend(soft_prompt, input_ids, attention_mask)
-        aux["language_model_inputs"] = soft_prompt
-        return self.language_model.encode(inputs_embeds, mask), mask, aux
+    ) -> Context:
+        """Image + instruction [B, Li] -> the LM's per-example Context (see lm.py), computed once
+        and shared by every target scored against it (candidate ranking)."""
+        soft_prompt, _ = self.encode_image(pixel_values, qformer_input_ids, qformer_attention_mask)
+        return self.language_model.encode_prompt(soft_prompt, input_ids, attention_mask)
 
-    def decode(
-        self,
-        decoder_input_ids: Array,
-        encoder_hidden: Array | None,
-        encoder_mask: Array | None,
-        decoder_attention_mask: Array | None = None,
-        decode_mode: str | None = None,
-        max_decode_length: int = 0,
-    ) -> Array:
-        """T5 path: decoder ids [B, T] -> logits [B, T, vocab]; see t5.py for decode modes."""
-        return self.language_model.decode(
-            decoder_input_ids,
-            encoder_hidden,
-            encoder_mask,
-            decoder_attention_mask,
-            decode_mode=decode_mode,
-            max_decode_length=max_decode_length,
-        )
+    def target_logits(self, context: Context, labels: Array) -> Array:
+        """Context (batch N) + labels [N, Lt] -> logits [N, Lt, vocab], `logits[:, j]` predicting
+        `labels[:, j]`."""
+        return self.language_model.target_logits(context, labels)
 
     def __call__(
         self,
@@ -139,59 +117,33 @@ class InstructBlip(nn.Module):
         qformer_attention_mask: Array | None,
         input_ids: Array,
         attention_mask: Array | None,
-        decoder_input_ids: Array | None = None,
-        decoder_attention_mask: Array | None = None,
         labels: Array | None = None,
     ) -> InstructBlipOutput:
-        """Teacher-forced forward. Shapes in docs/CONTRACTS.md; decoder ids default to shift_right(labels)."""
+        """Teacher-forced forward (batch keys and shapes: ib_jax/batch.py, docs/CONTRACTS.md).
+
+        With labels [B, Lt]: logits [B, Lt, vocab] predicting them and the token-mean loss.
+        Without: the LM's `prompt_logits` and no loss.
+        """
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        if self.config.lm_type != "t5":
-            return self._decoder_only_forward(
-                pixel_values,
-                qformer_input_ids,
-                qformer_attention_mask,
-                input_ids,
-                attention_mask,
-                labels,
-            )
-        text = self.config.text
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError("give decoder_input_ids or labels")
-            decoder_input_ids = shift_right(labels, text.decoder_start_token_id, text.pad_token_id)
-        encoder_hidden, encoder_mask, aux = self.encode(
-            pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask
-        )
-        logits = self.decode(
-            decoder_input_ids, encoder_hidden, encoder_mask, decoder_attention_mask
-        )
-        loss = None
-        if labels is not None:
-            total, count = cross_entropy(logits, labels)
-            loss = total / jnp.maximum(count, 1)
-        return InstructBlipOutput(logits=logits, loss=loss, encoder_hidden=encoder_hidden, **aux)
-
-    def _decoder_only_forward(
-        self,
-        pixel_values,
-        qformer_input_ids,
-        qformer_attention_mask,
-        input_ids,
-        attention_mask,
-        labels,
-    ) -> InstructBlipOutput:
         soft_prompt, aux = self.encode_image(
             pixel_values, qformer_input_ids, qformer_attention_mask
         )
-        logits, loss = self.language_model.forward_with_prefix(
-            soft_prompt, input_ids, attention_mask, labels
-        )
+        context = self.language_model.encode_prompt(soft_prompt, input_ids, attention_mask)
+        if labels is None:
+            logits, loss = self.language_model.prompt_logits(context), None
+        else:
+            logits = self.language_model.target_logits(context, labels)
+            loss = mean_cross_entropy(logits, labels)
         return InstructBlipOutput(
-            logits=logits, loss=loss, encoder_hidden=None, language_model_inputs=soft_prompt, **aux
+            logits=logits,
+            loss=loss,
+            encoder_hidden=context.get("encoder_hidden"),
+            language_model_inputs=soft_prompt,
+            **aux,
         )
 
-    def decoder_only_prefill(
+    def prefill(
         self,
         pixel_values: Array,
         qformer_input_ids: Array | None,
@@ -199,30 +151,22 @@ class InstructBlip(nn.Module):
         input_ids: Array,
         attention_mask: Array,
         max_new_tokens: int,
-    ) -> Array:
-        """Vicuna path, generation: image + instruction [B, Li] (either padding side) -> logits of the
-        first new token [B, 1, vocab]; apply with mutable=["cache"]. See `Llama.prefill`."""
+    ) -> Prefill:
+        """Generation: image + instruction [B, Li] (either padding side) -> the first new token's
+        logits [B, 1, vocab] and the tokens seeding the repetition penalty; creates the decode
+        cache (apply with mutable=["cache"])."""
         soft_prompt, _ = self.encode_image(pixel_values, qformer_input_ids, qformer_attention_mask)
         return self.language_model.prefill(soft_prompt, input_ids, attention_mask, max_new_tokens)
 
-    def decoder_only_step(self, token_ids: Array) -> Array:
-        """Vicuna path, generation: the last chosen tokens [B, 1] -> next-token logits [B, 1, vocab];
-        apply with the cache from `decoder_only_prefill` and mutable=["cache"]."""
+    def step(self, token_ids: Array) -> Array:
+        """Generation: the last chosen tokens [B, 1] -> next-token logits [B, 1, vocab]; apply
+        with the cache from `prefill` and mutable=["cache"]."""
         return self.language_model.step(token_ids)
-
-    def _prepend(
-        self, soft_prompt: Array, input_ids: Array, attention_mask: Array
-    ) -> tuple[Array, Array]:
-        embeds = self.language_model.embed(input_ids)
-        embeds = jnp.concatenate([soft_prompt.astype(embeds.dtype), embeds], axis=1)
-        mask = jnp.concatenate(
-            [jnp.ones(soft_prompt.shape[:2], jnp.int32), attention_mask.astype(jnp.int32)], axis=1
-        )
-        return layers.constrain(embeds, ("act_batch", "act_length", "act_embed")), mask
 
 
 def init_params(model: InstructBlip, rng: Array, batch: dict[str, Any]) -> Any:
-    """Random parameters (boxed with logical axis metadata) for the batch's shapes."""
+    """Random parameters (boxed with logical axis metadata) for the batch's shapes (ib_jax/batch.py
+    keys; `labels` optional)."""
     return model.init(
         rng,
         batch["pixel_values"],

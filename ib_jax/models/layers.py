@@ -48,12 +48,14 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def activation(name: str) -> Callable[[Array], Array]:
+    """The elementwise activation called `name` in HF configs (`hidden_act`, `dense_act_fn`)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
 def canonicalize_dtype(name: str | DType) -> DType:
+    """A config's dtype name ("bfloat16") or dtype -> the jnp dtype."""
     return jnp.dtype(name) if isinstance(name, str) else name
 
 
@@ -81,6 +83,7 @@ class DenseGeneral(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
+        """inputs [..., *in] (contracted over `axis`) -> [..., *features]."""
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         axis = tuple(a % inputs.ndim for a in axis)
@@ -151,6 +154,7 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """[..., D] -> [..., D], normalized over the last axis."""
         features = x.shape[-1]
         scale = self.param(
             "scale",
@@ -181,6 +185,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """[..., D] -> [..., D]: x / rms(x) * scale, computed in float32."""
         scale = self.param(
             "scale",
             nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),

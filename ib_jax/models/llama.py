@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ib_jax.batch import IGNORE_INDEX
 from ib_jax.models import layers
 from ib_jax.models.configs import LlamaConfig
-from ib_jax.models.instructblip import cross_entropy  # instructblip imports this module lazily
+from ib_jax.models.lm import Context, Prefill
 
 Array = jax.Array
 
@@ -112,6 +113,7 @@ class LlamaMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """[B, T, D] -> [B, T, D]"""
         cfg = self.config
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         gate = layers.DenseGeneral(
@@ -139,6 +141,7 @@ class LlamaLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, bias: Array, positions: Array, slot: Array | None):
+        """x [B, T, D] (bias, positions, slot as LlamaAttention) -> ([B, T, D], None)."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = lambda name: layers.RMSNorm(cfg.rms_norm_eps, name=name, **kw)  # noqa: E731
@@ -229,11 +232,10 @@ class LlamaDecoder(nn.Module):
 
 
 class Llama(nn.Module):
-    """LlamaForCausalLM taking embeddings, plus InstructBLIP's soft-prompt composition.
-
-    Teacher-forced:  `forward_with_prefix(soft_prompt, input_ids, attention_mask, labels)`.
-    Generation:      `prefill(soft_prompt, input_ids, attention_mask, max_new_tokens)` with
-                     mutable=["cache"], then `step(token_ids)` with mutable=["cache"] once per token.
+    """LlamaForCausalLM taking embeddings, behind the `LanguageModel` interface (lm.py), with
+    InstructBLIP's layout of soft prompt, instruction and target (LAVIS `concat_text_input_output`):
+    teacher forcing runs `[query][instruction][target][pads]`, generation `[pads][query][instruction]`
+    then one token per `step`.
     """
 
     config: LlamaConfig
@@ -241,6 +243,9 @@ class Llama(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     scan_layers: bool = False
     remat_policy: str = "none"
+
+    # Per-example decode state, equal across an example's beams.
+    BEAM_INVARIANT_CACHE = ("key_mask", "next_slot", "next_position")
 
     def setup(self):
         cfg = self.config
@@ -269,17 +274,74 @@ class Llama(nn.Module):
             logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab")
         )
 
+    def encode_prompt(self, soft_prompt: Array, input_ids: Array, attention_mask: Array) -> Context:
+        """The prompt cannot be run ahead of a target it precedes in one causal sequence without a
+        cache, so the context is the inputs themselves: {"soft_prompt": [B, P, D],
+        "input_ids": [B, Li], "attention_mask": [B, Li]}."""
+        return {
+            "soft_prompt": soft_prompt,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+        }
+
+    def target_logits(self, context: Context, labels: Array) -> Array:
+        """labels [B, Lt] (target ids + `</s>`, IGNORE_INDEX at pads) -> logits [B, Lt, V].
+
+        The sequence is `[query][instruction][target][pads]`: the target tokens are the labels
+        themselves, and `logits[:, j]` is read at the slot before target j (HF's causal shift);
+        the head runs on those slots only.
+        """
+        input_ids, attention_mask = context["input_ids"], context["attention_mask"]
+        text_ids = jnp.concatenate([input_ids, labels], axis=1)
+        text_mask = jnp.concatenate(
+            [attention_mask.astype(jnp.int32), (labels != IGNORE_INDEX).astype(jnp.int32)], axis=1
+        )
+        embeds, mask, order = self._compose(
+            context["soft_prompt"], text_ids, text_mask, pads_first=False
+        )
+        hidden = self.decoder(embeds, mask)
+        # Target j sits in slot `slot_of[j]`; HF's shift: it is predicted from the slot before.
+        slot_of = jnp.argsort(order, axis=1)[:, -labels.shape[1] :]
+        return self.logits(_gather(hidden, jnp.maximum(slot_of - 1, 0)))
+
+    def prompt_logits(self, context: Context) -> Array:
+        """-> [B, P + Li, V] over `[query][instruction][pads]` (the instruction's pads moved last)."""
+        embeds, mask, _ = self._compose(
+            context["soft_prompt"], context["input_ids"], context["attention_mask"], False
+        )
+        return self.logits(self.decoder(embeds, mask))
+
+    def prefill(
+        self, soft_prompt: Array, input_ids: Array, attention_mask: Array, max_new_tokens: int
+    ) -> Prefill:
+        """Run the prompt `[query][instruction]` and create the cache (apply with mutable=["cache"]).
+
+        soft_prompt [B, P, D], input_ids/attention_mask [B, Li] (either padding side). The prompt
+        is laid out pads-first, so it ends in the same slot for every example; the cache has room
+        for `max_new_tokens` further `step` calls. The instruction seeds the repetition penalty.
+        """
+        embeds, mask, _ = self._compose(soft_prompt, input_ids, attention_mask, pads_first=True)
+        hidden = self.decoder(
+            embeds, mask, decode_mode="prefill", max_decode_length=embeds.shape[1] + max_new_tokens
+        )
+        return Prefill(
+            logits=self.logits(hidden[:, -1:]), seen_ids=input_ids, seen_mask=attention_mask
+        )
+
+    def step(self, token_ids: Array) -> Array:
+        """One token per example [B, 1] -> logits of the next [B, 1, vocab] (mutable=["cache"])."""
+        return self.logits(self.decoder(self.embed(token_ids), None, decode_mode="step"))
+
     def _compose(
         self, soft_prompt: Array, ids: Array, mask: Array, pads_first: bool
     ) -> tuple[Array, Array, Array]:
         """[query][text] with the text's pads moved to one end of the whole sequence.
 
-        soft_prompt [B, NQ, D], ids/mask [B, T] -> (embeds [B, S, D], mask [B, S], order [B, S]), S = NQ + T;
-        `order[b, s]` is the slot of the unsorted [query][text] sequence that lands in slot s.
+        soft_prompt [B, P, D], ids/mask [B, T] -> (embeds [B, S, D], mask [B, S], order [B, S]),
+        S = P + T; `order[b, s]` is the slot of the unsorted [query][text] sequence in slot s.
         """
-        text = self.embed(
-            jnp.where(mask > 0, ids, 0)
-        )  # pad ids (-100, [PAD]) are never attended to
+        # Pad ids (IGNORE_INDEX, [PAD]) are never attended to; any valid row will do.
+        text = self.embed(jnp.where(mask > 0, ids, 0))
         embeds = jnp.concatenate([soft_prompt.astype(text.dtype), text], axis=1)
         full_mask = jnp.concatenate(
             [jnp.ones(soft_prompt.shape[:2], jnp.int32), mask.astype(jnp.int32)], axis=1
@@ -287,57 +349,3 @@ class Llama(nn.Module):
         order = sort_pads(full_mask, pads_first)
         embeds, full_mask = _gather(embeds, order), jnp.take_along_axis(full_mask, order, axis=1)
         return layers.constrain(embeds, ("act_batch", "act_length", "act_embed")), full_mask, order
-
-    def forward_with_prefix(
-        self,
-        soft_prompt: Array,
-        input_ids: Array,
-        attention_mask: Array,
-        labels: Array | None = None,
-    ) -> tuple[Array, Array | None]:
-        """Teacher-forced InstructBLIP-Vicuna (LAVIS `concat_text_input_output`).
-
-        soft_prompt [B, NQ, D], input_ids/attention_mask [B, Li] (instruction, either padding side),
-        labels [B, Lo] (target ids + `</s>`, -100 at pads). The sequence is
-        `[query][instruction][target][pads]`; the target tokens are the labels themselves (the
-        causal shift happens in the loss), queries, instruction and pads carry no loss.
-
-        Returns (logits, loss). With labels: logits [B, Lo, vocab], `logits[:, j]` predicting
-        `labels[:, j]` (the head runs on those positions only), loss the token-mean cross-entropy.
-        Without: logits [B, NQ + Li, vocab] over `[query][instruction][pads]`, loss None.
-        """
-        if labels is None:
-            embeds, mask, _ = self._compose(
-                soft_prompt, input_ids, attention_mask, pads_first=False
-            )
-            return self.logits(self.decoder(embeds, mask)), None
-        text_ids = jnp.concatenate([input_ids, labels], axis=1)
-        text_mask = jnp.concatenate(
-            [attention_mask.astype(jnp.int32), (labels != -100).astype(jnp.int32)], axis=1
-        )
-        embeds, mask, order = self._compose(soft_prompt, text_ids, text_mask, pads_first=False)
-        hidden = self.decoder(embeds, mask)
-        # Target j sits in slot `slot_of[j]`; HF's shift: it is predicted from the slot before.
-        slot_of = jnp.argsort(order, axis=1)[:, -labels.shape[1] :]
-        logits = self.logits(_gather(hidden, jnp.maximum(slot_of - 1, 0)))
-        total, count = cross_entropy(logits, labels)
-        return logits, total / jnp.maximum(count, 1)
-
-    def prefill(
-        self, soft_prompt: Array, input_ids: Array, attention_mask: Array, max_new_tokens: int
-    ) -> Array:
-        """Run the prompt `[query][instruction]` and create the cache (apply with mutable=["cache"]).
-
-        soft_prompt [B, NQ, D], input_ids/attention_mask [B, Li] (either padding side) -> logits of
-        the first new token [B, 1, vocab]. The prompt is laid out pads-first, so it ends in the same
-        slot for every example; the cache has room for `max_new_tokens` further `step` calls.
-        """
-        embeds, mask, _ = self._compose(soft_prompt, input_ids, attention_mask, pads_first=True)
-        hidden = self.decoder(
-            embeds, mask, decode_mode="prefill", max_decode_length=embeds.shape[1] + max_new_tokens
-        )
-        return self.logits(hidden[:, -1:])
-
-    def step(self, token_ids: Array) -> Array:
-        """One token per example [B, 1] -> logits of the next [B, 1, vocab] (apply with mutable=["cache"])."""
-        return self.logits(self.decoder(self.embed(token_ids), None, decode_mode="step"))

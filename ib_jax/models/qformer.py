@@ -63,6 +63,7 @@ class QFormerFeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """[B, T, D] -> [B, T, D]"""
         cfg = self.config
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = layers.DenseGeneral(
@@ -76,6 +77,9 @@ class QFormerFeedForward(nn.Module):
 
 
 class QFormerLayer(nn.Module):
+    """One BERT post-LN layer: self-attention over [queries; text], cross-attention to the image
+    on the query slice only (when `has_cross_attention`), separate query / text feed-forwards."""
+
     config: QFormerConfig
     num_query_tokens: int
     has_cross_attention: bool
@@ -110,6 +114,7 @@ class QFormerGroup(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, self_bias: Array, image_embeds: Array):
+        """As QFormerLayer, scan-compatible: x [B, NQ + T, D] -> ([B, NQ + T, D], None)."""
         for j in range(self.config.cross_attention_frequency):
             x = QFormerLayer(
                 self.config,

@@ -20,8 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ib_jax.batch import IGNORE_INDEX
 from ib_jax.models import layers
 from ib_jax.models.configs import T5Config
+from ib_jax.models.lm import Context, Prefill
 
 Array = jax.Array
 
@@ -48,6 +50,8 @@ def relative_position_bucket(
 
 
 class RelativePositionBias(nn.Module):
+    """T5's learned bias per (bucketed key - query offset, head), shared by a stack's layers."""
+
     config: T5Config
     bidirectional: bool
     param_dtype: jnp.dtype = jnp.float32
@@ -132,12 +136,15 @@ class T5Attention(nn.Module):
 
 
 class T5FeedForward(nn.Module):
+    """wo(act(wi_0 x) * wi_1 x) (gated) or wo(act(wi x)); no biases."""
+
     config: T5Config
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """[B, T, D] -> [B, T, D]"""
         cfg = self.config
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         act = layers.activation(cfg.dense_act_fn)
@@ -175,6 +182,8 @@ class T5Layer(nn.Module):
         cross_bias: Array | None,
         position: Array | None,
     ):
+        """x [B, T, D], self_bias [1|B, H, T, K], encoder_hidden [B, S, D] and cross_bias
+        (decoder only), position (step) -> ([B, T, D], None)."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attn = dict(decode_mode=self.decode_mode, max_decode_length=self.max_decode_length, **kw)
@@ -279,13 +288,20 @@ class T5Stack(nn.Module):
 
 
 class T5(nn.Module):
-    """T5ForConditionalGeneration minus the embedding lookup of the encoder (it takes embeddings)."""
+    """T5ForConditionalGeneration behind the `LanguageModel` interface (ib_jax/models/lm.py).
+
+    The encoder reads `[soft prompt][instruction]` as embeddings; the decoder starts from
+    `decoder_start_token_id` and is teacher-forced on `shift_right(labels)`.
+    """
 
     config: T5Config
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     scan_layers: bool = False
     remat_policy: str = "none"
+
+    # The projected encoder keys/values and mask, and the step counters, are equal across beams.
+    BEAM_INVARIANT_CACHE = ("cross_key", "cross_value", "encoder_mask", "max_length", "position")
 
     def setup(self):
         cfg = self.config
@@ -303,23 +319,58 @@ class T5(nn.Module):
         """[B, T] -> [B, T, D]"""
         return self.shared(ids)
 
-    def encode(self, inputs_embeds: Array, attention_mask: Array) -> Array:
-        """[B, S, D], [B, S] -> encoder hidden states [B, S, D]"""
-        return self.encoder(inputs_embeds, attention_mask)
+    def encode_prompt(self, soft_prompt: Array, input_ids: Array, attention_mask: Array) -> Context:
+        """soft_prompt [B, P, D], instruction [B, Li] -> {"encoder_hidden": [B, P + Li, D],
+        "encoder_mask": [B, P + Li]}: the encoder over `[soft prompt][instruction]`."""
+        embeds = self.embed(input_ids)
+        embeds = jnp.concatenate([soft_prompt.astype(embeds.dtype), embeds], axis=1)
+        mask = jnp.concatenate(
+            [jnp.ones(soft_prompt.shape[:2], jnp.int32), attention_mask.astype(jnp.int32)], axis=1
+        )
+        embeds = layers.constrain(embeds, ("act_batch", "act_length", "act_embed"))
+        return {"encoder_hidden": self.encoder(embeds, mask), "encoder_mask": mask}
+
+    def target_logits(self, context: Context, labels: Array) -> Array:
+        """labels [B, Lt] -> logits [B, Lt, V]: the decoder teacher-forced on shift_right(labels)."""
+        cfg = self.config
+        decoder_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
+        return self.decode(decoder_ids, context["encoder_hidden"], context["encoder_mask"])
+
+    def prompt_logits(self, context: Context) -> Array:
+        """-> [B, 1, V]: the distribution of the first target token (after the start token)."""
+        start = self._start_ids(context["encoder_hidden"].shape[0])
+        return self.decode(start, context["encoder_hidden"], context["encoder_mask"])
+
+    def prefill(
+        self, soft_prompt: Array, input_ids: Array, attention_mask: Array, max_new_tokens: int
+    ) -> Prefill:
+        """Encode the prompt and run the start token (apply with mutable=["cache"]); the cache
+        holds the start token and `max_new_tokens - 1` further `step` tokens."""
+        context = self.encode_prompt(soft_prompt, input_ids, attention_mask)
+        start = self._start_ids(soft_prompt.shape[0])
+        encoded = (context["encoder_hidden"], context["encoder_mask"])
+        logits = self.decode(
+            start, *encoded, decode_mode="prefill", max_decode_length=max_new_tokens
+        )
+        return Prefill(logits=logits, seen_ids=start, seen_mask=jnp.ones_like(start))
+
+    def step(self, token_ids: Array) -> Array:
+        """[B, 1] -> [B, 1, V] (apply with mutable=["cache"])."""
+        return self.decode(token_ids, None, None, decode_mode="step")
 
     def decode(
         self,
         decoder_input_ids: Array,
         encoder_hidden: Array | None,
         encoder_mask: Array | None,
-        decoder_attention_mask: Array | None = None,
         decode_mode: str | None = None,
         max_decode_length: int = 0,
     ) -> Array:
-        """[B, T] ids -> logits [B, T, vocab] (float32)."""
+        """Decoder ids [B, T] -> logits [B, T, vocab] (float32); see the module docstring for the
+        decode modes (encoder inputs are not needed in "step")."""
         x = self.decoder(
             self.shared(decoder_input_ids),
-            decoder_attention_mask,
+            None,
             encoder_hidden,
             encoder_mask,
             decode_mode=decode_mode,
@@ -327,18 +378,18 @@ class T5(nn.Module):
         )
         if self.config.scale_decoder_outputs:
             x = x * (self.config.d_model**-0.5)
-        if self.config.tie_word_embeddings:
-            logits = self.shared.attend(x)
-        else:
-            logits = self.lm_head(x)
+        logits = self.shared.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
         return layers.constrain(
             logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab")
         )
 
+    def _start_ids(self, batch: int) -> Array:
+        return jnp.full((batch, 1), self.config.decoder_start_token_id, jnp.int32)
+
 
 def shift_right(labels: Array, decoder_start_token_id: int, pad_token_id: int) -> Array:
-    """Teacher-forcing inputs from labels: [start, y0, ..., y_{T-2}], -100 replaced by pad."""
+    """Teacher-forcing inputs from labels [B, T]: [start, y0, ..., y_{T-2}], IGNORE_INDEX -> pad."""
     shifted = jnp.concatenate(
         [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1
     )
-    return jnp.where(shifted == -100, pad_token_id, shifted)
+    return jnp.where(shifted == IGNORE_INDEX, pad_token_id, shifted)

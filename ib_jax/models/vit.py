@@ -57,6 +57,9 @@ def interpolate_position_embedding(pos: Array, grid_h: int, grid_w: int) -> Arra
 
 
 class VisionEmbeddings(nn.Module):
+    """Patch embedding (a strided conv as a matmul), [CLS], and position embeddings interpolated
+    to the image's grid."""
+
     config: VisionConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -99,6 +102,9 @@ class VisionEmbeddings(nn.Module):
 
 
 class VisionAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection; its bias holds HF's
+    cat(q_bias, 0, v_bias) (no key bias)."""
+
     config: VisionConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -128,12 +134,15 @@ class VisionAttention(nn.Module):
 
 
 class VisionMlp(nn.Module):
+    """fc2(act(fc1 x)) with biases."""
+
     config: VisionConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """[B, T, D] -> [B, T, D]"""
         cfg = self.config
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = layers.DenseGeneral(
@@ -155,6 +164,7 @@ class VisionLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, _unused=None):
+        """[B, T, D] -> ([B, T, D], None)"""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x + VisionAttention(cfg, name="self_attn", **kw)(
@@ -177,6 +187,7 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, pixel_values: Array) -> Array:
+        """[B, H, W, 3] -> [B, 1 + patches, D]"""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = VisionEmbeddings(cfg, name="embeddings", **kw)(pixel_values.astype(self.dtype))

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from ib_jax.models.configs import LlamaConfig, ModelConfig, T5Config
+import ml_collections
+
+from ib_jax.models import families
+from ib_jax.models.configs import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Shapes:
+    """The padded sizes of one global batch that the FLOP count depends on.
+
+    `pixel_values` are [batch, num_frames, image_size, image_size, 3] (one frame for images),
+    Q-Former instructions [batch, qformer_len], LM inputs [batch, text_len], targets
+    [batch, target_len].
+    """
+
     batch: int
     image_size: int
     qformer_len: int
@@ -21,8 +31,22 @@ class Shapes:
     target_len: int
     num_frames: int = 1
 
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Shapes:
+        """The training batch of a run config (`config.data`: fixed padded lengths, images)."""
+        d = config.data
+        return cls(
+            d.global_batch_size, d.image_size, d.qformer_max_len, d.text_max_len, d.target_max_len
+        )
+
+    @property
+    def tokens(self) -> int:
+        """Text tokens per batch (Q-Former instruction + LM input + target), for tokens/s."""
+        return self.batch * (self.qformer_len + self.text_len + self.target_len)
+
 
 def vision_forward(cfg: ModelConfig, s: Shapes) -> float:
+    """FLOPs of the ViT on one example: patch embedding and every layer, per frame."""
     v = cfg.vision
     tokens = (s.image_size // v.patch_size) ** 2 + 1
     per_layer = 2 * tokens * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
@@ -32,6 +56,11 @@ def vision_forward(cfg: ModelConfig, s: Shapes) -> float:
 
 
 def qformer_forward(cfg: ModelConfig, s: Shapes) -> float:
+    """FLOPs of the Q-Former and the language projection on one example, per frame.
+
+    Queries and instruction tokens share self-attention; only the queries cross-attend to the
+    image (every `cross_attention_frequency` layers) and go through the query feed-forward.
+    """
     q, nq = cfg.qformer, cfg.num_query_tokens
     d, f = q.hidden_size, q.intermediate_size
     text = s.qformer_len if cfg.instruction_aware else 0
@@ -49,44 +78,14 @@ def qformer_forward(cfg: ModelConfig, s: Shapes) -> float:
 
 
 def _lm_width(cfg: ModelConfig) -> int:
-    return cfg.text.d_model if isinstance(cfg.text, T5Config) else cfg.text.hidden_size
-
-
-def t5_forward(t: T5Config, source_len: int, target_len: int) -> float:
-    inner = t.num_heads * t.d_kv
-    ffn = (3 if t.is_gated_act else 2) * t.d_model * t.d_ff
-    encoder = t.num_layers * (
-        2 * source_len * (4 * t.d_model * inner + ffn) + 4 * source_len**2 * inner
-    )
-    decoder = t.num_decoder_layers * (
-        2 * target_len * (6 * t.d_model * inner + ffn)
-        + 2 * source_len * 2 * t.d_model * inner
-        + 4 * target_len**2 * inner
-        + 4 * target_len * source_len * inner
-    )
-    return encoder + decoder + 2 * target_len * t.d_model * t.vocab_size
-
-
-def llama_forward(text: LlamaConfig, prefix_len: int, text_len: int, target_len: int) -> float:
-    """Vicuna over `[queries][instruction][target]`; the head runs on the target slots only."""
-    seq, d, heads, kv_heads = (
-        prefix_len + text_len + target_len,
-        text.hidden_size,
-        text.num_heads,
-        text.num_kv_heads,
-    )
-    head_dim = d // heads
-    projections = 2 * seq * d * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v
-    mlp = 2 * seq * 3 * d * text.intermediate_size  # SwiGLU: gate, up, down
-    attention = 4 * seq * seq * heads * head_dim  # scores + weighted sum (dense mask)
-    return text.num_layers * (projections + mlp + attention) + 2 * target_len * d * text.vocab_size
+    return families.family_of(cfg.text).width(cfg.text)
 
 
 def lm_forward(cfg: ModelConfig, s: Shapes) -> float:
+    """The language model over `[soft prompt][instruction][target]` (its family's accounting)."""
     prefix_len = s.num_frames * cfg.num_query_tokens
-    if isinstance(cfg.text, T5Config):
-        return t5_forward(cfg.text, prefix_len + s.text_len, s.target_len)
-    return llama_forward(cfg.text, prefix_len, s.text_len, s.target_len)
+    lm = families.family_of(cfg.text)
+    return lm.forward_flops(cfg.text, prefix_len, s.text_len, s.target_len)
 
 
 def train_step_flops(cfg: ModelConfig, s: Shapes) -> float:
@@ -97,6 +96,7 @@ def train_step_flops(cfg: ModelConfig, s: Shapes) -> float:
 
 
 def forward_flops(cfg: ModelConfig, s: Shapes) -> float:
+    """FLOPs of one forward pass over the batch (evaluation, scoring)."""
     return s.batch * (vision_forward(cfg, s) + qformer_forward(cfg, s) + lm_forward(cfg, s))
 
 
@@ -116,6 +116,7 @@ PEAK_FLOPS = {
 
 
 def device_peak_flops(device_kind: str, configured: float = 0.0) -> float | None:
+    """Peak FLOP/s of one device: `configured` if set, else PEAK_FLOPS by device kind, else None."""
     if configured:
         return configured
     for name, peak in PEAK_FLOPS.items():
