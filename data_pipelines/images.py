@@ -96,6 +96,8 @@ def preprocess_image(
         image = image.crop((left, top, left + w, top + h))
         if rng.uniform() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    # Straight to a square, aspect ratio not kept: HF's BlipImageProcessor (and LAVIS's eval
+    # transform) resize to (size, size) without a centre crop.
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), resample=Image.Resampling.BICUBIC)
     # Same arithmetic and dtypes as HF's rescale/normalize, so the values are identical.
@@ -155,6 +157,8 @@ def preprocess_clip(
     """Frames -> float32 [F, image_size, image_size, 3]. One augmentation draw for the whole clip."""
     if rng is None:
         return np.stack([preprocess_image(frame, image_size) for frame in frames])
+    # Every frame gets a Generator with the same seed, hence the same crop box and flip: the clip
+    # is augmented as one piece, so objects do not jump between frames.
     seed = int(rng.integers(0, 2**31 - 1))
     return np.stack(
         [preprocess_image(frame, image_size, np.random.default_rng(seed)) for frame in frames]

@@ -175,6 +175,8 @@ class ExamplePreprocessor:
         """Token ids and masks, padded to the config's lengths: qformer_* [Lq], input_ids /
         attention_mask [Li], and labels [Lt] (-100 on padding) when a target is given."""
         qformer, lm = self.tokenizers
+        # InstructBLIP gives the instruction to the Q-Former as well as to the LM, so the query
+        # tokens extract instruction-aware visual features; each side has its own tokenizer.
         q_ids, q_mask = qformer.encode([instruction], self.qformer_max_len)
         input_ids, attention_mask = lm.encode_instruction(instruction, self.text_max_len)
         out = {

@@ -122,6 +122,7 @@ SHORT_WORDS = ("short", "brief", "few words", "three words")
 
 
 def is_short_template(template: str) -> bool:
+    """Whether the template asks for a short answer (kept for short-answer datasets only)."""
     lowered = template.lower()
     return any(word in lowered for word in SHORT_WORDS)
 
@@ -172,6 +173,7 @@ def make_instruction(
     """
 
     def need(field: str) -> Any:
+        """record[field]; KeyError naming the example when it is missing or empty."""
         if field not in record or record[field] in (None, "", []):
             raise KeyError(
                 f"{category} example {record.get('id', '?')!r} of {record.get('dataset', '?')!r} "

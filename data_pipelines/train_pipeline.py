@@ -72,7 +72,7 @@ class _GuardIterator(grain.DatasetIterator):
                 )
 
     def get_state(self) -> dict[str, Any]:
-        # The counts are part of the state: a resumed run keeps its bound where it left off.
+        """The parent's state plus the counts: a resumed run keeps its bound where it left off."""
         return {
             "parent": self._parent.get_state(),
             "seen": self._seen,
@@ -81,6 +81,7 @@ class _GuardIterator(grain.DatasetIterator):
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores a `get_state()` result (parent position and counts)."""
         self._parent.set_state(state["parent"])
         self._seen, self._bad = int(state["seen"]), int(state["bad"])
         self._per_dataset = dict(state["per_dataset"])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import demo_data, formats
+from configs import data_demo
+from data_pipelines import demo_data, formats, sources
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +105,16 @@ def test_ensure_demo_dataset_reuses_a_matching_root(tmp_path):
     stamp = os.path.getmtime(first["vqa_train"])
     assert demo_data.ensure_demo_dataset(str(tmp_path), 5, 2, 0) == first
     assert os.path.getmtime(first["vqa_train"]) == stamp
+
+
+def test_demo_config_entries_render_their_data_on_first_use(tmp_path):
+    root = tmp_path / "fresh"
+    config = data_demo.get_config(f"root={root}", num_train=6, num_eval=2)
+    assert not root.exists()
+    records = sources.load_records(config.datasets[0])  # demo_vqa: 3 questions per scene
+    assert len(records) == 18 and os.path.isfile(records[0]["image"])
+    stamp = os.path.getmtime(root / "manifest.json")
+    assert len(sources.load_records(config.eval_datasets[0])) == 6  # same files, not re-rendered
+    assert os.path.getmtime(root / "manifest.json") == stamp
+    with pytest.raises(KeyError, match=r"unknown generate kind 'shapes'.*demo_shapes"):
+        sources.load_records({**config.datasets[0], "generate": {"kind": "shapes"}})

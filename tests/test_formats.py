@@ -692,3 +692,11 @@ def test_unknown_format_and_option(tmp_path, root):
     path = _write(tmp_path, "g.json", {})
     with pytest.raises(TypeError, match=r"format 'gqa' does not take option\(s\) \['split'\]"):
         formats.parse("gqa", path, root, split="train")
+
+
+def test_only_several_file_formats_take_a_list(tmp_path, root):
+    assert formats.PARSERS["vqav2"].several_files and not formats.PARSERS["gqa"].several_files
+    path = _write(tmp_path, "g.json", {})
+    assert formats.parse("gqa", [path], root) == []  # a one-element list is one file
+    with pytest.raises(formats.ParseError, match=r"format 'gqa' takes one annotation file"):
+        formats.parse("gqa", [path, path], root)

@@ -58,6 +58,7 @@ def _lavis_captions(entries: list, image_root: PathLike, report: ParseReport) ->
     by_image: dict[str, Record] = {}
 
     def convert(where: str, entry: Any) -> list:
+        """One `{"image", "caption": str or list}` row; captions gather on their image's record."""
         image = field(entry, "image", str)
         caption = field(entry, "caption", (str, list))
         captions = [caption] if isinstance(caption, str) else str_list(entry, "caption")
@@ -82,6 +83,7 @@ def _coco_captions(
     by_id: dict[Any, Record] = {}
 
     def add_image(where: str, image: Any) -> list:
+        """One COCO `images` entry `{"id", "file_name"}` -> an image record without captions yet."""
         by_id[field(image, "id")] = {
             "id": str(image["id"]),
             "image": join(image_root, field(image, "file_name", str)),
@@ -89,6 +91,7 @@ def _coco_captions(
         return []
 
     def add_caption(where: str, ann: Any) -> list:
+        """One COCO `annotations` entry `{"image_id", "caption"}` -> added to its image's record."""
         image_id = field(ann, "image_id")
         if image_id not in by_id:
             raise EntryError(f"image_id {image_id!r} is not in 'images'")
@@ -107,6 +110,7 @@ def _karpathy_captions(
     images: list, image_root: PathLike, report: ParseReport, splits: set | None
 ) -> list[Record]:
     def convert(where: str, image: Any) -> Record | None:
+        """One Karpathy image `{"filename", "filepath"?, "sentences", "split"}` -> a record."""
         if splits is not None and field(image, "split", str) not in splits:
             return None
         filename = field(image, "filename", str)
@@ -130,6 +134,7 @@ def parse_textcaps(ann_path: PathLike, image_root: PathLike, report: ParseReport
     by_image: dict[str, Record] = {}
 
     def convert(where: str, entry: Any) -> list:
+        """One TextCaps row `{"image_id", "caption_str"?, "image_path"?}` -> its image's record."""
         image_id = field(entry, "image_id", str)
         relative = entry.get("image_path") or f"{image_id}.jpg"
         record = by_image.setdefault(

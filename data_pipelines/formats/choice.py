@@ -51,6 +51,7 @@ def parse_iconqa(
     types, splits = as_set(ques_types), as_set(split)
 
     def convert(where: str, item: tuple[str, Any]) -> Record | None:
+        """(pid, problem) -> a record, or None for a question type or split not asked for."""
         pid, p = item
         ques_type, p_split = field(p, "ques_type", str), field(p, "split", str)
         if (types is not None and ques_type not in types) or (splits and p_split not in splits):
@@ -88,6 +89,7 @@ def parse_scienceqa(
     splits = as_set(split)
 
     def convert(where: str, item: tuple[str, Any]) -> Record | None:
+        """(pid, problem) -> a record, or None without an image or outside the split."""
         pid, p = item
         p_split = field(p, "split", str)
         if not p.get("image") or (splits is not None and p_split not in splits):
@@ -123,6 +125,7 @@ def parse_vsr(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> 
     """VSR: the caption is the statement to judge; `label` 0/1 and the answer "true"/"false"."""
 
     def convert(where: str, entry: Any) -> Record:
+        """One jsonl row `{"image", "caption", "label"}` -> a record."""
         image, caption = field(entry, "image", str), field(entry, "caption", str)
         label = _binary_label(field(entry, "label"))
         return {
@@ -143,6 +146,7 @@ def parse_hateful_memes(
     """Hateful Memes: the meme text under `text`, `label` 0/1 where released."""
 
     def convert(where: str, entry: Any) -> Record:
+        """One jsonl row `{"id", "img", "text", "label"?}` -> a record."""
         record = {
             "id": str(field(entry, "id")),
             "image": join(image_root, field(entry, "img", str)),

@@ -86,6 +86,7 @@ def register(*format_names: str, several_files: bool = False) -> Callable:
     datasets, e.g. `coco_caption` and `nocaps`). Registering a name twice is an error."""
 
     def add(fn: Callable[..., list[Record]]) -> Callable[..., list[Record]]:
+        """Registers `fn` and returns it unchanged."""
         for name in format_names:
             if name in PARSERS:
                 raise ValueError(f"annotation format '{name}' registered twice")

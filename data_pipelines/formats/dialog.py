@@ -50,6 +50,7 @@ def parse_visdial(
     questions, answers = body["questions"], body["answers"]
 
     def convert(where: str, dialog: Any) -> list[Record]:
+        """One dialog `{"image_id", "caption", "dialog": [rounds]}` -> one record per scored round."""
         image_id = field(dialog, "image_id", int)
         image = join(image_root, pattern.format(image_id=image_id))
         history, records = [], []
@@ -94,6 +95,7 @@ def parse_llava_instruct(
         raise layout_error(ann_path, 'a list of {"id", "image", "conversations"}')
 
     def convert(where: str, entry: Any) -> Record:
+        """One conversation `{"id", "image", "conversations": [{"from", "value"}, ...]}` -> a record."""
         turns = field(entry, "conversations", list)
         if not turns or len(turns) % 2:
             raise EntryError(f"'conversations' should hold human/gpt pairs, got {len(turns)} turns")

@@ -57,6 +57,7 @@ def _parse_video_qa(
     frames = _FrameLister(image_root)
 
     def convert(where: str, entry: Any) -> Record:
+        """One question `{"id", "question", "answer"?, "video_id" or "video"}` -> a record."""
         if "video" in entry:  # LAVIS-style file name, e.g. "video7010.mp4"
             video_dir = os.path.splitext(field(entry, "video", str))[0]
         else:  # official: integer ids; frames extracted into vid{N}/ or video{N}/
@@ -99,6 +100,7 @@ def parse_ivqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) ->
     frames = _FrameLister(image_root)
 
     def convert(where: str, row: Mapping[str, str]) -> Record:
+        """One csv row (video_id, start?, end?, question, answer1..5) -> a record."""
         video = row["video_id"]
         if row.get("start") and row.get("end"):
             video = f"{video}_{row['start']}_{row['end']}"

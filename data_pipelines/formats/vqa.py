@@ -69,6 +69,7 @@ def parse_vqav2(
         ann_report = ParseReport(os.fspath(paths[1]))
 
         def index_answers(where: str, ann: Any) -> list:
+            """One annotation `{"question_id", "answers": [{"answer"}]}` -> its answers, by question."""
             answers_by_qid[field(ann, "question_id")] = [
                 field(a, "answer", str) for a in field(ann, "answers", list)
             ]
@@ -78,6 +79,7 @@ def parse_vqav2(
         report.merge_errors(ann_report)
 
     def convert(where: str, q: Any) -> Record:
+        """One question `{"question_id", "image_id", "question"}` -> a record (+ its answers)."""
         qid, image_id = field(q, "question_id", int), field(q, "image_id", int)
         record = {
             "id": str(qid),
@@ -95,6 +97,7 @@ def parse_vqav2(
 
 def _lavis_vqa(image_root: PathLike) -> Callable[[str, Any], Record]:
     def convert(where: str, entry: Any) -> Record:
+        """One LAVIS row `{"question_id", "image", "question", "answer"?}` -> a record."""
         record = {
             "id": str(field(entry, "question_id")),
             "image": join(image_root, field(entry, "image", str)),
@@ -116,6 +119,7 @@ def parse_aokvqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) 
         raise layout_error(ann_path, "a list of questions (aokvqa_v1p0_*.json)")
 
     def convert(where: str, entry: Any) -> Record:
+        """One A-OKVQA question -> a record; the image from "image" or from split + image_id."""
         if "image" in entry:  # LAVIS adds the relative path
             relative = field(entry, "image", str)
         else:  # official: COCO 2017 images, e.g. val2017/000000123456.jpg
@@ -147,6 +151,7 @@ def parse_gqa(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> 
         raise layout_error(ann_path, "an object {question_id: question} (GQA questions json)")
 
     def convert(where: str, item: tuple[str, Any]) -> Record:
+        """(question id, `{"imageId", "question", "answer"?}`) -> a record."""
         qid, q = item
         record = {
             "id": str(qid),
@@ -168,6 +173,7 @@ def parse_vizwiz(ann_path: PathLike, image_root: PathLike, report: ParseReport) 
         raise layout_error(ann_path, "a list of questions (VizWiz Annotations/*.json)")
 
     def convert(where: str, entry: Any) -> Record:
+        """One VizWiz question `{"image", "question", "answers"?}` -> a record."""
         image = field(entry, "image", str)
         record = {
             "id": os.path.splitext(image)[0],
@@ -201,6 +207,7 @@ def parse_textvqa(
         }
 
     def convert(where: str, entry: Any) -> Record:
+        """One TextVQA question -> a record with its OCR tokens when known."""
         image_id = field(entry, "image_id", str)
         # Train and val images both live in train_images/ in the official release.
         folder = "test_images" if entry.get("set_name") == "test" else "train_images"
@@ -234,6 +241,7 @@ def parse_ocrvqa(
     wanted = _OCRVQA_SPLITS.get(split, split) if split is not None else None
 
     def convert(where: str, item: tuple[str, Any]) -> list[Record] | None:
+        """(image id, book entry) -> one record per question, or None outside the split."""
         image_id, entry = item
         if wanted is not None and field(entry, "split", int) != wanted:
             return None
