@@ -222,7 +222,7 @@ def _load(file: str) -> Image.Image:
     path = os.path.join(skimage_data_dir(), file)
     with Image.open(path) as image:
         image.load()
-        # Thumbnails once, at the largest size we ever render, keeps the big ones (retina) cheap.
+        # One thumbnail at twice the largest size we render keeps the big ones (hubble) cheap.
         image.thumbnail((192, 192), Image.Resampling.LANCZOS)
         return image.copy()
 
@@ -250,6 +250,8 @@ def render(photo: Photo, mode: str, size: int) -> Image.Image:
     )
     if mode == "RGBA":
         return _with_alpha(image)
+    if image.mode == "RGBA":  # flatten onto white, as a viewer shows it, not onto the hidden RGB
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
     if mode == "P":
         return image.convert("RGB").quantize(colors=64)
     return image.convert(mode)

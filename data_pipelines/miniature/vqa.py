@@ -23,13 +23,14 @@ _QG_NOTE = (
 )
 
 
-def answer_type(answer: str) -> str:
+def _answer_type(answer: str) -> str:
+    """VQA's answer_type of an answer: yes/no, number or other."""
     if answer in ("yes", "no"):
         return "yes/no"
     return "number" if answer.isdigit() else "other"
 
 
-def ten_answers(answer: str, other: photos.Photo) -> list[str]:
+def _ten_answers(answer: str, other: photos.Photo) -> list[str]:
     """10 crowd answers: mostly `answer`, two dissenting (the opposite, a neighbour, another noun)."""
     if answer in ("yes", "no"):
         dissent = "no" if answer == "yes" else "yes"
@@ -55,11 +56,11 @@ def _vqa_pair(
             questions.append(
                 {"image_id": image_id, "question": question, "question_id": question_id}
             )
-            answers = ten_answers(answer.lower(), m.next_photo())
+            answers = _ten_answers(answer.lower(), m.next_photo())
             entry = {
                 "image_id": image_id,
                 "question_id": question_id,
-                "answer_type": answer_type(answers[0]),
+                "answer_type": _answer_type(answers[0]),
             }
             if okvqa:
                 entry["question_type"] = "other"
@@ -289,14 +290,16 @@ def vizwiz(m: Miniature) -> None:
             question, answer = photo.qa[0]
             answerable = index != 2  # VizWiz keeps the questions a sighted helper could not answer
             answers = (
-                ten_answers(answer.lower(), m.next_photo()) if answerable else ["unanswerable"] * 10
+                _ten_answers(answer.lower(), m.next_photo())
+                if answerable
+                else ["unanswerable"] * 10
             )
             entries.append(
                 {
                     "image": image,
                     "question": question.lower(),
                     "answers": [{"answer": a, "answer_confidence": "yes"} for a in answers],
-                    "answer_type": answer_type(answers[0]) if answerable else "unanswerable",
+                    "answer_type": _answer_type(answers[0]) if answerable else "unanswerable",
                     "answerable": int(answerable),
                 }
             )

@@ -93,6 +93,7 @@ class Miniature:
     # --- annotation files -------------------------------------------------------------------
 
     def write_json(self, relative: str, payload: Any) -> str:
+        """Write `payload` as JSON at `relative`; returns `relative`."""
         with open(self.path(relative), "w", encoding="utf-8") as f:
             json.dump(payload, f)
         return relative
@@ -105,6 +106,7 @@ class Miniature:
         return relative
 
     def write_csv(self, relative: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+        """Write a CSV with a header row (the csv module's quoting); returns `relative`."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
@@ -114,6 +116,7 @@ class Miniature:
         return relative
 
     def write_text(self, relative: str, text: str) -> str:
+        """Write `text` verbatim at `relative`; returns `relative`."""
         with open(self.path(relative), "w", encoding="utf-8") as f:
             f.write(text)
         return relative
@@ -223,6 +226,7 @@ class Miniature:
         }
 
     def finish(self) -> dict[str, Any]:
+        """The manifest, without the per-dataset media bookkeeping."""
         self.manifest.pop("_media", None)
         return self.manifest
 
