@@ -1,30 +1,70 @@
-"""python -m ib_jax.convert: PyTorch InstructBLIP checkpoints -> an Orbax checkpoint + our config.
+"""python -m ib_jax.convert: PyTorch checkpoints -> a converted directory (config.json + Orbax params/).
 
-  python -m ib_jax.convert --hf DIR --out OUT [--scan_layers] [--remat_policy dots]
-  python -m ib_jax.convert --lavis instruct_blip_flanxl_trimmed.pth --vit eva_vit_g.pth \\
-      --language_model flan-t5-xl/ --config configs/instructblip_flant5xl.py --out OUT
-  python -m ib_jax.convert --describe configs/instructblip_flant5xl.py
+  python -m ib_jax.convert --hf=DIR --out=OUT [--scan_layers] [--remat_policy=dots]
+  python -m ib_jax.convert --lavis=instruct_blip_flanxl_trimmed.pth --vit=eva_vit_g.pth \\
+      --language_model=flan-t5-xl/ --config=configs/instructblip_flant5xl.py --out=OUT
+  python -m ib_jax.convert --blip2=blip2-flan-t5-xl/ --bert=bert-base-uncased/ --out=OUT
+  python -m ib_jax.convert --blip2=blip2_pretrained_flant5xl.pth --bert=bert-base-uncased/ \\
+      --vit=eva_vit_g.pth --language_model=flan-t5-xl/ --config=configs/instructblip_flant5xl.py --out=OUT
+  python -m ib_jax.convert --blip2=blip2_pretrained.pth --vit=eva_vit_g.pth \\
+      --language_model=vicuna-7b/ --config=configs/instructblip_vicuna7b.py --seed=0 --out=OUT
+  python -m ib_jax.convert --describe=configs/instructblip_flant5xl.py
+
+Conversion streams: tensors are read one layer group at a time and written to Orbax piece by
+piece, so memory stays near the largest `.bin`/`.pth` shard plus one layer group.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import json
+import math
+import os
 import sys
 
-from ib_jax.convert import api
+from absl import app, flags
+from ml_collections import config_flags
+
+_SOURCES = ("hf", "lavis", "blip2", "describe")
 
 
-def _model_config(path: str):
-    from ib_jax.configs_util import load_config, model_config
-
-    return model_config(load_config(path))
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The command line, defined into `flag_values` (absl's global FLAGS when run as a program)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_string(
+        "hf", None, "Hugging Face InstructBLIP directory (config.json + weights)", **fv
+    )
+    flags.DEFINE_string("lavis", None, "LAVIS InstructBLIP state dict (.pth)", **fv)
+    flags.DEFINE_string(
+        "blip2",
+        None,
+        "BLIP-2 to start instruction tuning from: an HF Blip2ForConditionalGeneration directory, "
+        "a LAVIS blip2_t5 stage-2 state dict, or a LAVIS stage-1 Q-Former checkpoint",
+        **fv,
+    )
+    flags.DEFINE_string("describe", None, "print parameter counts per tower of a config file", **fv)
+    flags.DEFINE_string("bert", None, "BERT directory for the Q-Former's text side (--blip2)", **fv)
+    flags.DEFINE_string("vit", None, "EVA ViT-g state dict for trimmed LAVIS files", **fv)
+    flags.DEFINE_string(
+        "language_model", None, "HF T5/Vicuna directory or file for trimmed LAVIS files", **fv
+    )
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "configs/*.py file; its config.model names the architecture (--lavis, LAVIS --blip2)",
+        lock_config=False,
+        **fv,
+    )
+    flags.DEFINE_string("out", None, "output directory (must not hold a checkpoint yet)", **fv)
+    flags.DEFINE_bool("scan_layers", False, "write the scanned layout", **fv)
+    flags.DEFINE_string("remat_policy", "none", "remat policy stored in the written config", **fv)
+    flags.DEFINE_integer(
+        "seed", 0, "--blip2: seed of the fresh tensors ([DEC] row, stage-1 projection)", **fv
+    )
 
 
 def describe(config) -> dict[str, int]:
     """Parameter count per tower (from shapes only; nothing is allocated)."""
-    import math
-
     import jax
 
     from ib_jax.convert.core import abstract_params
@@ -38,56 +78,81 @@ def describe(config) -> dict[str, int]:
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ib_jax.convert",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hf", help="Hugging Face InstructBLIP directory (config.json + weights)")
-    source.add_argument("--lavis", help="LAVIS InstructBLIP state dict (.pth)")
-    source.add_argument(
-        "--describe", metavar="CONFIG", help="print parameter counts per tower of a config"
-    )
-    parser.add_argument("--vit", help="EVA ViT-g state dict for trimmed LAVIS files")
-    parser.add_argument(
-        "--language_model", help="HF T5/Vicuna directory or file for trimmed LAVIS files"
-    )
-    parser.add_argument(
-        "--config", help="our config file (required with --lavis: it names the architecture)"
-    )
-    parser.add_argument("--out", help="output directory (must not exist yet)")
-    parser.add_argument("--scan_layers", action="store_true", help="write the scanned layout")
-    parser.add_argument("--remat_policy", default="none")
-    args = parser.parse_args(argv)
+def _model_config(config):
+    from ib_jax.configs_util import model_config
 
-    if args.describe:
-        for name, count in describe(_model_config(args.describe)).items():
+    return None if config is None else model_config(config)
+
+
+def run(fv: flags.FlagValues) -> int:
+    """Convert (or describe) as the parsed flags say; returns the exit status."""
+    from ib_jax.convert import api, blip2, core
+
+    given = [name for name in _SOURCES if fv[name].value]
+    if len(given) != 1:
+        raise app.UsageError(
+            f"give exactly one of --{', --'.join(_SOURCES)} (got {given or 'none'})"
+        )
+    if fv.describe:
+        from ib_jax.configs_util import load_config, model_config
+
+        for name, count in describe(model_config(load_config(fv.describe))).items():
             print(f"{name:24s} {count:>15,d}")
         return 0
-    if not args.out:
-        parser.error("--out is required to convert")
-    overrides = dict(scan_layers=args.scan_layers, remat_policy=args.remat_policy)
-    if args.hf:
-        config, params, report = api.convert_hf(args.hf, **overrides)
-    else:
-        if not args.config:
-            parser.error("--lavis needs --config (the architecture of the released model)")
-        config = dataclasses.replace(_model_config(args.config), **overrides)
-        config, params, report = api.convert_lavis(
-            args.lavis, config, vit=args.vit, language_model=args.language_model
-        )
-    for kind, keys in report.items():
+    if not fv.out:
+        raise app.UsageError("--out is required to convert")
+    config = _model_config(fv.config)
+    layout = dict(scan_layers=fv.scan_layers, remat_policy=fv.remat_policy)
+    try:
+        if fv.hf:
+            plan = api.plan_hf(fv.hf, **layout)
+        elif fv.lavis:
+            if config is None:
+                raise app.UsageError(
+                    "--lavis needs --config (the architecture of the released model)"
+                )
+            plan = api.plan_lavis(
+                fv.lavis,
+                dataclasses.replace(config, **layout),
+                vit=fv.vit,
+                language_model=fv.language_model,
+            )
+        else:
+            plan = blip2.plan_blip2(
+                fv.blip2, fv.bert, config, fv.vit, fv.language_model, fv.seed, **layout
+            )
+    except (core.ConversionError, FileNotFoundError) as err:
+        print(f"conversion refused: {err}", file=sys.stderr)
+        return 1
+    for kind, keys in plan.report.items():
         if keys:
             print(
                 f"{len(keys)} {kind} source keys (not converted): {', '.join(keys[:8])}"
                 + (" ..." if len(keys) > 8 else "")
             )
-    api.save_converted(args.out, config, params)
-    print(f"wrote {args.out} ({'scanned' if config.scan_layers else 'unscanned'} layout)")
+    if fv.blip2:
+        print(blip2.summary(plan))
+    stats = api.write_converted(fv.out, plan)
+    if fv.blip2:
+        with open(os.path.join(fv.out, "provenance.json"), "w") as f:
+            json.dump(blip2.provenance(plan), f, indent=2)
+    layout_name = "scanned" if plan.config.scan_layers else "unscanned"
+    print(
+        f"wrote {fv.out} ({layout_name} layout, {stats.total_bytes / 2**20:,.0f} MiB in "
+        f"{stats.pieces} pieces, largest group {stats.max_unit_bytes / 2**20:,.0f} MiB)"
+    )
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (without the program name) into a fresh flag set and run; for callers in
+    Python (tests), so that these flags never collide with another program's."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fv(["ib_jax.convert", *(sys.argv[1:] if argv is None else argv)])
+    return run(fv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: sys.exit(run(flags.FLAGS)))
