@@ -41,6 +41,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "prefetch_batches": 2,  # batches a background thread prepares ahead; 0 disables
     "max_bad_fraction": 0.01,  # bad examples (or malformed annotations) tolerated before stopping
     "bad_fraction_min_examples": 100,  # the fraction is taken of at least this many examples
+    "lm_type": "t5",  # LM family whose text conventions the LM tokenizer follows (= model.lm_type)
 }
 
 
@@ -128,6 +129,8 @@ class ExamplePreprocessor:
         self.target_max_len = int(data_config["target_max_len"])
         self.qformer_vocab = str(data_config["qformer_vocab"])
         self.lm_spm = str(data_config["lm_spm"])
+        # Resolved here, in the main process: workers get the plain TextFormat, not the registry.
+        self.lm_format = text.text_format(setting(data_config, "lm_type"))
         self._tokenizers = None
 
     def __getstate__(self):
@@ -142,7 +145,7 @@ class ExamplePreprocessor:
         if self._tokenizers is None:
             self._tokenizers = (
                 text.QFormerTokenizer(self.qformer_vocab),
-                text.LMTokenizer(self.lm_spm),
+                text.LMTokenizer(self.lm_spm, self.lm_format),
             )
         return self._tokenizers
 

@@ -132,3 +132,101 @@ def test_demo_assets_regenerate_identically(tmp_path):
     vocab = open(demo_data.DEMO_VOCAB).read().split("\n")
     assert vocab[:6] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
     assert committed.vocab_size <= 400
+
+
+@pytest.fixture(scope="module")
+def llama_spm_dir(tmp_path_factory):
+    """A tiny SentencePiece BPE model trained in-process with LLaMA's trainer settings (unk 0,
+    bos 1, eos 2, no pad piece, byte fallback, identity normalization), as `tokenizer.model`."""
+    directory = tmp_path_factory.mktemp("llama_spm")
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(demo_data.demo_corpus() * 3 + TEXTS))
+    spm.SentencePieceTrainer.Train(
+        input=str(corpus),
+        model_prefix=str(directory / "tokenizer"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return directory
+
+
+def _lavis_llama_tokenizer(directory, truncation_side: str):
+    """HF `LlamaTokenizer` configured as LAVIS's blip2_vicuna_instruct does it."""
+    tok = transformers.LlamaTokenizer.from_pretrained(
+        str(directory), add_bos_token=True, truncation_side=truncation_side, padding_side="right"
+    )
+    for name, piece in (("pad", "[PAD]"), ("bos", "</s>"), ("eos", "</s>"), ("unk", "</s>")):
+        tok.add_special_tokens({f"{name}_token": piece})
+    tok.update_post_processor()  # transformers 5: the template must pick up the new BOS
+    return tok
+
+
+# Texts without leading whitespace: for those, `tokenizers`' Metaspace (HF 5) does not add the
+# dummy prefix that SentencePiece (and the slow tokenizer LAVIS trained with) adds.
+VICUNA_TEXTS = TEXTS + ["two  spaces\tand tab\nnewline 12345 ☃"]
+
+
+@pytest.mark.parametrize("max_len", [6, 40])
+def test_vicuna_layout_equals_hf_llama_tokenizer_as_lavis_uses_it(llama_spm_dir, max_len):
+    ours = text.LMTokenizer(str(llama_spm_dir / "tokenizer.model"), text.text_format("llama"))
+    left = _lavis_llama_tokenizer(llama_spm_dir, "left")
+    right = _lavis_llama_tokenizer(llama_spm_dir, "right")
+    assert (ours.pad_id, ours.vocab_size) == (left.pad_token_id, len(left)) == (400, 401)
+    assert ours.bos_id == ours.eos_id == left.bos_token_id == left.eos_token_id == 2
+    for sentence in VICUNA_TEXTS:
+        # LAVIS forward(): instruction with BOS, no EOS, left-truncated at max_txt_len.
+        ids, mask = ours.encode_instruction(sentence, max_len)
+        reference = left(sentence, max_length=max_len, truncation=True, padding="max_length")
+        assert ids.tolist() == reference["input_ids"], sentence
+        assert mask.tolist() == reference["attention_mask"]
+        assert ids[0] == 2 and (mask.sum() < 2 or ids[mask.sum() - 1] != 2)
+        # Target: text + "</s>" right-truncated, its BOS dropped by concat_text_input_output.
+        labels = ours.encode_target(sentence, max_len)
+        reference = right(sentence + "</s>", max_length=max_len + 1, truncation=True)
+        expected = reference["input_ids"][1:]
+        assert labels.tolist() == expected + [-100] * (max_len - len(expected)), sentence
+        # _predict_class(): candidates tokenized as they are, BOS dropped, no EOS.
+        candidate = ours.encode_candidate(sentence, max_len)
+        expected = right(sentence, max_length=max_len + 1, truncation=True)["input_ids"][1:]
+        assert candidate.tolist() == expected + [-100] * (max_len - len(expected))
+        assert ours.decode(ids) == left.decode(ids, skip_special_tokens=True)
+
+
+def test_t5_layout_is_unchanged_by_the_format_choice(spm_model):
+    default, t5 = text.LMTokenizer(spm_model), text.LMTokenizer(spm_model, text.text_format("t5"))
+    for sentence in TEXTS:
+        assert default.encode_instruction(sentence, 12)[0].tolist() == (
+            t5.encode_instruction(sentence, 12)[0].tolist()
+        )
+        np.testing.assert_array_equal(
+            t5.encode_candidate(sentence, 6), t5.encode_target(sentence, 6)
+        )
+
+
+def test_tokenizer_and_model_ids_must_agree(llama_spm_dir):
+    from ib_jax.models.configs import LlamaConfig, T5Config
+
+    path = str(llama_spm_dir / "tokenizer.model")
+    with pytest.raises(ValueError, match="no pad piece"):
+        text.LMTokenizer(path)  # T5's format needs the model's own pad piece; LLaMA's has none
+    ours = text.LMTokenizer(path, text.text_format("llama"))
+    ours.check_model(LlamaConfig(vocab_size=401, bos_token_id=2, eos_token_id=2, pad_token_id=400))
+    with pytest.raises(ValueError, match="pad_token_id is 32000"):
+        ours.check_model(LlamaConfig(vocab_size=32001))
+    with pytest.raises(ValueError, match="vocab_size 300"):
+        ours.check_model(LlamaConfig(vocab_size=300, pad_token_id=400))
+    with pytest.raises(ValueError, match="eos_token_id is 1"):
+        ours.check_model(T5Config(pad_token_id=400))

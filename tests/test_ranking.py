@@ -63,8 +63,8 @@ def test_scores_equal_hf_log_probs(setup, chunk_size):
 
 
 def test_candidate_labels_from_strings():
-    class Tok:  # ids = word lengths, as an LMTokenizer.encode_target would give ids + </s>
-        def encode_target(self, text, max_len):
+    class Tok:  # ids = word lengths, as an LMTokenizer.encode_candidate would give ids + </s>
+        def encode_candidate(self, text, max_len):
             ids = [len(w) + 2 for w in text.split()][: max_len - 1] + [1]
             return np.array(ids + [-100] * (max_len - len(ids)), np.int32)
 

@@ -1,7 +1,9 @@
-"""Candidate ranking ("vocabulary ranking" in the paper): score every candidate answer by its LM likelihood.
+"""Candidate ranking ("vocabulary ranking" in the paper): score every candidate answer by its LM
+likelihood.
 
-score(candidate) = sum over the candidate's tokens (its `</s>` included) of log p(token | image,
-instruction, previous tokens), or that sum divided by the token count (`length_normalize=True`).
+score(candidate) = sum over the candidate's tokens (its `</s>` included where the LM's text format
+ends candidates with it) of log p(token | image, instruction, previous tokens), or that sum
+divided by the token count (`length_normalize=True`).
 
 One jitted pass per batch: the image and instruction are encoded once per example (the LM's
 `encode_prompt` context: T5's encoder output, Vicuna's soft prompt), repeated for the candidates,
@@ -96,8 +98,8 @@ def score_candidates(
     chunk_size: int = 0,
 ) -> Array:
     """Log-likelihood of every candidate. batch: CONTRACTS.md keys (extra keys ignored);
-    candidate_labels [B, C, L] int32: candidate ids + `</s>`, -100 at pads (an all-pad row is a
-    missing candidate and scores -inf). Returns [B, C] float32."""
+    candidate_labels [B, C, L] int32: candidate ids (see `candidate_labels`), -100 at pads (an
+    all-pad row is a missing candidate and scores -inf). Returns [B, C] float32."""
     inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS if batch.get(k) is not None}
     return compiled_scorer(model, bool(length_normalize), int(chunk_size))(
         params, inputs, jnp.asarray(candidate_labels, jnp.int32)
@@ -107,10 +109,11 @@ def score_candidates(
 def candidate_labels(
     candidates: Sequence[Sequence[str]], tokenizer, max_len: int, num_candidates: int | None = None
 ) -> np.ndarray:
-    """Per-example candidate strings -> [B, C, max_len] labels (ids + `</s>`, -100 at pads).
+    """Per-example candidate strings -> [B, C, max_len] labels (ids, -100 at pads).
 
-    `tokenizer.encode_target(text, max_len)` (data_pipelines.text.LMTokenizer). C defaults to the
-    largest candidate count in the batch; missing candidates are all -100 (score -inf)."""
+    `tokenizer.encode_candidate(text, max_len)` (data_pipelines.text.LMTokenizer: ids + `</s>` for
+    T5, ids alone for Vicuna, as LAVIS ranks them). C defaults to the largest candidate count in
+    the batch; missing candidates are all -100 (score -inf)."""
     width = num_candidates or max((len(c) for c in candidates), default=1)
     out = np.full((len(candidates), max(width, 1), max_len), IGNORE_INDEX, np.int32)
     for row, options in enumerate(candidates):
@@ -119,7 +122,7 @@ def candidate_labels(
                 f"example {row} has {len(options)} candidates, more than num_candidates={width}"
             )
         for col, text in enumerate(options):
-            out[row, col] = tokenizer.encode_target(text, max_len)
+            out[row, col] = tokenizer.encode_candidate(text, max_len)
     return out
 
 

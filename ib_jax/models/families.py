@@ -2,8 +2,8 @@
 
 `config.model.lm_type` names a family; the family gives the hyperparameter dataclass, the linen
 module (implementing `ib_jax.models.lm.LanguageModel`), the width the Q-Former output is projected
-to, and the FLOPs of a teacher-forced example. Adding a family is adding a module that implements
-the interface and one entry here.
+to, the FLOPs of a teacher-forced example and the text conventions of its tokenizer. Adding a
+family is adding a module that implements the interface and one entry here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from data_pipelines.text import TextFormat
 from ib_jax.models import llama, t5
 from ib_jax.models.configs import LlamaConfig, T5Config
 
@@ -30,6 +31,8 @@ class LMFamily:
     width:         text config -> the LM's embedding width D (the projection's output).
     forward_flops: (text config, prefix_len, text_len, target_len) -> FLOPs of one teacher-forced
                    example (2 per multiply-accumulate).
+    text:          the text conventions its checkpoints were trained with (the LM tokenizer's
+                   special tokens, padding and truncation; data_pipelines/text.py).
     """
 
     name: str
@@ -37,6 +40,7 @@ class LMFamily:
     module_cls: type[nn.Module]
     width: Callable[[Any], int]
     forward_flops: Callable[[Any, int, int, int], float]
+    text: TextFormat
 
 
 # FLOPs of one teacher-forced example (2 per multiply-accumulate; matmuls and attention).
@@ -85,6 +89,7 @@ FAMILIES: dict[str, LMFamily] = {
             module_cls=t5.T5,
             width=lambda config: config.d_model,
             forward_flops=_t5_forward_flops,
+            text=TextFormat(),  # HF T5Tokenizer: `</s>` closes instruction and target; pad 0
         ),
         LMFamily(
             name="llama",
@@ -92,6 +97,16 @@ FAMILIES: dict[str, LMFamily] = {
             module_cls=llama.Llama,
             width=lambda config: config.hidden_size,
             forward_flops=_llama_forward_flops,
+            # Vicuna as LAVIS trains it (blip2_vicuna_instruct.py): `</s>` as BOS, the instruction
+            # without EOS, the target text + "</s>" truncated together, [PAD] added after the
+            # SentencePiece pieces, candidates ranked without `</s>`.
+            text=TextFormat(
+                bos_piece="</s>",
+                instruction_eos=False,
+                pad_piece="[PAD]",
+                keep_target_eos=False,
+                candidate_eos=False,
+            ),
         ),
     )
 }
