@@ -15,8 +15,11 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from ib_jax.convert import blip2_rules, core, readers
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
@@ -113,7 +116,7 @@ def _plan_hf(blip2, bert, config, vit, language_model, seed, layout) -> core.Pla
 
     derived = tie_if_headless(derived, state, "language_model.lm_head.weight")
     if config is not None:
-        _same_architecture(config, derived, blip2)
+        derived = _same_architecture(config, derived, blip2)
     state.update(bert_state)
     table = [*blip2_rules.hf_blip2_rules(), *blip2_rules.bert_text_rules(seed, std)]
     return core.plan(state, table, derived, blip2_rules.HF_ALIASES, blip2_rules.BERT_SUPERSEDED)
@@ -209,17 +212,26 @@ def _read_bert(bert: str, blip2: str, width: int) -> tuple[readers.LazyState, fl
     return state, float(hf.get("initializer_range", 0.02))
 
 
-def _same_architecture(config: ModelConfig, derived: ModelConfig, source: str) -> None:
+def _same_architecture(config: ModelConfig, derived: ModelConfig, source: str) -> ModelConfig:
+    """`config` if its parameters have the shapes of `derived`'s (read off the checkpoints).
+
+    Shapes, not fields: the config may rightly differ in what a checkpoint does not say (LAVIS
+    ran BLIP-2's FlanT5 with exact GELU where HF's config.json reads as the tanh form)."""
+    ours = traverse_util.flatten_dict(core.abstract_params(config), sep="/")
+    theirs = traverse_util.flatten_dict(core.abstract_params(derived), sep="/")
     differ = [
-        name
-        for name in ("vision", "qformer", "text", "num_query_tokens")
-        if getattr(config, name) != getattr(derived, name)
+        f"{path} {ours[path].shape if path in ours else 'absent'} vs "
+        f"{theirs[path].shape if path in theirs else 'absent'}"
+        for path in sorted(set(ours) | set(theirs))
+        if path not in ours or path not in theirs or ours[path].shape != theirs[path].shape
     ]
     if differ:
         raise core.ConversionError(
-            f"--config describes another architecture than {source} + BERT (differs in "
-            f"{', '.join(differ)}: {[getattr(derived, n) for n in differ]})"
+            f"the config describes another architecture than {source} + BERT: "
+            + "; ".join(differ[:6])
+            + (f" ... ({len(differ)} parameters differ)" if len(differ) > 6 else "")
         )
+    return config
 
 
 def provenance(plan: core.Plan) -> dict[str, dict[str, list[int]]]:
@@ -261,3 +273,27 @@ def summary(plan: core.Plan) -> str:
             lines.append(f"      {part:44s} {count:5d} {size:>15,d}")
     lines.append(f"  total: {total:,d} parameters")
     return "\n".join(lines)
+
+
+def initial_params(init: Mapping[str, Any], model_config: ModelConfig) -> dict[str, Any]:
+    """`config.init` naming a BLIP-2 start -> params in `model_config`'s layout (for the trainer).
+
+    Fields: `blip2` (an HF BLIP-2 directory or LAVIS file, as `--blip2`), `bert`, `vit`,
+    `language_model`, `seed`. The architecture must be `model_config`'s; a model without the
+    instruction input (`instruction_aware=False`, BLIP-2 training) gets no text-side tensors.
+    """
+    from ib_jax.convert import api
+
+    plan = plan_blip2(
+        init["blip2"],
+        init.get("bert") or None,
+        model_config,
+        init.get("vit") or None,
+        init.get("language_model") or None,
+        int(init.get("seed") or 0),
+        scan_layers=model_config.scan_layers,
+        remat_policy=model_config.remat_policy,
+    )
+    kept = set(traverse_util.flatten_dict(core.abstract_params(model_config), sep="/"))
+    plan.assignments = {t: a for t, a in plan.assignments.items() if t in kept}
+    return api.to_memory(plan)
