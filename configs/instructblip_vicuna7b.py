@@ -2,12 +2,16 @@
 
 Weights: convert the released checkpoint with `python -m ib_jax.convert` (LAVIS: the trimmed
 InstructBLIP file + `--vit` + `--language_model` Vicuna-7B v1.1) and point `config.init.pretrained`
-at the output. Data: the paper's held-in mixture (data_pipelines).
+at the output. Data: the paper's held-in mixture (configs/data_heldin.py) tokenized as LAVIS does
+for Vicuna (`</s>` as BOS, `[PAD]` = 32000; data_pipelines/text.py), with LLaMA's SentencePiece
+model expected at ROOT/tokenizers/llama-tokenizer.model.
 """
+
+import os
 
 import ml_collections
 
-from configs import common
+from configs import common, data_heldin
 
 # Vicuna v1.1 (LLaMA): RMSNorm 1e-6, rotary theta 1e4, SwiGLU, untied head. The vocabulary and the
 # token ids are those of LAVIS's tokenizer: LLaMA's 32000 + [PAD] (32000); </s> (2) is BOS and EOS.
@@ -25,6 +29,7 @@ VICUNA = dict(
 
 
 def vicuna(hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int) -> dict:
+    """`config.model.text` of a Vicuna v1.1 size (multi-head attention: kv heads = heads)."""
     return dict(
         VICUNA,
         hidden_size=hidden_size,
@@ -38,13 +43,32 @@ def vicuna(hidden_size: int, intermediate_size: int, num_layers: int, num_heads:
 VICUNA_7B = vicuna(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32)
 
 
+def heldin_data(arg: str | None, batch_size: int) -> ml_collections.ConfigDict:
+    """The held-in mixture (configs/data_heldin.py, the same as FlanT5's) with Vicuna's text.
+
+    `arg` as data_heldin's (`root=...,batch=...`); `batch_size` is the paper's default.
+    """
+    data = data_heldin.get_config(f"batch={batch_size}" + (f",{arg}" if arg else ""))
+    # LLaMA's SentencePiece model (the same for 7B and 13B), next to the Q-Former vocab.
+    data.lm_spm = os.path.join(os.path.dirname(data.qformer_vocab), "llama-tokenizer.model")
+    # LAVIS: instructions truncated at max_txt_len=128 ids (the `</s>` BOS included), targets at
+    # 256 with their BOS, i.e. 255. LAVIS appends "</s>" before truncating, so a Vicuna target cut
+    # at the limit loses its end token (T5's keeps it): 128 rather than FlanT5's 64 keeps most
+    # LLaVA-Instruct answers whole, at a [32 queries][128][128] = 288-slot decoder sequence.
+    data.text_max_len = 128
+    data.target_max_len = 128
+    return data
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
+    """`arg` goes to the data config (data_heldin: `root=...,batch=...`); default batch 128."""
     config = ml_collections.ConfigDict()
     config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, VICUNA_7B, lm_type="llama")
     config.init = ml_collections.ConfigDict(dict(pretrained=""))
     config.mesh = common.mesh(data=-1, fsdp=1, tensor=1)
-    config.train = common.train(batch_size=128)  # the paper: 128 for the 7B models
+    config.train = common.train()
     config.checkpoint = common.checkpoint()
-    config.data = ml_collections.ConfigDict()  # the held-in mixture: see configs/data_heldin.py
+    config.data = heldin_data(arg, batch_size=128)  # the paper: 128 for the 7B models
+    # The tokenizer follows the model's family (a --config.model.lm_type override carries over).
+    config.data.lm_type = config.model.get_ref("lm_type")
     return config
