@@ -15,11 +15,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
 
+from ib_jax import sharding
 from ib_jax.convert.readers import Entry, LazyState
 from ib_jax.convert.rules import Rule
 from ib_jax.models.configs import ModelConfig
@@ -47,7 +47,9 @@ def abstract_params(config: ModelConfig) -> dict[str, Any]:
         jnp.zeros((1, 2), jnp.int32),
     )
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"])
-    return nn.unbox(shapes)
+    # Not nn.unbox: under an active mesh (the trainer's pretrained init) it would apply sharding
+    # constraints to these shape structs and fail.
+    return sharding.unboxed(shapes)
 
 
 def fuse_lavis_qkv_bias(state: LazyState) -> None:
