@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def load_pretrained(path: str, **overrides: Any):
+def load_pretrained(path: str, **overrides: Any) -> tuple[Any, Any]:
     """(model, params) from an HF InstructBLIP directory or a directory written by `ib_jax.convert`.
 
-    `overrides` replace ModelConfig fields (dtype, scan_layers, remat_policy...).
+    `overrides` replace ModelConfig fields (dtype, scan_layers, remat_policy...). The one way
+    pretrained weights are read: evaluation (`--checkpoint=DIR`) and training
+    (`config.init.pretrained`) come through here too.
     """
     from ib_jax.convert import api
     from ib_jax.models.instructblip import InstructBlip
@@ -20,7 +22,7 @@ def load_pretrained(path: str, **overrides: Any):
     return InstructBlip(config), params
 
 
-def generate(*args: Any, **kwargs: Any):
+def generate(*args: Any, **kwargs: Any) -> Any:
     """Batched, jitted generation; see `ib_jax.decode.generate`."""
     from ib_jax import decode
 

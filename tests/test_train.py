@@ -124,13 +124,13 @@ def test_resume_on_another_mesh_continues_with_the_same_losses(data_root, straig
     )
     trainer.train(first, interrupted)
     assert checkpoint.make_manager(interrupted, read_only=True).latest_step() == 3
-    assert not os.path.exists(os.path.join(interrupted, trainer.FINAL_MARKER))
+    assert not os.path.exists(os.path.join(interrupted, checkpoint.FINAL_MARKER))
     trainer.train(_config(data_root, data=2, fsdp=2, tensor=2), interrupted)
     expected, resumed = _losses(straight_run), _losses(interrupted)
     assert sorted(resumed) == list(range(1, 7))
     for step in range(4, 7):
         np.testing.assert_allclose(resumed[step], expected[step], rtol=1e-5, err_msg=f"step {step}")
-    assert os.path.exists(os.path.join(interrupted, trainer.FINAL_MARKER))
+    assert os.path.exists(os.path.join(interrupted, checkpoint.FINAL_MARKER))
 
 
 def test_non_finite_loss_stops_without_touching_checkpoints(data_root, straight_run, tmp_path):

@@ -1,38 +1,46 @@
-"""python -m ib_jax.train --config=configs/demo.py --workdir=workdirs/demo [--config.train.num_steps=...]"""
+"""Train (and, with `config.eval.after_training`, evaluate the final checkpoint).
+
+    python -m ib_jax.train --config=configs/demo.py --workdir=workdirs/demo [--config.x.y=...]
+
+Running the same command again resumes from the latest checkpoint in the workdir. The console
+shows progress and results; library logs go to WORKDIR/logs/train.log (`--verbosity=0` or
+IB_JAX_VERBOSE=1 shows them on the console too).
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/*.py file (get_config(arg))", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "checkpoints, metrics and evaluation results go here"
-)
-flags.mark_flags_as_required(["config", "workdir"])
+from ib_jax import cli
+
+_CONFIG = cli.define_config_flag()
+_WORKDIR = cli.define_workdir_flag("checkpoints, metrics, logs and evaluation results go here")
+flags.adopt_module_key_flags(cli)
 
 
 def main(argv: list[str]) -> None:
+    """Join the process group if there is one, train, then evaluate if the config asks."""
     del argv
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from ib_jax import distributed
+    cli.quiet_console()
+    import jax
 
-    distributed.initialize(_CONFIG.value)
+    from ib_jax import checkpoint, distributed
+
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    # Before any other jax call: initialize() must come first to form the process group.
+    distributed.initialize(config)
+    cli.log_to_file(workdir, "train", jax.process_index(), jax.process_count())
 
     from ib_jax.train import trainer
 
-    config, workdir = _CONFIG.value, _WORKDIR.value
     trainer.train(config, workdir)
-    finished = os.path.exists(os.path.join(workdir, trainer.FINAL_MARKER))
-    if finished and config.get("eval") and config.eval.get("after_training", False):
+    if (
+        checkpoint.training_done(workdir)
+        and config.get("eval")
+        and config.eval.get("after_training", False)
+    ):
         from ib_jax import evaluate
 
         results = evaluate.run(config, workdir)

@@ -11,6 +11,8 @@ import jax
 
 
 class MetricsWriter:
+    """WORKDIR/metrics.jsonl, WORKDIR/tensorboard (`train/<name>`) and the console line."""
+
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.total_steps, self.start_step = total_steps, start_step
         self.started = time.perf_counter()
@@ -23,6 +25,7 @@ class MetricsWriter:
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Record `metrics` at `step` (needs loss, learning_rate, grad_norm, examples_per_s)."""
         if not self.enabled:
             return
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -42,6 +45,7 @@ class MetricsWriter:
         )
 
     def close(self) -> None:
+        """Close the files (process 0)."""
         if self.enabled:
             self.jsonl.close()
             self.tensorboard.close()

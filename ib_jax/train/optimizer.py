@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import ml_collections
 import optax
 from flax import traverse_util
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+    """Step (0-based) -> learning rate: linear warmup over `warmup_steps`, then cosine decay to
+    `end_learning_rate` at `num_steps` (both from `config.train`)."""
+    # max(., 1): a zero-length warmup or decay would divide by zero inside optax.
     warmup = optax.linear_schedule(
         train.warmup_init_lr, train.learning_rate, max(train.warmup_steps, 1)
     )
@@ -30,6 +32,8 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with the schedule and decay mask above; global-norm clipping first when
+    `grad_clip_norm` > 0 (the paper does not clip; the demo does)."""
     parts = []
     if train.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
@@ -43,7 +47,3 @@ def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransforma
         )
     )
     return optax.chain(*parts)
-
-
-def global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree)

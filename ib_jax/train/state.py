@@ -19,12 +19,16 @@ from flax import traverse_util
 
 @flax.struct.dataclass
 class TrainState:
+    """What the step donates and returns: `step` (int32 scalar), the trainable parameter subtree
+    and the optimizer state of exactly that subtree."""
+
     step: jax.Array
     trainable: Any
     opt_state: Any
 
 
 def is_trainable(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a "/"-joined parameter path matches any of the regexes (`re.search`)."""
     return any(re.search(pattern, path) for pattern in patterns)
 
 
@@ -44,6 +48,7 @@ def split_params(params: Any, patterns: Sequence[str]) -> tuple[dict, dict]:
 
 
 def merge_params(trainable: dict, frozen: dict) -> dict:
+    """The inverse of `split_params`: one nested tree with the leaves of both."""
     flat = traverse_util.flatten_dict(frozen, sep="/")
     flat.update(traverse_util.flatten_dict(trainable, sep="/"))
     return traverse_util.unflatten_dict(flat, sep="/")
@@ -52,7 +57,8 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
 def cast_floating(tree: Any, dtype: str) -> Any:
     """Floating leaves (arrays or ShapeDtypeStructs) to `dtype`; others unchanged."""
 
-    def cast(x):
+    def cast(x: Any) -> Any:
+        """One leaf, cast if floating (a ShapeDtypeStruct keeps its sharding)."""
         if not jnp.issubdtype(x.dtype, jnp.floating):
             return x
         if isinstance(x, jax.ShapeDtypeStruct):

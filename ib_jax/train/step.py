@@ -21,6 +21,7 @@ from ib_jax.train.state import TrainState, merge_params
 def loss_fn(
     model: InstructBlip, trainable: Any, frozen: Any, batch: dict[str, jax.Array]
 ) -> jax.Array:
+    """Mean cross-entropy of the batch's labels (scalar); gradients flow to `trainable` only."""
     params = merge_params(trainable, frozen)
     out = model.apply({"params": params}, **{k: batch[k] for k in TRAIN_KEYS})
     return out.loss
@@ -29,14 +30,20 @@ def loss_fn(
 def make_train_step(
     model: InstructBlip, optimizer: optax.GradientTransformation, grad_accum_steps: int = 1
 ) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
+    """The step: (state, frozen, batch) -> (new state, {"loss", "grad_norm"}), to be jitted.
+
+    Batch arrays are [B, ...] with B divisible by `grad_accum_steps`.
+    """
     grad_fn = jax.value_and_grad(lambda t, f, b: loss_fn(model, t, f, b))
 
     def train_step(
         state: TrainState, frozen: Any, batch: dict[str, jax.Array]
     ) -> tuple[TrainState, dict]:
+        """One optimizer update from the batch (or the mean of its micro-batches' gradients)."""
         if grad_accum_steps == 1:
             loss, grads = grad_fn(state.trainable, frozen, batch)
         else:
+            # [B, ...] -> [K, B / K, ...]: micro-batch k is the rows [k * B / K, (k + 1) * B / K).
             micro = jax.tree_util.tree_map(
                 lambda x: x.reshape(
                     (grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]
@@ -44,7 +51,8 @@ def make_train_step(
                 batch,
             )
 
-            def accumulate(carry, micro_batch):
+            def accumulate(carry: tuple, micro_batch: dict) -> tuple[tuple, None]:
+                """Add one micro-batch's (loss, grads) to the running sums."""
                 loss, grads = grad_fn(state.trainable, frozen, micro_batch)
                 return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
 

@@ -2,14 +2,14 @@
 
 Restarting the same command resumes from the latest checkpoint (parameters, optimizer state and
 the data iterator), so the losses after a restart equal those of an uninterrupted run. SIGTERM
-saves a checkpoint and returns; a non-finite loss stops the run before anything is saved.
+saves a checkpoint and returns; a non-finite loss stops the run before anything is saved. When
+the last step is saved, process 0 writes `checkpoint.FINAL_MARKER` into the workdir.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -35,15 +35,18 @@ from ib_jax.train.step import make_train_step
 
 logger = logging.getLogger(__name__)
 
-FINAL_MARKER = "TRAINING_DONE"  # ib_jax.evaluate's watch mode stops once it sees this
-
 
 class NonFiniteLossError(FloatingPointError):
-    pass
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
 def example_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global batch shapes from the data config (the model is initialised from shapes only)."""
+    """Global batch shapes from the data config (the model is initialised from shapes only).
+
+    pixel_values [B, H, W, 3] float32; qformer_input_ids / qformer_attention_mask [B, Lq],
+    input_ids / attention_mask [B, Lt], labels [B, Ly] int32, with B the global batch size and
+    the L's the config's fixed padded lengths.
+    """
     d = config.data
     b, size = d.global_batch_size, d.image_size
     ints = lambda length: jax.ShapeDtypeStruct((b, length), jnp.int32)  # noqa: E731
@@ -66,16 +69,13 @@ def _init_fn(
     )
 
 
-def _pretrained_params(config: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
-    from ib_jax.convert import api
+def _pretrained_params(path: str, model_config: ModelConfig) -> Any:
+    """Parameters of the pretrained model at `path`, laid out for `model_config` (scanned or not)."""
+    import ib_jax
 
-    path = config.init.pretrained
-    if api.is_converted_directory(path):
-        loaded_config, params = api.load_converted(path, scan_layers=model_config.scan_layers)
-    else:
-        loaded_config, params, _ = api.convert_hf(path, scan_layers=model_config.scan_layers)
+    model, params = ib_jax.load_pretrained(path, scan_layers=model_config.scan_layers)
     arch = lambda c: (c.vision, c.qformer, c.text, c.num_query_tokens)  # noqa: E731
-    if arch(loaded_config) != arch(model_config):
+    if arch(model.config) != arch(model_config):
         raise ValueError(
             f"config.init.pretrained={path} has another architecture than config.model"
         )
@@ -85,23 +85,29 @@ def _pretrained_params(config: ml_collections.ConfigDict, model_config: ModelCon
 class _Preemption:
     """SIGTERM sets a flag; the loop saves and returns at the next step boundary."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: Any) -> None:
         del signum, frame
         logger.warning("SIGTERM received: saving a checkpoint and stopping")
         self.requested = True
 
     def any_process(self) -> bool:
+        """Whether any process got SIGTERM (a collective with several processes).
+
+        Every process must stop at the same step: the save is a collective, and a process that
+        went on alone would wait forever in the next step's collectives.
+        """
         if jax.process_count() == 1:
             return self.requested
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
-    def restore(self):
+    def restore(self) -> None:
+        """Reinstall the SIGTERM handler that was there before."""
         signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -124,17 +130,22 @@ class TrainProgram:
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> TrainProgram:
-    """Call under `sharding.activate(mesh, rules)`."""
+    """The model, optimizer, abstract state and jitted step for `config` on `mesh`.
+
+    Nothing is allocated: shapes come from `jax.eval_shape` and shardings from the logical axis
+    names the modules give their parameters (`rules` map them to mesh axes). The step donates the
+    train state (argument 0), so parameters and moments are updated in place; the frozen
+    parameters are an argument of their own, never donated, differentiated or copied. Call under
+    `sharding.activate(mesh, rules)`.
+    """
     model = InstructBlip(from_config_dict(config.model))
     tx = optim.make_optimizer(config.train)
     init = _init_fn(model, example_batch(config))
-    boxed = jax.eval_shape(
-        lambda: init(jax.random.key(0))
-    )  # no eager op: works on compile-only meshes
+    # The key is made inside eval_shape: no eager op, so this also works on compile-only meshes.
+    boxed = jax.eval_shape(lambda: init(jax.random.key(0)))
     boxed_trainable, boxed_frozen = split_params(boxed, config.train.trainable)
-    boxed_opt_state = jax.eval_shape(
-        tx.init, boxed_trainable
-    )  # moments keep their parameters' axis names
+    # Adam's moments keep their parameters' axis names, so they are sharded like them.
+    boxed_opt_state = jax.eval_shape(tx.init, boxed_trainable)
     shard = lambda tree: sharding.logical_shardings(tree, mesh, rules)  # noqa: E731
     state = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
@@ -168,14 +179,16 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
 def initial_state(
     config: ml_collections.ConfigDict, program: TrainProgram
 ) -> tuple[TrainState, Any]:
-    """Pretrained (config.init.pretrained) or random parameters, placed on the mesh; fresh optimizer.
+    """(train state, frozen params) at step 0: pretrained (config.init.pretrained) or random
+    parameters, placed on the mesh with the program's shardings, and a fresh optimizer state.
 
     One compiled program makes the whole state (compiles dominate small runs)."""
     tcfg = config.train
     shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
     out_shardings = (shardings_of(program.abstract_state), shardings_of(program.abstract_frozen))
 
-    def make(params):
+    def make(params: Any) -> tuple[TrainState, Any]:
+        """Full parameter tree -> (step-0 state, frozen params in their storage dtype)."""
         trainable, frozen = split_params(params, tcfg.trainable)
         state = TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -186,7 +199,8 @@ def initial_state(
 
     if config.init.get("pretrained"):
         params = jax.device_put(
-            _pretrained_params(config, program.model.config), program.param_shardings
+            _pretrained_params(config.init.pretrained, program.model.config),
+            program.param_shardings,
         )
         return jax.jit(make, out_shardings=out_shardings)(params)
     return jax.jit(lambda rng: make(nn.unbox(program.init(rng))), out_shardings=out_shardings)(
@@ -195,7 +209,8 @@ def initial_state(
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train per `config` in `workdir`; returns the last logged metrics."""
+    """Train per `config` in `workdir` (resuming from its latest checkpoint); returns the last
+    logged metrics (loss, grad_norm, learning_rate, step time, throughput, MFU when known)."""
     tcfg = config.train
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     dataset = train_pipeline.build_train_dataset(
@@ -229,18 +244,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             state = TrainState(step=step, trainable=trainable, opt_state=restored["opt_state"])
             logger.info("resumed from step %d", start)
 
-        model_config = program.model.config
-        shapes = flops.Shapes(
-            config.data.global_batch_size,
-            config.data.image_size,
-            config.data.qformer_max_len,
-            config.data.text_max_len,
-            config.data.target_max_len,
-        )
-        step_flops = flops.train_step_flops(model_config, shapes)
-        peak = flops.device_peak_flops(
-            jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0)
-        )
+        # Compiled here from the abstract arguments, not on the first call: every process then
+        # waits at a coordination-service barrier, because processes can finish compiling far
+        # apart and the first collective (XLA:CPU's Gloo) gives up after 30 s of waiting.
         started = time.perf_counter()
         step_fn = program.step_fn.lower(
             program.abstract_state, program.abstract_frozen, program.abstract_batch
@@ -261,9 +267,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 manager,
                 writer,
                 preemption,
-                optim.learning_rate_schedule(tcfg),
-                step_flops,
-                peak,
                 start,
             )
         finally:
@@ -273,27 +276,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             writer.close()
     if finished and jax.process_index() == 0:
         # Tells an evaluation job watching this workdir that no further checkpoint will come.
-        open(os.path.join(workdir, FINAL_MARKER), "w").close()
+        checkpoint.mark_training_done(workdir)
     return last
 
 
 def _loop(
-    config,
-    state,
-    frozen,
-    step_fn,
-    data_iterator,
-    mesh,
-    manager,
-    writer,
-    preemption,
-    schedule,
-    step_flops,
-    peak,
-    start,
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    frozen: Any,
+    step_fn: Callable,
+    data_iterator: Any,
+    mesh: Mesh,
+    manager: Any,
+    writer: MetricsWriter,
+    preemption: _Preemption,
+    start: int,
 ) -> tuple[dict[str, float], bool]:
     """Steps start+1.. until num_steps, a preemption or stop_after_steps; (last metrics, finished)."""
     tcfg = config.train
+    schedule = optim.learning_rate_schedule(tcfg)
+    shapes = flops.Shapes.from_config(config)
+    step_flops = flops.train_step_flops(from_config_dict(config.model), shapes)
+    peak = flops.device_peak_flops(
+        jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0)
+    )
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start + 1, tcfg.num_steps + 1):
@@ -301,6 +307,7 @@ def _loop(
         state, metrics = step_fn(state, frozen, batch)
         window_steps += 1
         is_last = step == tcfg.num_steps
+        # Reading the loss waits for the step; only logged steps do, so dispatch runs ahead.
         if step % tcfg.log_every == 0 or is_last or step == start + 1:
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
@@ -315,8 +322,8 @@ def _loop(
                 "grad_norm": float(metrics["grad_norm"]),
                 "learning_rate": float(schedule(step - 1)),
                 "step_time_s": step_time,
-                "examples_per_s": config.data.global_batch_size / step_time,
-                "tokens_per_s": _tokens(config) / step_time,
+                "examples_per_s": shapes.batch / step_time,
+                "tokens_per_s": shapes.tokens / step_time,
             }
             if step_flops and peak:
                 last["mfu"] = step_flops / step_time / (peak * jax.device_count())
@@ -341,8 +348,3 @@ def _loop(
         if stop:
             return last, False
     return last, True
-
-
-def _tokens(config: ml_collections.ConfigDict) -> int:
-    d = config.data
-    return d.global_batch_size * (d.qformer_max_len + d.text_max_len + d.target_max_len)

@@ -1,0 +1,161 @@
+"""What every command-line entry point shares: the config and workdir flags, and a quiet console.
+
+Flags: `--config=configs/x.py[:arg]` is an `ml_collections` config file (its `get_config(arg)`),
+fields overridden as `--config.train.num_steps=10`; `--workdir=DIR` is where a job reads and
+writes. The config is locked (`lock_config=True`) in every entry point: an override may change a
+field but not add one, and a driver that tried to add a key would fail instead of passing settings
+around by side effect. It also has to be: `ib_jax.train` hands its config to `ib_jax.evaluate`
+(`eval.after_training`), so evaluation must work on a locked config anyway.
+
+Console: libraries log a lot at INFO (Orbax writes dozens of lines per checkpoint, jax reports
+every backend it probes). `quiet_console` keeps the job's own lines (loggers `ib_jax.*`,
+`data_pipelines.*`, `launch.*`, and `print`ed progress) and warnings on the console, and
+`log_to_file` sends everything to `WORKDIR/logs/<job>.log`. `--verbosity=N` on the command line or
+`IB_JAX_VERBOSE=1` keeps absl's console handler, which prints everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import tempfile
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+VERBOSE_ENV = "IB_JAX_VERBOSE"
+# Loggers whose INFO lines are the job's own progress and results.
+OWN_LOGGERS = ("ib_jax", "data_pipelines", "launch", "configs", "__main__")
+CONFIG_HELP = (
+    "configs/*.py file (get_config(arg)), optionally `path.py:arg`; "
+    "override fields with --config.section.field=value"
+)
+
+logger = logging.getLogger(__name__)
+
+
+def define_config_flag(required: bool = True) -> flags.FlagHolder[ml_collections.ConfigDict]:
+    """`--config`: a locked ConfigDict from a config file (see the module docstring for why).
+
+    The calling entry point should `flags.adopt_module_key_flags(cli)` so `--help` lists it.
+    """
+    holder = config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True)
+    if required:
+        flags.mark_flag_as_required("config")
+    return holder
+
+
+def define_workdir_flag(help_string: str) -> flags.FlagHolder[str]:
+    """`--workdir` (required): the run directory a job reads and writes."""
+    holder = flags.DEFINE_string("workdir", None, help_string)
+    flags.mark_flag_as_required("workdir")
+    return holder
+
+
+def config_path(holder: flags.FlagHolder) -> str:
+    """The `--config` value as given (`path.py` or `path.py:arg`), after flag parsing."""
+    return config_flags.get_config_filename(flags.FLAGS[holder.name])
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+
+
+class _ConsoleFilter(logging.Filter):
+    """The job's own records at INFO and up; other libraries' at WARNING and up.
+
+    Libraries that log through absl (logger "absl": Orbax, Grain) also warn about routine choices
+    (every read-only checkpoint manager says so three times), so only their errors reach the
+    console; their warnings are in the log file with everything else.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the record goes to the console."""
+        if record.name.split(".")[0] in OWN_LOGGERS:
+            return record.levelno >= logging.INFO
+        if record.name == "absl":
+            return record.levelno >= logging.ERROR
+        return record.levelno >= logging.WARNING
+
+
+def verbose_requested() -> bool:
+    """`--verbosity` given on the command line, or `IB_JAX_VERBOSE` set to a non-empty value."""
+    verbosity_given = flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present
+    return bool(verbosity_given or os.environ.get(VERBOSE_ENV))
+
+
+# The records logged before the log file can be named (before `jax.distributed.initialize`,
+# which decides the process index), held until `log_to_file` writes them.
+_pending: logging.handlers.MemoryHandler | None = None
+
+
+def quiet_console() -> None:
+    """Replace absl's console handler by one that shows only the job's lines (module docstring).
+
+    Call first thing in `main`; records meant for the log file are held until `log_to_file`.
+    Does nothing when `verbose_requested()`.
+    """
+    global _pending
+    if verbose_requested() or _pending is not None:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        # absl's handler (installed by app.run) and any other stream on the terminal.
+        if type(handler).__name__ == "ABSLHandler" or (
+            isinstance(handler, logging.StreamHandler)
+            and getattr(handler, "stream", None) in (sys.stderr, sys.stdout)
+        ):
+            root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_ConsoleFilter())
+    console.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    # flushLevel above CRITICAL: nothing leaves the buffer before log_to_file gives it a target.
+    _pending = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    root.addHandler(_pending)
+
+
+def log_file_path(workdir: str, job: str, process_index: int = 0, process_count: int = 1) -> str:
+    """`WORKDIR/logs/<job>.log` (`<job>.process_<i>.log` with several processes).
+
+    A bucket workdir (gs://...) cannot be appended to line by line: its logs go to the local
+    temporary directory instead.
+    """
+    name = job if process_count == 1 else f"{job}.process_{process_index}"
+    directory = (
+        os.path.join(tempfile.gettempdir(), "ib_jax_logs")
+        if "://" in workdir
+        else os.path.join(workdir, "logs")
+    )
+    return os.path.join(directory, f"{name}.log")
+
+
+def log_to_file(workdir: str, job: str, process_index: int = 0, process_count: int = 1) -> str:
+    """Write every record (and those held since `quiet_console`) to `log_file_path(...)`.
+
+    Returns the path. Call once the process index is known (after `distributed.initialize`).
+    """
+    global _pending
+    path = log_file_path(workdir, job, process_index, process_count)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(levelname).1s%(asctime)s %(process)d %(filename)s:%(lineno)d] %(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if _pending is not None:
+        _pending.setTarget(handler)
+        _pending.flush()
+        root.removeHandler(_pending)
+        _pending.close()
+        _pending = None
+        logger.info("library logs: %s", path)
+    return path
