@@ -1,4 +1,6 @@
-"""The evaluation job: `python -m ib_jax.evaluate --config=configs/... --workdir=DIR [--checkpoint=...] [--watch]`.
+"""The evaluation job.
+
+    python -m ib_jax.evaluate --config=configs/... --workdir=DIR [--checkpoint=...] [--watch]
 
 One-shot: evaluates one checkpoint, either
   --checkpoint=STEP      a training checkpoint DIR/checkpoints/STEP (Orbax, item "params"),
@@ -13,6 +15,7 @@ Outputs under DIR/eval/: metrics.jsonl (one line per dataset and checkpoint), Te
 (`eval/<dataset>/<metric>`), predictions/<dataset>/<tag>.jsonl (one line per example).
 Datasets and settings come from `config.eval`: `datasets` (names in config.data.eval_datasets),
 `batch_size`, `split` (default "eval"), `overrides` {dataset: {EvalSettings field: value}}.
+Library logs go to DIR/logs/evaluate.log (see `ib_jax.cli`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from typing import Any
 
 import ml_collections
 
-logger = logging.getLogger(__name__)
+from ib_jax import checkpoint as checkpoint_lib
 
-FINAL_MARKER = "TRAINING_DONE"  # written by the training job into the workdir when it ends
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,28 +38,15 @@ FINAL_MARKER = "TRAINING_DONE"  # written by the training job into the workdir w
 # ---------------------------------------------------------------------------------------------
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-    """Finalized training checkpoint steps (Orbax renames a step directory into place when complete)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(directory)
-        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
-    )
+def load_model(
+    config: ml_collections.ConfigDict, workdir: str, checkpoint: str | int | None
+) -> tuple[Any, Any, str]:
+    """(model, params, tag) for a step of the run, or a converted / HF directory.
 
-
-def restore_params(workdir: str, step: int) -> Any:
-    """Full parameter tree of a training checkpoint (delegates to ib_jax.checkpoint)."""
-    from ib_jax import checkpoint
-
-    _, params, _ = checkpoint.restore_params(workdir, step)
-    return params
-
-
-def load_model(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | int | None):
-    """(model, params, tag) for a step of the run, or a converted / HF directory."""
+    `checkpoint`: a step number (its params from WORKDIR/checkpoints/STEP, the model from
+    `config.model`), a directory (model and params from it), or None for the latest step. The tag
+    names the outputs: `step_<N>` or the directory's base name.
+    """
     import ib_jax
     from ib_jax.models.configs import from_config_dict
     from ib_jax.models.instructblip import InstructBlip
@@ -65,7 +55,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
         model, params = ib_jax.load_pretrained(str(checkpoint))
         return model, params, os.path.basename(os.path.normpath(str(checkpoint)))
     if checkpoint in (None, ""):
-        steps = checkpoint_steps(workdir)
+        steps = checkpoint_lib.finalized_steps(workdir)
         if not steps:
             raise FileNotFoundError(
                 f"no training checkpoints under {workdir}/checkpoints and no --checkpoint given"
@@ -73,7 +63,8 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
         checkpoint = steps[-1]
     step = int(checkpoint)
     model = InstructBlip(from_config_dict(config.model))
-    return model, restore_params(workdir, step), f"step_{step}"
+    _, params, _ = checkpoint_lib.restore_params(workdir, step)
+    return model, params, f"step_{step}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +81,8 @@ class Outputs:
         self._writer = None
 
     @property
-    def writer(self):
+    def writer(self) -> Any:
+        """The TensorBoard writer, made on first use."""
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
@@ -105,6 +97,8 @@ class Outputs:
         metrics: dict[str, float],
         predictions: list[dict[str, Any]],
     ) -> None:
+        """Record one dataset's results for checkpoint `tag`: predictions file, metrics line,
+        TensorBoard scalars (at `step`, 0 for a checkpoint outside the run)."""
         path = os.path.join(self.root, "predictions", dataset, f"{tag}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -118,6 +112,7 @@ class Outputs:
         self.writer.flush()
 
     def done_steps(self) -> set[int]:
+        """Steps a watch job has finished (all datasets written), from eval/done.json."""
         path = os.path.join(self.root, "done.json")
         if not os.path.exists(path):
             return set()
@@ -125,15 +120,16 @@ class Outputs:
             return set(json.load(f)["steps"])
 
     def mark_done(self, step: int) -> None:
+        """Add `step` to eval/done.json, so a restarted watch job skips it."""
         steps = sorted(self.done_steps() | {step})
         tmp = os.path.join(self.root, "done.json.tmp")
         with open(tmp, "w") as f:
             json.dump({"steps": steps}, f)
-        os.replace(
-            tmp, os.path.join(self.root, "done.json")
-        )  # atomic: a crash never leaves half a file
+        # Written aside and renamed into place: a crash never leaves half a file.
+        os.replace(tmp, os.path.join(self.root, "done.json"))
 
     def close(self) -> None:
+        """Close the TensorBoard writer if one was made."""
         if self._writer is not None:
             self._writer.close()
 
@@ -143,7 +139,8 @@ class Outputs:
 # ---------------------------------------------------------------------------------------------
 
 
-def _eval_settings(config: ml_collections.ConfigDict, dataset: str):
+def _eval_settings(config: ml_collections.ConfigDict, dataset: str) -> Any:
+    """The dataset's EvalSettings: its registry entry's defaults, then config.eval.overrides."""
     from data_pipelines import eval_pipeline, sources
     from ib_jax.eval import evaluators
 
@@ -156,20 +153,29 @@ def _eval_settings(config: ml_collections.ConfigDict, dataset: str):
 
 
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, model, params, tag: str, step: int | None, outputs: Outputs
+    config: ml_collections.ConfigDict,
+    model: Any,
+    params: Any,
+    tag: str,
+    step: int | None,
+    outputs: Outputs,
 ) -> dict[str, dict[str, float]]:
     """Every dataset of config.eval on one checkpoint; writes outputs, returns {dataset: metrics}."""
     from tqdm import tqdm
 
-    from data_pipelines import eval_pipeline, preprocess, sources
-    from data_pipelines.text import LMTokenizer
+    from data_pipelines import eval_pipeline, preprocess, sources, text
     from ib_jax.eval import evaluators
 
+    # A copy: the run config is locked, and the eval batch size is set on the data config.
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.eval_batch_size = int(
         config.eval.get("batch_size", data_config.get("eval_batch_size", 8))
     )
-    tokenizer = LMTokenizer(str(data_config.lm_spm))
+    # The evaluated model's LM family sets the text conventions (a converted checkpoint may be of
+    # another family than config.model), and its token ids must be the tokenizer's.
+    data_config.lm_type = model.config.lm_type
+    tokenizer = text.LMTokenizer(str(data_config.lm_spm), text.text_format(data_config.lm_type))
+    tokenizer.check_model(model.config.text)
     split = config.eval.get("split", "eval")
     results = {}
     for dataset in config.eval.datasets:
@@ -190,7 +196,8 @@ def evaluate_checkpoint(
 def _training_finished(
     config: ml_collections.ConfigDict, workdir: str, evaluated: set[int]
 ) -> bool:
-    if os.path.exists(os.path.join(workdir, FINAL_MARKER)):
+    """The training job wrote its marker, or a step >= config.train.num_steps was evaluated."""
+    if checkpoint_lib.training_done(workdir):
         return True
     num_steps = config.get("train", {}).get("num_steps") if hasattr(config, "get") else None
     return bool(num_steps) and any(step >= int(num_steps) for step in evaluated)
@@ -211,7 +218,7 @@ def watch(
     last_progress = time.monotonic()
     while True:
         done = outputs.done_steps()
-        pending = [s for s in checkpoint_steps(workdir) if s not in done]
+        pending = [s for s in checkpoint_lib.finalized_steps(workdir) if s not in done]
         for step in pending:
             model, params, tag = load_model(config, workdir, step)
             evaluate_checkpoint(config, model, params, tag, step, outputs)
@@ -220,7 +227,8 @@ def watch(
             last_progress = time.monotonic()
         # The marker is checked after a final scan, so the last checkpoint is never missed.
         if _training_finished(config, workdir, outputs.done_steps()):
-            if not [s for s in checkpoint_steps(workdir) if s not in outputs.done_steps()]:
+            done = outputs.done_steps()
+            if not [s for s in checkpoint_lib.finalized_steps(workdir) if s not in done]:
                 return evaluated_now
             continue
         if time.monotonic() - last_progress > timeout_seconds:
@@ -237,7 +245,9 @@ def run(
     watch_mode: bool = False,
     poll_seconds: float = 30.0,
     timeout_seconds: float = 3600.0,
-) -> Any:
+) -> dict[str, dict[str, float]] | list[int]:
+    """One-shot: {dataset: metrics} of `checkpoint` (see `load_model`); with `watch_mode`: the
+    steps evaluated by `watch`. Outputs are written under WORKDIR/eval either way."""
     outputs = Outputs(workdir)
     try:
         if watch_mode:
@@ -256,11 +266,15 @@ def run(
 
 
 def main(argv: list[str]) -> None:
+    """The command line (flags from `_define_flags`); results are logged per dataset."""
     from absl import flags
+
+    from ib_jax import cli
 
     del argv
     FLAGS = flags.FLAGS
-    logging.basicConfig(level=logging.INFO)
+    cli.quiet_console()
+    cli.log_to_file(FLAGS.workdir, "evaluate")
     run(
         FLAGS.config,
         FLAGS.workdir,
@@ -272,15 +286,14 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
+    """Flags of `python -m ib_jax.evaluate`; defined only when run as a program, because
+    `ib_jax.train` imports this module after its own --config and --workdir are defined."""
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file(
-        "config", None, "configs/*.py file (get_config(arg))", lock_config=False
-    )
-    flags.DEFINE_string(
-        "workdir", None, "run directory (checkpoints/ in, eval/ out)", required=True
-    )
+    from ib_jax import cli
+
+    cli.define_config_flag()
+    cli.define_workdir_flag("run directory: checkpoints/ are read, eval/ and logs/ written")
     flags.DEFINE_string(
         "checkpoint", "", "training step, or a converted/HF directory; default: latest step"
     )
@@ -291,6 +304,7 @@ def _define_flags() -> None:
     flags.DEFINE_float(
         "watch_timeout", 3600.0, "watch: stop after this long without a new checkpoint"
     )
+    flags.adopt_module_key_flags(cli)
 
 
 if __name__ == "__main__":
