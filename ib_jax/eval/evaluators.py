@@ -61,6 +61,8 @@ class EvalSettings:
 
 @dataclasses.dataclass
 class EvalResult:
+    """One dataset on one checkpoint: the metric with its counts, and one record per example."""
+
     metrics: dict[str, float]  # score, extras, counts
     predictions: list[dict[str, Any]]  # one JSON-able dict per example
 
@@ -117,10 +119,17 @@ class Evaluator(abc.ABC):
         self.reference_field = _REFERENCE_FIELD[key]
 
     @abc.abstractmethod
-    def predict(self, model, params, batch: dict[str, Any], rows: list[int]) -> list[Any]:
-        """Per-row predictions for the batch rows `rows`."""
+    def predict(
+        self, model: Any, params: Any, batch: dict[str, Any], rows: list[int]
+    ) -> list[dict[str, Any]]:
+        """Per-row outputs for the batch rows `rows`: {"prediction": ..., other fields kept}.
+
+        `batch` is one eval batch: the model inputs ([B, ...] arrays), `valid` [B] and `meta`
+        (per-row lists of the example's fields).
+        """
 
     def reference(self, batch: dict[str, Any], row: int) -> Any:
+        """What the metric compares row `row`'s prediction with (None: the example is unscored)."""
         value = _meta(batch, self.reference_field, row)
         if (
             self.reference_field == "answers"
@@ -132,11 +141,15 @@ class Evaluator(abc.ABC):
 
     def run(
         self,
-        model,
-        params,
+        model: Any,
+        params: Any,
         batches: Iterable[dict[str, Any]],
         progress: Callable[[int], None] | None = None,
     ) -> EvalResult:
+        """Predict every valid row of `batches`, then score the examples that have a reference.
+
+        `progress(n)` is called after each batch with its number of valid rows.
+        """
         records: list[dict[str, Any]] = []
         missing_images = 0
         for batch in batches:
@@ -196,7 +209,10 @@ class Evaluator(abc.ABC):
 class GenerateEvaluator(Evaluator):
     """Beam search / greedy decoding, decoded with the LM tokenizer (VQA, captions, GQA, VSR...)."""
 
-    def predict(self, model, params, batch, rows):
+    def predict(
+        self, model: Any, params: Any, batch: dict[str, Any], rows: list[int]
+    ) -> list[dict[str, Any]]:
+        """Decoded text per row ({"prediction": str})."""
         s = self.settings
         text = model.config.text
         tokens = decode.generate(
@@ -216,7 +232,7 @@ class GenerateEvaluator(Evaluator):
 class RankEvaluator(Evaluator):
     """Score candidates by LM likelihood (ScienceQA, IconQA, A-OKVQA MC, VisDial, HatefulMemes...)."""
 
-    def _candidates(self, batch, row) -> list[str]:
+    def _candidates(self, batch: dict[str, Any], row: int) -> list[str]:
         if self.settings.candidates:
             return list(self.settings.candidates)
         for key in ("choices", "answer_options"):
@@ -225,7 +241,10 @@ class RankEvaluator(Evaluator):
                 return list(value)
         return []
 
-    def predict(self, model, params, batch, rows):
+    def predict(
+        self, model: Any, params: Any, batch: dict[str, Any], rows: list[int]
+    ) -> list[dict[str, Any]]:
+        """Candidate scores per row and the prediction the metric wants (see `_prediction`)."""
         s = self.settings
         size = len(batch["input_ids"])
         per_row = [self._candidates(batch, i) if i in rows else [] for i in range(size)]
@@ -270,13 +289,14 @@ class RankEvaluator(Evaluator):
             out["prediction"] = candidates[best] if best >= 0 else ""
         return out
 
-    def reference(self, batch, row):
+    def reference(self, batch: dict[str, Any], row: int) -> Any:
+        """Like `Evaluator.reference`, but a fixed candidate list compares answer text."""
         if self.settings.metric == "accuracy" and self.settings.candidates:
             answers = _meta(batch, "answers", row)  # fixed-list classification (VSR): compare text
             return answers[0] if answers else None
         return super().reference(batch, row)
 
-    def _metric_input(self, record):
+    def _metric_input(self, record: dict[str, Any]) -> Any:
         return record["scores"] if self.settings.metric == "mrr" else record["prediction"]
 
 
@@ -284,6 +304,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {"generate": GenerateEvaluator, "rank":
 
 
 def make_evaluator(settings: EvalSettings, tokenizer: Any) -> Evaluator:
+    """The evaluator class of `settings.eval_mode`, for the dataset those settings describe."""
     if settings.eval_mode not in EVALUATORS:
         raise ValueError(
             f"dataset {settings.dataset!r}: unknown eval mode {settings.eval_mode!r}; "
