@@ -9,29 +9,34 @@ the slice; the mesh, shardings and jitted step are exactly the trainer's (`train
 so what compiles here compiles there. Reported per device: XLA's memory analysis (arguments,
 outputs, temporaries; donated state counted once) against the chip's HBM; per step: the analytic
 model FLOPs (ib_jax/train/flops.py; XLA's own count sees a scanned layer body once) and the step
-time they imply at a stated MFU. A configuration that does not fit says so and names the knob.
+time they imply at a stated MFU. A configuration that does not fit says so and names the knob;
+the exit status is then 1 (2: the planner cannot run here). Flags: `--config` as in training
+(`--config.section.field=value` overrides too), the others below (`--help`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 
+import ml_collections
+
+from launch.aot_report import TABLE_RUNS, GiB, Plan, advice, first_lines, report, run_table
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GiB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
+    """One TPU generation: what the planner needs to know about its chips."""
+
     name: str  # jax topology prefix
     hbm_bytes: int  # per chip
     peak_flops: float  # dense bf16 per chip
@@ -77,6 +82,8 @@ class PlannerError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
+    """A slice: its chip, jax's topology name for it and its number of chips."""
+
     label: str  # as given, e.g. "v5p-128"
     chip: Chip
     spec: str  # jax topology name, e.g. "v5p:4x4x4"
@@ -111,6 +118,7 @@ def parse_topology(name: str) -> Topology:
 
 
 def require_libtpu() -> None:
+    """Raise PlannerError with the install command when libtpu is missing."""
     if importlib.util.find_spec("libtpu") is None:
         import jax
 
@@ -123,6 +131,7 @@ def require_libtpu() -> None:
 
 
 def topology_devices(topology: Topology) -> list:
+    """Compile-only jax devices of the slice (TensorCores on v4/v5p, chips on v5e/v6e)."""
     require_libtpu()
     # libtpu looks for these to describe the host it runs on; the planner describes a slice instead.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")
@@ -146,19 +155,27 @@ DEFAULT_LENGTHS = dict(qformer_max_len=128, text_max_len=128, target_max_len=64)
 
 
 def load_planned_config(
-    path: str,
+    config: str | ml_collections.ConfigDict,
     *,
     batch_size: int | None = None,
     mesh: str | None = None,
     grad_accum_steps: int | None = None,
     remat_policy: str | None = None,
     lengths: dict[str, int] | None = None,
-):
+) -> ml_collections.ConfigDict:
+    """The run config to compile: a config file (`path.py[:arg]`, relative to the repository) or
+    a loaded config (copied), with the planner's flags applied and every size the step's shapes
+    need filled in (batch size, image size, padded lengths)."""
     from ib_jax.configs_util import load_config
 
-    config = load_config(
-        path if os.path.isabs(path.partition(":")[0]) else os.path.join(REPO, path)
-    )
+    if isinstance(config, str):
+        path = config
+        config = load_config(
+            path if os.path.isabs(path.partition(":")[0]) else os.path.join(REPO, path)
+        )
+    else:
+        path = "--config"
+        config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
     config.unlock()
     data = config.data
     batch = batch_size or data.get("global_batch_size") or config.train.get("batch_size")
@@ -191,16 +208,12 @@ def load_planned_config(
 # ------------------------------------------------------------------------------------------
 
 
-def train_step_flops(config) -> float:
+def train_step_flops(config: ml_collections.ConfigDict) -> float:
     """Model FLOPs of one step (ib_jax/train/flops.py; remat recomputation not counted)."""
     from ib_jax.models.configs import from_config_dict
     from ib_jax.train import flops
 
-    d = config.data
-    shapes = flops.Shapes(
-        d.global_batch_size, d.image_size, d.qformer_max_len, d.text_max_len, d.target_max_len
-    )
-    return flops.train_step_flops(from_config_dict(config.model), shapes)
+    return flops.train_step_flops(from_config_dict(config.model), flops.Shapes.from_config(config))
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,31 +221,42 @@ def train_step_flops(config) -> float:
 # ------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Plan:
-    config: str
-    topology: str
-    num_chips: int
-    num_devices: int
-    mesh: dict[str, int]
-    batch_size: int
-    grad_accum_steps: int
-    remat_policy: str
-    lengths: dict[str, int]
-    hbm_per_device: int
-    fits: bool
-    compile_s: float
-    step_flops: float
-    mfu: float
-    step_time_s: float
-    memory: dict[str, int] | None = (
-        None  # bytes per device: arguments, outputs, aliased, temporaries, code, total
+def memory_of(compiled) -> dict[str, int]:
+    """Bytes per device of a compiled step: arguments, outputs, aliased, temporaries, code, total.
+
+    Also what benchmarks/accelerator.py prints beside the memory it measures on a real device."""
+    stats = compiled.memory_analysis()
+    memory = dict(
+        arguments=stats.argument_size_in_bytes,
+        outputs=stats.output_size_in_bytes,
+        aliased=stats.alias_size_in_bytes,
+        temporaries=stats.temp_size_in_bytes,
+        code=stats.generated_code_size_in_bytes,
     )
-    error: str | None = None  # XLA's message when the step does not fit / compile
-    advice: list[str] = dataclasses.field(default_factory=list)
+    # Donated state is both an argument and an output: XLA reports it in both and as aliased.
+    memory["total"] = (
+        memory["arguments"]
+        + memory["outputs"]
+        - memory["aliased"]
+        + memory["temporaries"]
+        + memory["code"]
+    )
+    return memory
 
 
-def plan(config_path: str, topology_name: str, *, mfu: float = 0.4, **overrides) -> Plan:
+def plan(
+    config: str | ml_collections.ConfigDict,
+    topology_name: str,
+    *,
+    label: str | None = None,
+    mfu: float = 0.4,
+    **overrides: object,
+) -> Plan:
+    """Compile the trainer's step for `config` on the slice `topology_name`; measure and advise.
+
+    `config`: a config file or a loaded config (`label` names it in the report, default: the
+    path); `overrides`: the keyword arguments of `load_planned_config`.
+    """
     import flax.linen as nn
     import jax
 
@@ -240,7 +264,8 @@ def plan(config_path: str, topology_name: str, *, mfu: float = 0.4, **overrides)
     from ib_jax.train import trainer
 
     topology = parse_topology(topology_name)
-    config = load_planned_config(config_path, **overrides)
+    label = label or (config if isinstance(config, str) else "config")
+    config = load_planned_config(config, **overrides)
     devices = topology_devices(topology)
     per_chip = len(devices) // topology.num_chips
     hbm = topology.chip.hbm_bytes // per_chip
@@ -256,7 +281,7 @@ def plan(config_path: str, topology_name: str, *, mfu: float = 0.4, **overrides)
     step_flops = train_step_flops(config)
     step_time = step_flops / (mfu * topology.chip.peak_flops * topology.num_chips)
     result = Plan(
-        config=config_path,
+        config=label,
         topology=topology_name,
         num_chips=topology.num_chips,
         num_devices=len(devices),
@@ -287,256 +312,89 @@ def plan(config_path: str, topology_name: str, *, mfu: float = 0.4, **overrides)
             message = str(e)
             if "RESOURCE_EXHAUSTED" not in message and "memory" not in message.lower():
                 raise
-            result.error = _first_lines(message, 6)
+            result.error = first_lines(message, 6)
             result.compile_s = time.perf_counter() - start
             result.advice = advice(result)
             return result
     result.compile_s = time.perf_counter() - start
-    stats = compiled.memory_analysis()
-    memory = dict(
-        arguments=stats.argument_size_in_bytes,
-        outputs=stats.output_size_in_bytes,
-        aliased=stats.alias_size_in_bytes,
-        temporaries=stats.temp_size_in_bytes,
-        code=stats.generated_code_size_in_bytes,
-    )
-    # Donated state is both an argument and an output: XLA reports it in both and as aliased.
-    memory["total"] = (
-        memory["arguments"]
-        + memory["outputs"]
-        - memory["aliased"]
-        + memory["temporaries"]
-        + memory["code"]
-    )
+    memory = memory_of(compiled)
     result.memory, result.fits = memory, memory["total"] <= hbm
     result.advice = advice(result)
     return result
 
 
-def _first_lines(text: str, n: int) -> str:
-    return "\n".join([line for line in text.splitlines() if line.strip()][:n])
+def define_flags() -> None:
+    """The planner's flags; called only when it runs as a program (see `ib_jax.cli`)."""
+    from absl import flags
 
+    from ib_jax import cli
 
-def advice(p: Plan) -> list[str]:
-    """Which knob would help, from where the bytes are (or from XLA's message when it did not fit)."""
-    if p.fits:
-        return []
-    tips = []
-    n, fsdp = p.num_devices, p.mesh["fsdp"]
-    mem = p.memory or {}
-    params_heavy = not mem or mem.get("arguments", 0) >= mem.get("temporaries", 0)
-    if fsdp < n and params_heavy:
-        tips.append(
-            f"shard parameters and optimizer state: larger fsdp, e.g. --mesh=1,{n},1 "
-            f"(parameters are replicated {n // (fsdp * p.mesh['tensor'])}x now)"
-        )
-    if p.remat_policy in ("none", "dots", "dots_no_batch"):
-        tips.append(
-            "save fewer activations: --remat_policy=full (recomputes each layer in the backward pass)"
-        )
-    local_batch = p.batch_size // (p.mesh["data"] * p.mesh["fsdp"] * p.grad_accum_steps)
-    if local_batch > 1:
-        tips.append(
-            f"micro-batches: --grad_accum_steps={p.grad_accum_steps * 2} halves the activations "
-            f"({local_batch} -> {local_batch // 2} examples per device per micro-step)"
-        )
-    if fsdp >= n and not tips:
-        tips.append(
-            "the slice is too small for this model: use more chips or tensor parallelism (--mesh=1,N/4,4)"
-        )
-    if fsdp < n and not params_heavy:
-        tips.append(f"fsdp also splits the batch over more devices: --mesh=1,{n},1")
-    return tips
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.1f}"
-
-
-def report(p: Plan) -> str:
-    mesh = "x".join(f"{k}={v}" for k, v in p.mesh.items())
-    lines = [
-        f"{p.config} on {p.topology} ({p.num_chips} chips, {p.num_devices} devices, "
-        f"{_gib(p.hbm_per_device)} GiB HBM each)",
-        f"  mesh {mesh}, global batch {p.batch_size}, grad_accum_steps {p.grad_accum_steps}, "
-        f"remat {p.remat_policy}, lengths {p.lengths}; compiled in {p.compile_s:.0f} s",
-    ]
-    if p.memory:
-        m = p.memory
-        lines.append(
-            f"  per device: arguments {_gib(m['arguments'])} GiB, outputs {_gib(m['outputs'])} GiB "
-            f"(aliased with donated arguments {_gib(m['aliased'])} GiB), temporaries "
-            f"{_gib(m['temporaries'])} GiB, code {_gib(m['code'])} GiB -> total {_gib(m['total'])} GiB "
-            f"of {_gib(p.hbm_per_device)} GiB: {'FITS' if p.fits else 'DOES NOT FIT'}"
-        )
-    else:
-        lines.append(
-            f"  DOES NOT FIT: XLA refused to compile it into {_gib(p.hbm_per_device)} GiB per device:"
-        )
-        lines += ["    " + line for line in (p.error or "").splitlines()]
-    lines.append(
-        f"  {p.step_flops / 1e15:.1f} PFLOP per step (analytic) -> {p.step_time_s:.2f} s per step "
-        f"at MFU {p.mfu:.0%} ({p.batch_size / p.step_time_s:.0f} examples/s)"
+    cli.define_config_flag(required=False)
+    flags.DEFINE_string("topology", None, "v5p-128, v4-32, v5e-64, v6e-256, or v5p:4x4x4")
+    flags.DEFINE_string(
+        "mesh", None, "data,fsdp,tensor sizes (one may be -1), default: the config's"
     )
-    lines += [f"  try: {tip}" for tip in p.advice]
-    return "\n".join(lines)
-
-
-TABLE_HEADER = (
-    "| model | topology | mesh (data,fsdp,tensor) | batch | remat | per device GiB: arguments / temporaries "
-    "/ total (of HBM) | fits | PFLOP/step (analytic) | step s @ MFU | compile s (here) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
-)
-
-
-def table_row(p: Plan) -> str:
-    name = os.path.splitext(os.path.basename(p.config.partition(":")[0]))[0].replace(
-        "instructblip_", ""
+    flags.DEFINE_integer("batch_size", None, "global batch (default: the config's)")
+    flags.DEFINE_integer("grad_accum_steps", None, "micro-batches per step (default: the config's)")
+    flags.DEFINE_enum(
+        "remat_policy",
+        None,
+        ["none", "full", "dots", "dots_no_batch"],
+        "activation rematerialization (default: the config's)",
     )
-    mesh = f"{p.mesh['data']},{p.mesh['fsdp']},{p.mesh['tensor']}"
-    if p.memory:
-        m = p.memory
-        memory = (
-            f"{_gib(m['arguments'])} / {_gib(m['temporaries'])} / {_gib(m['total'])} "
-            f"({_gib(p.hbm_per_device)})"
-        )
-    else:
-        memory = f"XLA: out of memory ({_gib(p.hbm_per_device)})"
-    return (
-        f"| {name} | {p.topology} | {mesh} | {p.batch_size} | {p.remat_policy} | {memory} | "
-        f"{'yes' if p.fits else 'no'} | {p.step_flops / 1e15:.2f} | {p.step_time_s:.3f} @ {p.mfu:.0%} | "
-        f"{p.compile_s:.0f} |"
+    for key, default in DEFAULT_LENGTHS.items():
+        flags.DEFINE_integer(key, None, f"padded length (default: the config's, else {default})")
+    flags.DEFINE_float("mfu", 0.4, "assumed model FLOPs utilisation for the step time")
+    flags.DEFINE_bool("json", False, "print the plan as one JSON line")
+    flags.DEFINE_bool("table", False, "run the README table (every row compiles)")
+    flags.DEFINE_string("out", None, "with --table: also write the markdown table here")
+    flags.DEFINE_integer("jobs", 1, "with --table: rows compiled at once")
+    flags.DEFINE_string(
+        "cache_dir", None, "with --table: one JSON per row; rows already there are not recompiled"
     )
+    flags.adopt_module_key_flags(cli)
 
 
-# The README table: the four released models at the paper's batch sizes on two TPU generations,
-# first with the configs' own mesh (pure data parallel), then sharded where that does not fit.
-TABLE_RUNS = [
-    ("configs/instructblip_flant5xl.py", "v5p-128", None),
-    ("configs/instructblip_flant5xxl.py", "v5p-128", None),
-    ("configs/instructblip_vicuna7b.py", "v5p-128", None),
-    ("configs/instructblip_vicuna13b.py", "v5p-128", None),
-    ("configs/instructblip_flant5xl.py", "v5e-64", "1,64,1"),
-    ("configs/instructblip_flant5xxl.py", "v5e-64", "1,64,1"),
-    ("configs/instructblip_vicuna7b.py", "v5e-64", "1,64,1"),
-    ("configs/instructblip_vicuna13b.py", "v5e-64", "1,64,1"),
-]
+def main(argv: Sequence[str]) -> int:
+    """Plan one configuration (or the README table) from the flags; returns the exit status."""
+    from absl import app, flags
 
+    from ib_jax import cli
 
-def _run_row(
-    config_path: str, topology: str, mesh: str | None, mfu: float, cache_dir: str | None
-) -> str:
-    cache = None
-    if cache_dir:
-        stem = f"{os.path.basename(config_path).removesuffix('.py')}_{topology}_{(mesh or 'config').replace(',', '_')}"
-        cache = os.path.join(cache_dir, stem + ".json")
-        if os.path.exists(cache):
-            with open(cache) as f:
-                return table_row(Plan(**json.load(f)))
-    command = [
-        sys.executable,
-        "-m",
-        "launch.aot",
-        f"--config={config_path}",
-        f"--topology={topology}",
-        f"--mfu={mfu}",
-        "--json",
-    ] + ([f"--mesh={mesh}"] if mesh else [])
-    print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if done.returncode not in (0, 1) or not done.stdout.strip():  # 1 = compiled, does not fit
-        last = (
-            done.stderr.strip().splitlines()[-1]
-            if done.stderr.strip()
-            else f"exit {done.returncode}"
-        )
-        return f"| {config_path} | {topology} | {mesh or 'config'} | | | planner failed: {last} | | | | |"
-    result = Plan(**json.loads(done.stdout.strip().splitlines()[-1]))
-    print(report(result), file=sys.stderr, flush=True)
-    if cache:
-        os.makedirs(cache_dir, exist_ok=True)
-        with open(cache, "w") as f:
-            json.dump(dataclasses.asdict(result), f)
-    return table_row(result)
-
-
-def run_table(
-    runs: Sequence[tuple[str, str, str | None]],
-    mfu: float,
-    out: str | None,
-    jobs: int = 1,
-    cache_dir: str | None = None,
-) -> str:
-    """Each row in its own process (a failed or huge compile cannot take the others down)."""
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(max(jobs, 1)) as pool:
-        rows = list(pool.map(lambda run: _run_row(*run, mfu, cache_dir), runs))
-    text = TABLE_HEADER + "\n" + "\n".join(rows)
-    if out:
-        with open(out, "w") as f:
-            f.write(text + "\n")
-    return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="configs/*.py[:arg]")
-    parser.add_argument("--topology", help="v5p-128, v4-32, v5e-64, v6e-256, or v5p:4x4x4")
-    parser.add_argument(
-        "--mesh", help="data,fsdp,tensor sizes (one may be -1), default: the config's"
-    )
-    parser.add_argument("--batch_size", type=int, help="global batch (default: the config's)")
-    parser.add_argument("--grad_accum_steps", type=int)
-    parser.add_argument("--remat_policy", choices=["none", "full", "dots", "dots_no_batch"])
-    for key in DEFAULT_LENGTHS:
-        parser.add_argument(
-            f"--{key}",
-            type=int,
-            help=f"padded length (default: the config's, else {DEFAULT_LENGTHS[key]})",
-        )
-    parser.add_argument(
-        "--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for the step time"
-    )
-    parser.add_argument("--json", action="store_true", help="print the plan as one JSON line")
-    parser.add_argument(
-        "--table", action="store_true", help="run the README table (every row compiles)"
-    )
-    parser.add_argument("--out", help="with --table: also write the markdown table here")
-    parser.add_argument("--jobs", type=int, default=1, help="with --table: rows compiled at once")
-    parser.add_argument(
-        "--cache_dir", help="with --table: one JSON per row; rows already there are not recompiled"
-    )
-    flags = parser.parse_args(argv)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}", exitcode=2)
+    FLAGS = flags.FLAGS
+    cli.quiet_console()
     # Compile-only TPU devices need no TPU backend; with libtpu installed jax would otherwise try
     # (and fail, slowly) to open a TPU on this machine.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
-        if flags.table:
+        if FLAGS.table:
             require_libtpu()
-            print(run_table(TABLE_RUNS, flags.mfu, flags.out, flags.jobs, flags.cache_dir))
+            print(run_table(TABLE_RUNS, FLAGS.mfu, FLAGS.out, FLAGS.jobs, FLAGS.cache_dir))
             return 0
-        if not flags.config or not flags.topology:
-            parser.error("--config and --topology are required (or --table)")
-        lengths = {k: getattr(flags, k) for k in DEFAULT_LENGTHS if getattr(flags, k)}
+        if FLAGS.config is None or not FLAGS.topology:
+            raise app.UsageError("--config and --topology are required (or --table)", exitcode=2)
         result = plan(
-            flags.config,
-            flags.topology,
-            mfu=flags.mfu,
-            batch_size=flags.batch_size,
-            mesh=flags.mesh,
-            grad_accum_steps=flags.grad_accum_steps,
-            remat_policy=flags.remat_policy,
-            lengths=lengths,
+            FLAGS.config,
+            FLAGS.topology,
+            label=cli.config_path(flags.FLAGS["config"]),
+            mfu=FLAGS.mfu,
+            batch_size=FLAGS.batch_size,
+            mesh=FLAGS.mesh,
+            grad_accum_steps=FLAGS.grad_accum_steps,
+            remat_policy=FLAGS.remat_policy,
+            lengths={k: FLAGS[k].value for k in DEFAULT_LENGTHS if FLAGS[k].value},
         )
     except PlannerError as e:
         print(f"launch.aot: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(dataclasses.asdict(result)) if flags.json else report(result))
+    print(json.dumps(dataclasses.asdict(result)) if FLAGS.json else report(result))
     return 0 if result.fits else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import app
+
+    define_flags()
+    app.run(main)

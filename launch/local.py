@@ -1,4 +1,4 @@
-"""Local multi-process launcher: N processes x M CPU devices joined with jax.distributed on 127.0.0.1.
+r"""Local multi-process launcher: N processes x M CPU devices joined with jax.distributed on 127.0.0.1.
 
     python -m launch.local --num_processes=2 --devices_per_process=4 -- \
         -m ib_jax.train --config=configs/tiny.py --workdir=workdirs/tiny2
@@ -12,7 +12,6 @@ exercised on one machine; tests/test_multihost.py uses `launch()`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import socket
@@ -27,11 +26,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclasses.dataclass
 class ProcessResult:
+    """One process of a launch: its id, exit status and the file its output went to."""
+
     process_id: int
     returncode: int
     log_path: str
 
     def log(self) -> str:
+        """The process's output (stdout and stderr together)."""
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
@@ -41,6 +43,7 @@ class LaunchError(RuntimeError):
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for the coordinator)."""
     # Bind to port 0 so the kernel picks an unused port; a small race with other programs remains.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +57,8 @@ def process_env(
     port: int,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
+    """The environment of process `process_id`: `base` (default: ours) plus the variables that
+    ib_jax/distributed.py reads, CPU devices and this repository on PYTHONPATH."""
     env = dict(os.environ if base is None else base)
     env.update(
         JAX_PLATFORMS="cpu",
@@ -144,29 +149,35 @@ def launch(
     return ordered
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--num_processes", type=int, default=2)
-    parser.add_argument("--devices_per_process", type=int, default=4)
-    parser.add_argument("--timeout_s", type=float, default=3600.0)
-    parser.add_argument(
-        "--log_dir", default=None, help="process_<i>.log files (default: a temporary directory)"
-    )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="after `--`: arguments to python")
-    flags = parser.parse_args(argv)
-    command = flags.command[1:] if flags.command[:1] == ["--"] else flags.command
+def define_flags() -> None:
+    """The launcher's flags; called only when it runs as a program (see `ib_jax.cli`)."""
+    from absl import flags
+
+    flags.DEFINE_integer("num_processes", 2, "processes in the group")
+    flags.DEFINE_integer("devices_per_process", 4, "CPU devices of each process")
+    flags.DEFINE_float("timeout_s", 3600.0, "terminate the group after this long")
+    # --log_dir is absl's own flag ("directory to write logfiles into"): here the directory of
+    # the process_<i>.log files (default: a temporary directory).
+    flags.declare_key_flag("log_dir")
+
+
+def main(argv: Sequence[str]) -> int:
+    """Launch `python argv[1:]` (the arguments after `--`); the worst exit status of the group."""
+    from absl import app, flags
+
+    command = list(argv[1:])
     if not command:
-        parser.error(
-            "no command: pass the python arguments after `--`, e.g. -- -m ib_jax.train ..."
+        raise app.UsageError(
+            "no command: pass the python arguments after `--`, e.g. -- -m ib_jax.train ...",
+            exitcode=2,
         )
+    values = flags.FLAGS
     results = launch(
         command,
-        flags.num_processes,
-        flags.devices_per_process,
-        timeout_s=flags.timeout_s,
-        log_dir=flags.log_dir,
+        values.num_processes,
+        values.devices_per_process,
+        timeout_s=values.timeout_s,
+        log_dir=values.log_dir or None,
         check=False,
     )
     for r in results:
@@ -175,4 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import app
+
+    define_flags()
+    app.run(main)

@@ -1,4 +1,4 @@
-"""Train on a Cloud TPU VM slice: create (or reuse) it, copy this checkout, install, run on every worker.
+r"""Train on a Cloud TPU VM slice: create (or reuse) it, copy this checkout, install, run on every worker.
 
     python -m launch.tpu_pod --name=ib-xxl --zone=us-east5-a --accelerator=v5p-128 \
         --config=configs/instructblip_flant5xxl.py --workdir=gs://my-bucket/runs/xxl [--dry-run]
@@ -10,15 +10,15 @@ Steps (each a gcloud command, all printed by --dry-run and nothing run):
   4. the same `python -m ib_jax.train ...` on every worker (`tpu-vm ssh --worker=all`), with
      `IB_JAX_DISTRIBUTED=auto`: jax finds the coordinator and process ids from the TPU metadata.
 The workdir must be shared by all workers (a gs:// bucket): Orbax writes one checkpoint from all
-processes, and every worker resumes from it when the same command is run again.
+processes, and every worker resumes from it when the same command is run again. `--config` is a
+path passed on to the workers (relative to the repository), not loaded here.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import shlex
 import subprocess
-import sys
 from collections.abc import Sequence
 
 from launch.local import REPO
@@ -27,18 +27,39 @@ REMOTE_DIR = "ib_jax"
 ARCHIVE = "/tmp/ib_jax_code.tar.gz"
 
 
-def _gcloud_tpu(verb: str, name: str, flags: argparse.Namespace, *extra: str) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Pod:
+    """The slice and the training run on it (the command-line flags, see `define_flags`)."""
+
+    name: str
+    zone: str
+    config: str
+    workdir: str
+    project: str | None = None
+    accelerator: str = "v5p-128"
+    runtime_version: str = "v2-alpha-tpuv5"
+    spot: bool = False
+    python: str = "python3.11"
+    skip_install: bool = False
+    detach: bool = False
+    dry_run: bool = False
+    overrides: tuple[str, ...] = ()  # more ib_jax.train flags, e.g. --config.train.num_steps=10
+
+
+def _gcloud_tpu(verb: str, name: str, flags: Pod, *extra: str) -> list[str]:
+    """`gcloud compute tpus tpu-vm VERB NAME --zone=... [--project=...] EXTRA...`."""
     command = ["gcloud", "compute", "tpus", "tpu-vm", verb, name, f"--zone={flags.zone}"]
     if flags.project:
         command.append(f"--project={flags.project}")
     return command + list(extra)
 
 
-def _on_all_workers(flags: argparse.Namespace, script: str) -> list[str]:
+def _on_all_workers(flags: Pod, script: str) -> list[str]:
+    """Run a shell line on every worker of the slice."""
     return _gcloud_tpu("ssh", flags.name, flags, "--worker=all", f"--command={script}")
 
 
-def train_command(flags: argparse.Namespace) -> str:
+def train_command(flags: Pod) -> str:
     """The shell line every worker runs (the same on all of them)."""
     args = [
         "python",
@@ -56,7 +77,7 @@ def train_command(flags: argparse.Namespace) -> str:
     return line
 
 
-def commands(flags: argparse.Namespace) -> dict[str, list[list[str]]]:
+def commands(flags: Pod) -> dict[str, list[list[str]]]:
     """Named steps -> the commands they run, in order."""
     create = _gcloud_tpu(
         "create",
@@ -85,52 +106,52 @@ def commands(flags: argparse.Namespace) -> dict[str, list[list[str]]]:
 
 
 def _run(command: list[str], dry_run: bool, check: bool = True) -> int:
+    """Print the command, then run it unless `dry_run`; its exit status."""
     print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
     if dry_run:
         return 0
     return subprocess.run(command, check=check).returncode
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def define_flags() -> None:
+    """The launcher's flags; called only when it runs as a program (see `ib_jax.cli`)."""
+    from absl import flags
+
+    flags.DEFINE_string("name", None, "TPU VM name (reused when it exists)", required=True)
+    flags.DEFINE_string("zone", None, "GCP zone of the slice", required=True)
+    flags.DEFINE_string("project", None, "GCP project (default: gcloud's)")
+    flags.DEFINE_string("accelerator", "v5p-128", "accelerator type when creating, e.g. v5p-128")
+    flags.DEFINE_string("runtime_version", "v2-alpha-tpuv5", "TPU VM software version")
+    flags.DEFINE_bool("spot", False, "create a Spot slice")
+    flags.DEFINE_string("python", "python3.11", "interpreter on the workers for `make venv`")
+    flags.DEFINE_string(
+        "config", None, "configs/*.py[:arg], relative to the repository", required=True
     )
-    parser.add_argument("--name", required=True, help="TPU VM name (reused when it exists)")
-    parser.add_argument("--zone", required=True)
-    parser.add_argument("--project", default=None)
-    parser.add_argument(
-        "--accelerator", default="v5p-128", help="accelerator type when creating, e.g. v5p-128"
+    flags.DEFINE_string("workdir", None, "shared by all workers: gs://bucket/path", required=True)
+    flags.DEFINE_bool("skip_install", False, "code and venv already on the workers")
+    flags.DEFINE_bool("detach", False, "run training under nohup, return at once")
+    flags.DEFINE_bool("dry_run", False, "print every command, run none")
+    flags.DEFINE_alias("dry-run", "dry_run")
+
+
+def main(argv: Sequence[str]) -> int:
+    """Create or reuse the slice, install, train; `argv[1:]` (after `--`) go to ib_jax.train."""
+    from absl import app, flags
+
+    values = flags.FLAGS
+    pod = Pod(
+        **{f.name: values[f.name].value for f in dataclasses.fields(Pod) if f.name != "overrides"},
+        overrides=tuple(argv[1:]),
     )
-    parser.add_argument(
-        "--runtime_version", default="v2-alpha-tpuv5", help="TPU VM software version"
-    )
-    parser.add_argument("--spot", action="store_true")
-    parser.add_argument(
-        "--python", default="python3.11", help="interpreter on the workers for `make venv`"
-    )
-    parser.add_argument(
-        "--config", required=True, help="configs/*.py[:arg], relative to the repository"
-    )
-    parser.add_argument("--workdir", required=True, help="shared by all workers: gs://bucket/path")
-    parser.add_argument(
-        "--skip_install", action="store_true", help="code and venv already on the workers"
-    )
-    parser.add_argument(
-        "--detach", action="store_true", help="run training under nohup, return at once"
-    )
-    parser.add_argument(
-        "--dry-run",
-        "--dry_run",
-        dest="dry_run",
-        action="store_true",
-        help="print every command, run none",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="after `--`: more ib_jax.train flags (--config.train.x=...)"
-    )
-    flags = parser.parse_args(argv)
-    if not flags.workdir.startswith("gs://"):
-        parser.error(f"--workdir={flags.workdir}: the workers need a shared gs:// workdir")
+    if not pod.workdir.startswith("gs://"):
+        raise app.UsageError(
+            f"--workdir={pod.workdir}: the workers need a shared gs:// workdir", exitcode=2
+        )
+    return run(pod)
+
+
+def run(flags: Pod) -> int:
+    """Print (dry run) or run every step for `flags`; the training command's exit status."""
     steps = commands(flags)
     if flags.dry_run:
         print("# create the slice only if `describe` fails:")
@@ -149,4 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import app
+
+    define_flags()
+    app.run(main)

@@ -124,7 +124,8 @@ def test_planner_without_libtpu_says_how_to_get_it():
     code = (
         "import importlib.util, sys; real = importlib.util.find_spec\n"
         "importlib.util.find_spec = lambda name, *a: None if name == 'libtpu' else real(name, *a)\n"
-        "from launch import aot; sys.exit(aot.main(['--config=configs/tiny.py', '--topology=v5e-8']))"
+        "from absl import app; from launch import aot; aot.define_flags()\n"
+        "app.run(aot.main, argv=['launch.aot', '--config=configs/tiny.py', '--topology=v5e-8'])"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

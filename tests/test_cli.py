@@ -1,0 +1,119 @@
+"""ib_jax/cli.py: the shared flags of the entry points (`--help` lists them) and the quiet console."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import logging as absl_logging
+
+from ib_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "module, flag_names",
+    [
+        ("ib_jax.train", ["--config", "--workdir"]),
+        ("ib_jax.evaluate", ["--config", "--workdir", "--checkpoint", "--watch"]),
+        ("launch.aot", ["--config", "--topology", "--mesh", "--table"]),
+        ("launch.local", ["--num_processes", "--devices_per_process", "--log_dir"]),
+        ("launch.tpu_pod", ["--name", "--config", "--workdir", "--dry_run"]),
+    ],
+)
+def test_help_lists_the_entry_points_flags(module, flag_names):
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # absl's --help exits with status 1 after printing the usage; the text is what counts.
+    assert "Try --helpfull" in done.stdout, done.stderr[-2000:]
+    listed = {line.split(":")[0].strip() for line in done.stdout.splitlines()}
+    for name in flag_names:
+        assert name in listed or f"--[no]{name[2:]}" in listed, (name, done.stdout)
+    if module != "launch.tpu_pod":  # its --config is a path for the workers, not loaded here
+        config_help = cli.CONFIG_HELP.split(",")[0]
+        assert ("--config" in flag_names) == (config_help in done.stdout)
+
+
+def test_a_mistyped_override_fails_before_any_work(tmp_path):
+    """A mistyped override fails at parse time with the field's name, before any work starts."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ib_jax.train",
+            "--config=configs/tiny.py",
+            f"--workdir={tmp_path}",
+            "--config.train.num_stepz=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "num_stepz" in done.stderr, done.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.fixture
+def root_logging():
+    """Restore the root logger's handlers and level after a test rewires them."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    cli._pending = None
+
+
+def test_quiet_console_keeps_the_jobs_lines_and_files_the_rest(
+    root_logging, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv(cli.VERBOSE_ENV, raising=False)
+    cli.quiet_console()
+    # Before the file is named (as before jax.distributed.initialize): held, then written.
+    absl_logging.info("orbax: Created BasePyTreeCheckpointHandler")
+    logging.getLogger("ib_jax.train.trainer").info("train step compiled")
+    path = cli.log_to_file(str(tmp_path), "train", process_index=1, process_count=2)
+    logging.getLogger("jax._src.xla_bridge").info("Unable to initialize backend 'tpu'")
+    absl_logging.warning("CheckpointManagerOptions.read_only=True")
+    logging.getLogger("jax._src.xla_bridge").warning("falling back to cpu")
+    logging.getLogger("data_pipelines.train_pipeline").info("dataset demo_vqa: 1800 examples")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+    console = capsys.readouterr().err
+    assert "train step compiled" in console and "dataset demo_vqa" in console
+    assert "falling back to cpu" in console  # other libraries' warnings stay visible
+    for library_line in ("BasePyTreeCheckpointHandler", "backend 'tpu'", "read_only=True"):
+        assert library_line not in console
+    assert path == os.path.join(str(tmp_path), "logs", "train.process_1.log")
+    with open(path) as f:
+        logged = f.read()
+    for line in ("BasePyTreeCheckpointHandler", "train step compiled", "backend 'tpu'"):
+        assert line in logged
+    assert logged.index("BasePyTreeCheckpointHandler") < logged.index("backend 'tpu'")
+
+
+def test_verbose_env_leaves_the_console_alone(root_logging, monkeypatch):
+    monkeypatch.setenv(cli.VERBOSE_ENV, "1")
+    before = list(logging.getLogger().handlers)
+    cli.quiet_console()
+    assert logging.getLogger().handlers == before
+
+
+def test_bucket_workdirs_log_locally():
+    path = cli.log_file_path("gs://bucket/run", "evaluate")
+    assert "://" not in path and path.endswith(os.path.join("ib_jax_logs", "evaluate.log"))
