@@ -72,6 +72,8 @@ AXIS_RULES = (
 def model(
     vision: dict, qformer: dict, text: dict, lm_type: str = "t5", **overrides
 ) -> ml_collections.ConfigDict:
+    """`config.model`: the three towers' sizes plus the composition's defaults (32 instruction-
+    aware queries, bf16 compute on fp32 parameters, scanned layers, remat policy dots_no_batch)."""
     values = dict(
         lm_type=lm_type,
         vision=dict(vision),
@@ -124,6 +126,7 @@ def train(**overrides) -> ml_collections.ConfigDict:
 
 
 def checkpoint(**overrides) -> ml_collections.ConfigDict:
+    """`config.checkpoint`: save every `every_steps`, keep the newest `keep`, write asynchronously."""
     values = dict(every_steps=2_000, keep=3, async_save=True)
     values.update(overrides)
     return ml_collections.ConfigDict(values)

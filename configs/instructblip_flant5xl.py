@@ -10,6 +10,7 @@ from configs import common, data_heldin
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg` goes to the data config (data_heldin: `root=...,batch=...`); default batch 192."""
     config = ml_collections.ConfigDict()
     config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, common.FLAN_T5_XL)
     config.init = ml_collections.ConfigDict(dict(pretrained=""))

@@ -10,6 +10,7 @@ from configs import common, instructblip_flant5xl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg` as in instructblip_flant5xl."""
     config = instructblip_flant5xl.get_config(arg)
     config.model.text = dict(common.FLAN_T5_XXL)
     return config

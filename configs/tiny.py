@@ -6,6 +6,7 @@ from configs import common, data_demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg` goes to the demo data config (e.g. `root=DIR` for where its data is rendered)."""
     config = ml_collections.ConfigDict()
     config.model = common.model(
         vision=dict(

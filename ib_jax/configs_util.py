@@ -24,4 +24,5 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The frozen ModelConfig dataclass of a run config's `model` section."""
     return from_config_dict(config.model)

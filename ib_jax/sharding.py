@@ -1,7 +1,10 @@
 """Meshes, logical-axis rules and shardings, all from the config.
 
 Modules name their parameter and activation axes (ib_jax/models/layers.py); `config.mesh` maps
-them onto the three mesh axes `data`, `fsdp`, `tensor`. Batches are sharded over data x fsdp.
+them onto the three mesh axes `data`, `fsdp`, `tensor`. Batches are sharded over data x fsdp:
+fsdp shards parameters and batch alike (ZeRO-3 style: each device gathers a layer's weights just
+before using them), so growing it divides both memory and work; `data` only replicates
+parameters; `tensor` splits heads, MLP and vocabulary within a layer (and needs the fastest links).
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all) shaped by `mesh_config.shape`."""
     devices = devices if devices is not None else jax.devices()
+    # jax.make_mesh picks a device order that follows the hardware topology. Auto axes: the
+    # shardings are constraints the compiler propagates, not part of the arrays' types.
     shape = mesh_shape(mesh_config, len(devices))
     return jax.make_mesh(
         shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
@@ -52,6 +58,10 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: list | None = Non
 
 
 def axis_rules(mesh_config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+    """`mesh_config.axis_rules` as flax wants them: ((logical axis, mesh axis/axes/None), ...).
+
+    Config files hold lists (JSON-able in checkpoints); flax needs tuples for multi-axis rules.
+    """
     return tuple(
         (name, tuple(target) if isinstance(target, list) else target)
         for name, target in mesh_config.axis_rules
@@ -81,15 +91,21 @@ def unboxed(boxed_tree: Any) -> Any:
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """An array [B, ...] of rank `ndim` split over data x fsdp on its first axis."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of `mesh` (step counter, metrics)."""
     return NamedSharding(mesh, PartitionSpec())
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Process-local numpy batch -> global jax.Arrays sharded over data x fsdp."""
+    """Process-local numpy batch -> global jax.Arrays sharded over data x fsdp.
+
+    Each process passes its own [B / P, ...] rows; the global array is [B, ...], the processes'
+    rows in process order (the mesh lists process 0's devices first).
+    """
     return {
         key: jax.make_array_from_process_local_data(
             batch_sharding(mesh, np.ndim(value)), np.asarray(value)
