@@ -136,3 +136,48 @@ def versions() -> dict[str, str]:
         except ImportError:
             out[name] = "not installed"
     return out
+
+
+def compiled_flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled (or lowered) computation; None where XLA gives none.
+    A scanned layer stack is counted once, not once per layer."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = dict(cost or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def compiled_memory(compiled) -> dict[str, int]:
+    """XLA's memory analysis of a compiled computation, bytes; `peak_bytes` counts donated
+    (aliased) buffers once: arguments + outputs - aliased + temporaries."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+    )
+    out = {f: int(getattr(m, f, 0) or 0) for f in fields}
+    out["peak_bytes"] = (
+        out["argument_size_in_bytes"]
+        + out["output_size_in_bytes"]
+        - out["alias_size_in_bytes"]
+        + out["temp_size_in_bytes"]
+    )
+    return out
+
+
+def xla_matmul_peak(size: int, calls: int = 5) -> float:
+    """FLOP/s of the best of `calls` jitted fp32 `size` x `size` matmuls: the peak MFU is taken
+    against where no published one exists (CPUs)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    times = timed_calls(lambda: dot(a, b).block_until_ready(), warmup=2, calls=calls, budget_s=30)
+    return 2.0 * size**3 / times["min_s"]
