@@ -1,36 +1,57 @@
 """Data config of the paper's instruction tuning: the 13 held-in datasets, mixed ~ sqrt(size).
 
-`get_config("root=/data/instructblip,batch=192")`: every annotation file and image directory is
-derived from `root` as ROOT/<dataset>/annotations.json and ROOT/<dataset>/images (edit the entries
-for another layout; `python -m data_pipelines.prepare` turns them into ArrayRecord files). The
-tokenizers are the released models': BERT-base-uncased `vocab.txt` (the Q-Former's, + [DEC]) and
-FlanT5's `spiece.model`, expected at ROOT/tokenizers/.
+`get_config("root=/data/instructblip,batch=192")`: every dataset is found under `root` in the
+layout its authors publish (the table is `data_pipelines/layouts.py`; docs/DATASETS.md says per
+dataset what to download and where it goes). Options, comma-separated:
+
+  root=DIR            where the datasets are (default /data/instructblip)
+  batch=N             global batch size (default 192, the paper's for FlanT5-XL)
+  train=a+b           finetune on these datasets (any of the 26; their "train" split) instead of
+                      the held-in mixture, e.g. `train=scienceqa`
+  eval=a+b            evaluation entries ("eval" split) to add to `eval_datasets`
+  frames=1            video sets read pre-extracted frame folders instead of the video files
+  <dataset>.<field>=V per-dataset override: ann_path (a path, or "+"-joined paths), image_root,
+                      or a parse option (e.g. `llava_conversation.turns=first`)
+
+The tokenizers are the released models': BERT-base-uncased `vocab.txt` (the Q-Former's, + [DEC])
+and FlanT5's `spiece.model`, expected at ROOT/tokenizers/. `python -m data_pipelines.check
+--config=...` checks every file before a run; `python -m data_pipelines.prepare` turns the
+entries into ArrayRecord files.
 """
 
 import os
 
 import ml_collections
 
-from data_pipelines import registry
+from data_pipelines import layouts, registry
 
 # The paper lowered A-OKVQA and raised OKVQA by hand; it does not publish the factors.
 MULTIPLIERS = {"okvqa": 1.0, "aokvqa": 1.0}
 
 
+def entries(
+    names: list[str], split: str, root: str, options: dict, per_dataset: dict
+) -> list[dict]:
+    """The data-config entries of `names` (layouts.entry), with their overrides."""
+    frames = options.get("frames", "0").lower() in ("1", "true", "yes")
+    return [
+        layouts.entry(name, split, root, frames=frames, **per_dataset.get(name, {}))
+        for name in names
+    ]
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = dict(item.split("=", 1) for item in arg.split(",")) if arg else {}
+    """The held-in mixture under `root` (see the module docstring for the options)."""
+    options, per_dataset = layouts.parse_arg(arg)
     root = options.get("root", "/data/instructblip")
+    train = options["train"].split("+") if options.get("train") else registry.held_in()
+    evals = options["eval"].split("+") if options.get("eval") else []
     config = ml_collections.ConfigDict()
     config.datasets = [
-        {
-            "name": name,
-            "ann_path": os.path.join(root, name, "annotations.json"),
-            "image_root": os.path.join(root, name, "images"),
-            "multiplier": MULTIPLIERS.get(name, 1.0),
-        }
-        for name in registry.held_in()
+        {**e, "multiplier": MULTIPLIERS.get(e["name"], 1.0)}
+        for e in entries(train, "train", root, options, per_dataset)
     ]
-    config.eval_datasets = []  # zero-shot evaluation: configs/eval_heldout.py
+    config.eval_datasets = entries(evals, "eval", root, options, per_dataset)
     config.image_size = 224
     config.num_frames = 4
     # Fixed padded shapes (LAVIS truncates instructions at 128 tokens); one compilation per run.

@@ -1,19 +1,26 @@
 """Zero-shot evaluation on the paper's 13 held-out datasets (InstructBLIP Table 1), FlanT5-XL.
 
 `python -m ib_jax.evaluate --config=configs/eval_heldout.py --workdir=DIR --checkpoint=CONVERTED_DIR`
-Fill in the annotation paths (`--config.data.eval_datasets` entries, or edit `PATHS` below, or
-pass `get_config("root=/data")` to derive them from one root). Prompts and decoding come from the
-dataset registry (data_pipelines/registry.py): QA beam 5, max 10 new tokens, length penalty -1;
-captions beam 5, max 80, min 10; candidate ranking for ScienceQA, IconQA, MSVD/MSRVTT-QA,
-Visual Dialog (100 options, MRR) and HatefulMemes (P("yes") vs "no", AUC). Video datasets sample
-4 frames; the model encodes each and concatenates the per-frame query outputs (4 x 32 tokens).
+`--config=configs/eval_heldout.py:root=/data`: every dataset is found under `root` in its
+published layout (data_pipelines/layouts.py; docs/DATASETS.md says what to download and where it
+goes). Options, comma-separated: `root=`, `datasets=a+b` (a subset), `frames=1` (video sets from
+pre-extracted frame folders), `<dataset>.<field>=V` (per-dataset override of ann_path,
+image_root or a parse option, e.g. `msrvtt_qa.answer_vocab_size=1000`).
+
+Prompts and decoding come from the dataset registry (data_pipelines/registry.py): QA beam 5, max
+10 new tokens, length penalty -1; captions beam 5, max 80, min 10; candidate ranking for
+ScienceQA, IconQA (its multiple-choice-with-text subset, as the paper reports), MSVD/MSRVTT-QA
+(the training split's answer vocabulary, as ALPRO/LAVIS build it), Visual Dialog (100 options,
+MRR) and HatefulMemes (P("yes") vs "no", AUC). Video datasets sample 4 frames uniformly from the
+video file; the model encodes each and concatenates the per-frame query outputs (4 x 32 tokens).
 """
 
 import os
 
 import ml_collections
 
-from configs import common
+from configs import common, data_heldin
+from data_pipelines import layouts
 
 HELD_OUT = (
     "nocaps",
@@ -31,23 +38,6 @@ HELD_OUT = (
     "hateful_memes",
 )
 
-# (annotation file, image/video root, parse options) relative to `root`; replace with your layout.
-PATHS = {
-    "nocaps": ("nocaps/nocaps_val_4500_captions.json", "nocaps/images", {}),
-    "flickr30k": ("flickr30k/dataset_flickr30k.json", "flickr30k/images", {"split": "test"}),
-    "gqa": ("gqa/testdev_balanced_questions.json", "gqa/images", {}),
-    "vsr": ("vsr/zeroshot/test.jsonl", "vsr/images", {}),
-    "iconqa": ("iconqa/problems.json", "iconqa", {"split": "test"}),
-    "textvqa": ("textvqa/TextVQA_0.5.1_val.json", "textvqa/train_images", {}),
-    "vizwiz": ("vizwiz/Annotations/val.json", "vizwiz/val", {}),
-    "scienceqa": ("scienceqa/problems.json", "scienceqa/images", {"split": "test"}),
-    "msvd_qa": ("msvd/test_qa.json", "msvd/frames", {}),
-    "msrvtt_qa": ("msrvtt/test_qa.json", "msrvtt/frames", {}),
-    "ivqa": ("ivqa/test.csv", "ivqa/frames", {}),
-    "visdial": ("visdial/visdial_1.0_val.json", "visdial/VisualDialog_val2018", {}),
-    "hateful_memes": ("hateful_memes/dev_seen.jsonl", "hateful_memes", {}),
-}
-
 # Per-dataset settings beyond the registry (ib_jax.eval.evaluators.EvalSettings fields).
 OVERRIDES = {
     # Fixed two-way choices, scored by likelihood; the first candidate is the positive class (AUC).
@@ -56,14 +46,16 @@ OVERRIDES = {
     "vsr": {"eval_mode": "rank", "candidates": ["true", "false"]},
     # Visual Dialog ranks 100 options per round: bounded memory with 20 candidates per decoder pass.
     "visdial": {"candidate_chunk": 20},
-    # MSVD/MSRVTT-QA rank over the answer vocabulary: list it here (e.g. the training answers).
-    "msvd_qa": {"candidates": []},
-    "msrvtt_qa": {"candidates": []},
+    # MSVD/MSRVTT-QA rank the training split's answer vocabulary (each record's `choices`, see
+    # data_pipelines/layouts.py EVAL_OPTIONS): ~2,000 candidates, scored 128 per decoder pass.
+    "msvd_qa": {"candidate_chunk": 128},
+    "msrvtt_qa": {"candidate_chunk": 128},
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = dict(item.split("=", 1) for item in arg.split(",")) if arg else {}
+    """FlanT5-XL on the held-out datasets under `root` (options in the module docstring)."""
+    options, per_dataset = layouts.parse_arg(arg)
     root = options.get("root", "/path/to/eval_data")
     datasets = options["datasets"].split("+") if "datasets" in options else list(HELD_OUT)
 
@@ -86,16 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             prefetch_batches=2,
             max_bad_fraction=0.01,
             augment=False,
-            eval_datasets=[
-                {
-                    "name": name,
-                    "split": "eval",
-                    "ann_path": os.path.join(root, PATHS[name][0]),
-                    "image_root": os.path.join(root, PATHS[name][1]),
-                    "parse_options": PATHS[name][2],
-                }
-                for name in datasets
-            ],
+            eval_datasets=data_heldin.entries(datasets, "eval", root, options, per_dataset),
         )
     )
     config.eval = ml_collections.ConfigDict(

@@ -18,7 +18,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import images, sources
+from data_pipelines import images, sources, templates
 from data_pipelines.preprocess import (
     BadDataError,
     ExamplePreprocessor,
@@ -47,10 +47,22 @@ META_FIELDS = (
 )
 
 
+# Task categories whose target text is the CIDEr reference: record -> reference texts.
+_TARGET_AS_REFERENCE = {
+    "image_question_generation": lambda record: [record["question"]],
+    "llava_instruct": lambda record: record.get("answers", []),
+}
+
+
 def eval_instruction(spec: DatasetSpec, record: Mapping[str, Any]) -> str:
     """The dataset's zero-shot prompt (registry) filled from the record; slots in prompt order."""
     prompt = spec.eval_prompt
+    if spec.task_category == "llava_instruct":  # LLaVA's own question, after the earlier turns
+        return templates.llava_instruction(record)
     slots = prompt.count("{}")
+    if spec.ocr and slots == 0:  # OCR tokens in front, as in training (TextCaps)
+        tokens = record.get("ocr_tokens")
+        return f"OCR tokens: {' '.join(tokens)}. {prompt}" if tokens else prompt
     question = record.get("question", "")
     options = ", ".join(record.get("choices", []))
     if spec.task_category == "image_question_generation":
@@ -95,6 +107,10 @@ class _EvalExample:
         record = self.records[index] if valid else self.pad_record
         meta = {k: record[k] for k in META_FIELDS if k in record}
         meta["dataset"] = self.spec.name
+        if self.spec.task_category in _TARGET_AS_REFERENCE and "captions" not in meta:
+            # Free-text targets are scored like captions (CIDEr): the question to generate, or
+            # LLaVA's answer, is the reference.
+            meta["captions"] = list(_TARGET_AS_REFERENCE[self.spec.task_category](record))
         try:
             pixels = self.pre.pixels(record, None)
         except images.BadImageError as error:

@@ -80,6 +80,8 @@ def _check_decodable(record: Mapping[str, Any]) -> None:
     if "frames" in record:
         for path in record["frames"]:
             images.load_image(path)
+    elif "video" in record:
+        images.load_clip_frames(record["video"], 1)
     elif "image" in record:
         images.load_image(record["image"])
 

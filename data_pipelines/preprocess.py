@@ -150,8 +150,10 @@ class ExamplePreprocessor:
         return self._tokenizers
 
     def is_video(self, record: Mapping[str, Any]) -> bool:
-        """Whether the record is a clip (a video dataset, or a record that carries frames)."""
-        return self.spec.is_video or "frames" in record or "frame_bytes" in record
+        """Whether the record is a clip (a video dataset, or a record with a video or frames)."""
+        return self.spec.is_video or any(
+            key in record for key in ("video", "frames", "frame_bytes", "video_bytes")
+        )
 
     def pixels(self, record: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
         """[H, W, 3] for an image, [F, H, W, 3] for a clip. Raises images.BadImageError."""
@@ -161,10 +163,13 @@ class ExamplePreprocessor:
                 frames = [
                     frames[i] for i in images.uniform_frame_indices(len(frames), self.num_frames)
                 ]
-            else:
-                frames = images.load_clip_frames(
-                    record.get("frames", record.get("image")), self.num_frames
+            elif "video_bytes" in record:  # a prepared record: the original video file
+                frames = images.decode_video(
+                    io.BytesIO(record["video_bytes"]), self.num_frames, _where(record)
                 )
+            else:
+                source = record.get("video") or record.get("frames") or record.get("image")
+                frames = images.load_clip_frames(source, self.num_frames)
             return images.preprocess_clip(frames, self.image_size, rng)
         if "image_bytes" in record:
             image = _open_bytes(record["image_bytes"], record)
@@ -233,5 +238,9 @@ def _open_bytes(data: bytes, record: Mapping[str, Any]) -> Image.Image:
 
 def _where(record: Mapping[str, Any]) -> str:
     """dataset/id (path) of a record, for messages."""
-    paths = record.get("source_paths") or record.get("frames") or [record.get("image", "?")]
+    paths = (
+        record.get("source_paths")
+        or record.get("frames")
+        or [record.get("video") or record.get("image", "?")]
+    )
     return f"{record.get('dataset', '?')}/{record.get('id', '?')} ({paths[0] if len(paths) == 1 else paths})"

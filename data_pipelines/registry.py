@@ -4,8 +4,9 @@ Held-in (13, used for instruction tuning): COCO Caption, Web CapFilt, TextCaps, 
 A-OKVQA, OCR-VQA, the question-generation variants of VQAv2/OKVQA/A-OKVQA, and the three parts of
 LLaVA-Instruct-150K (conversation, detailed description, complex reasoning: Figure 2 counts them
 separately, which is how the paper arrives at 26 datasets / 13 held-in).
-Held-out (13, zero-shot evaluation only): NoCaps, Flickr30K, GQA, VSR, IconQA, VizWiz, ScienceQA
-(IMG), TextVQA, MSVD-QA, MSRVTT-QA, iVQA, Visual Dialog, HatefulMemes.
+Held-out (13, zero-shot evaluation; each can also be a finetuning source): NoCaps, Flickr30K,
+GQA, VSR, IconQA, VizWiz, ScienceQA (IMG), TextVQA, MSVD-QA, MSRVTT-QA, iVQA, Visual Dialog,
+HatefulMemes.
 
 `num_train` is the size of the public training split (the unit the parser yields: questions for
 QA, captions for captioning, rounds for dialogs); `size_source` says where the number comes from.

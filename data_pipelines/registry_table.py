@@ -76,6 +76,7 @@ SPECS = [
         "textcaps",
         109_765,
         "TextCaps v0.1 train: 109,765 captions on 21,953 images (Sidorov et al. 2020)",
+        ocr=True,  # the Rosetta OCR tokens of TextVQA (the same images), in training and eval
         eval_split="val",
     ),
     _qa(

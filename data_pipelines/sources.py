@@ -4,7 +4,8 @@ A config entry (one element of `data_config.datasets`) names a registry dataset 
 `ann_path` + `image_root` (read through `formats.parse`) or `array_record` (a file written by
 `python -m data_pipelines.prepare`, random access without re-parsing JSON or touching the image
 tree). Records are canonical dicts (docs/CONTRACTS.md). Prepared records carry the encoded image
-bytes under `image_bytes` (a list for video frames under `frame_bytes`) instead of a path.
+bytes under `image_bytes` (a list for video frames under `frame_bytes`, a video file's bytes
+under `video_bytes`) instead of a path.
 
 An entry may also say how its files are made: `generate={"kind": <GENERATORS key>, **options}`
 (the embedded demo: `{"kind": "demo_shapes", "root", "num_train", "num_eval", "seed"}`). The files
@@ -84,12 +85,13 @@ def ensure_generated(entry: Mapping[str, Any]) -> None:
 def serialize_record(record: Mapping[str, Any], image_root: str | None = None) -> bytes:
     """A canonical record -> bytes, with its image (or frames) file contents embedded.
     Raises OSError naming the path when an image cannot be read."""
-    header = {k: v for k, v in record.items() if k not in ("image", "frames")}
-    paths = (
-        record["frames"] if "frames" in record else [record["image"]] if "image" in record else []
-    )
+    header = {k: v for k, v in record.items() if k not in ("image", "frames", "video")}
     if "frames" in record:
-        header["is_video"] = True
+        paths, header["is_video"] = record["frames"], True
+    elif "video" in record:  # the video file itself, decoded at load time like the original
+        paths, header["is_video_file"] = [record["video"]], True
+    else:
+        paths = [record["image"]] if "image" in record else []
     blobs = []
     for path in paths:
         full = path if image_root is None or os.path.isabs(path) else os.path.join(image_root, path)
@@ -102,7 +104,8 @@ def serialize_record(record: Mapping[str, Any], image_root: str | None = None) -
 
 
 def deserialize_record(data: bytes) -> dict[str, Any]:
-    """Inverse of `serialize_record`: the header dict plus `image_bytes` or `frame_bytes`."""
+    """Inverse of `serialize_record`: the header dict plus `image_bytes`, `frame_bytes` or
+    `video_bytes`."""
     (header_len,) = struct.unpack_from("<I", data, 0)
     record = json.loads(data[4 : 4 + header_len])
     offset, blobs = 4 + header_len, []
@@ -111,6 +114,8 @@ def deserialize_record(data: bytes) -> dict[str, Any]:
         offset += size
     if record.pop("is_video", False):
         record["frame_bytes"] = blobs
+    elif record.pop("is_video_file", False):
+        record["video_bytes"] = blobs[0]
     elif blobs:
         record["image_bytes"] = blobs[0]
     return record

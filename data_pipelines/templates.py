@@ -12,7 +12,12 @@ Two dataset flags shape the choice (paper, section 2.2):
   the model does not learn to answer everything tersely.
 - `ocr`: scene-text datasets get "OCR tokens: ..." put in front of the instruction. In front, not
   behind, because the LM instruction is truncated from the left: a long token list must be cut
-  before the question is.
+  before the question is. TextVQA and TextCaps have it (Rosetta OCR); OCR-VQA publishes no OCR
+  tokens, so it has none.
+
+Training and zero-shot prompts give the same context: ScienceQA's hint as "Context: ...", the
+OCR tokens, a Visual Dialog / LLaVA turn's earlier turns. A true/false statement (VSR) draws from
+STATEMENT_TEMPLATES, of which the zero-shot prompt is the first.
 
 The choice is a pure function of (seed, dataset name, example index), so a run is reproducible.
 """
@@ -90,6 +95,15 @@ DIALOG_TEMPLATES = (
     'The dialog so far is {history} What is the answer to the question "{question}"?',
 )
 
+# A statement to judge true or false (VSR): the caption is the statement, the answer true/false.
+STATEMENT_TEMPLATES = (
+    'Based on the image, is this statement true or false? "{text}" Answer:',
+    'Is the following statement about the image true or false? "{text}"',
+    '"{text}" Looking at the image, is this true or false? Answer:',
+    'Decide whether the statement "{text}" correctly describes the image. Answer true or false:',
+    'Given the image, answer true or false: "{text}"',
+)
+
 CLASSIFICATION_TEMPLATES = (
     'This is an image with: "{text}" written on it. Is it hateful? Answer:',
     'The image has the text "{text}" on it. Is this meme hateful? Answer yes or no:',
@@ -155,6 +169,23 @@ def _format_options(choices: list[str]) -> str:
     return ", ".join(choices)
 
 
+def context_prefix(record: Mapping[str, Any]) -> str:
+    """ "Context: <text> " for a multiple-choice record with a textual context (ScienceQA's hint),
+    the same words the zero-shot prompt gives it; "" otherwise."""
+    return f"Context: {record['text']} " if record.get("text") else ""
+
+
+def llava_instruction(record: Mapping[str, Any]) -> str:
+    """A LLaVA turn's instruction: the earlier turns of its conversation, then the question.
+
+    The first turn is LLaVA's own question alone (as LAVIS trains on it); later turns put the
+    conversation so far in front, as "Human: ... Assistant: ..." pairs. In front, because the
+    LM instruction is truncated from the left: a long history is cut before the question is.
+    """
+    history = " ".join(f"Human: {q} Assistant: {a}" for q, a in record.get("dialog") or [])
+    return f"{history} Human: {record['question']} Assistant:" if history else record["question"]
+
+
 def _fill(template: str, **fields: str) -> str:
     return template.format(**fields).strip()
 
@@ -201,7 +232,12 @@ def make_instruction(
         instruction = _fill(template, text=record.get("text", ""))
         target = most_weighted_choice(need("answers"), rng)
     elif category == "llava_instruct":
-        instruction, target = need("question"), need("answers")[0]
+        need("question")
+        instruction, target = llava_instruction(record), need("answers")[0]
+    elif "question" not in record and "label" in record:  # a statement to judge (VSR)
+        template = STATEMENT_TEMPLATES[int(rng.integers(len(STATEMENT_TEMPLATES)))]
+        instruction = _fill(template, text=need("text"))
+        target = most_weighted_choice(need("answers"), rng)
     elif "choices" in record and "answer_index" in record:
         mc_pool = (
             MULTIPLE_CHOICE_TEMPLATES
@@ -211,6 +247,7 @@ def make_instruction(
         template = mc_pool[int(rng.integers(len(mc_pool)))]
         choices = need("choices")
         instruction = _fill(template, question=need("question"), options=_format_options(choices))
+        instruction = context_prefix(record) + instruction  # ScienceQA's hint, as zero-shot
         target = choices[int(record["answer_index"])]
     else:  # the VQA family: reasoning, knowledge, scene text, video
         instruction = _fill(template, question=need("question"))

@@ -359,3 +359,42 @@ def test_eval_with_more_processes_than_examples(demo_root, tmp_path):
         assert len(batches) == 1 and batches[0]["pixel_values"].shape == (1, 64, 64, 3)
         valid.append(int(batches[0]["valid"][0]))
     assert valid == [1, 1, 0, 0]
+
+
+def test_video_files_decode_to_uniformly_sampled_frames_of_the_clip(tmp_path):
+    """A miniature clip (a camera pan over a photograph) read through the pipeline: 4 frames at
+    the uniform indices, each closest to the frame written there; the prepared record (the
+    video file's bytes) gives the same pixels."""
+    from data_pipelines import images, layouts, registry, sources
+    from data_pipelines.miniature import photos, write_miniature
+    from data_pipelines.miniature.writer import VIDEO_FRAMES, VIDEO_SIZE
+
+    root = str(tmp_path / "mini")
+    manifest = write_miniature(root, seed=0)
+    for name in ("msvd_qa", "msrvtt_qa", "ivqa"):
+        record = sources.load_records(layouts.entry(name, "eval", root))[0]
+        media = manifest["datasets"][name]["media"][os.path.relpath(record["video"], root)]
+        photo = next(p for p in photos.PHOTOS if p.file == media["source"])
+        written = photos.pan_frames(photo, VIDEO_FRAMES, *VIDEO_SIZE).astype(int)
+        frames = images.load_clip_frames(record["video"], 4)
+        indices = images.uniform_frame_indices(VIDEO_FRAMES, 4)
+        for frame, index in zip(frames, indices):
+            errors = [abs(np.asarray(frame, int) - w).mean() for w in written]
+            assert int(np.argmin(errors)) == index, (name, errors)
+        config = make_config(root, image_size=32)
+        pre = preprocess.ExamplePreprocessor(config, registry.get(name), train=False)
+        from_file = pre.pixels(record, None)
+        prepared = sources.deserialize_record(sources.serialize_record(record))
+        assert "video_bytes" in prepared and from_file.shape == (4, 32, 32, 3)
+        np.testing.assert_array_equal(pre.pixels(prepared, None), from_file)
+
+
+def test_unreadable_video_is_a_bad_image_naming_the_file(tmp_path):
+    from data_pipelines import images
+
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    with pytest.raises(images.BadImageError, match="broken.mp4"):
+        images.load_clip_frames(str(path), 4)
+    with pytest.raises(images.BadImageError, match="no such file"):
+        images.load_clip_frames(str(tmp_path / "missing.webm"), 4)

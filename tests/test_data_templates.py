@@ -100,3 +100,102 @@ def test_missing_field_names_the_field_and_example():
         )
     with pytest.raises(KeyError, match="no instruction templates for task category 'nope'"):
         templates.template_pool("nope", short_answer=True)
+
+
+# --- every dataset as a training source, with the context its zero-shot prompt gives ----------
+
+
+@pytest.fixture(scope="module")
+def miniature_records(tmp_path_factory):
+    """{(dataset, split): records} of the 26 datasets, parsed from the miniature's files."""
+    from data_pipelines import layouts, sources
+    from data_pipelines.miniature import write_miniature
+
+    root = str(tmp_path_factory.mktemp("miniature"))
+    write_miniature(root, seed=0)
+    return {
+        (name, split): sources.load_records(layouts.entry(name, split, root))
+        for name in layouts.LAYOUTS
+        for split in layouts.splits_of(name)
+    }
+
+
+def _train_instructions(records, spec, seeds=range(8)):
+    out = []
+    for seed in seeds:
+        for index, record in enumerate(records):
+            rng = templates.example_rng(seed, spec.name, index)
+            out.append(
+                templates.make_instruction(
+                    record,
+                    spec.task_category,
+                    short_answer=spec.short_answer,
+                    ocr=spec.ocr,
+                    rng=rng,
+                )
+            )
+    return out
+
+
+def test_every_dataset_with_a_training_split_makes_training_examples(miniature_records):
+    from data_pipelines import registry
+
+    trained = set()
+    for (name, split), records in miniature_records.items():
+        if split != "train":
+            continue
+        pairs = _train_instructions(records, registry.get(name), seeds=[0])
+        assert all(instruction and target for instruction, target in pairs), name
+        trained.add(name)
+    # Every dataset but NoCaps (no training split is published) can be finetuned on.
+    assert trained == {n for n in registry.names() if not n.startswith("demo")} - {"nocaps"}
+
+
+def test_binary_tasks_train_towards_the_answers_their_prompts_rank(miniature_records):
+    from data_pipelines import registry
+
+    for name, candidates in (("vsr", {"true", "false"}), ("hateful_memes", {"yes", "no"})):
+        records = miniature_records[name, "train"]
+        pairs = _train_instructions(records, registry.get(name), seeds=[0])
+        assert [t for _, t in pairs] == [
+            {1: sorted(candidates)[-1], 0: sorted(candidates)[0]}[r["label"]]
+            if name == "vsr"
+            else ("yes" if r["label"] else "no")
+            for r in records
+        ]
+        assert all(r["text"] in instruction for r, (instruction, _) in zip(records, pairs))
+    # The zero-shot VSR prompt is one of the statement templates training draws from.
+    vsr_prompt = registry.get("vsr").eval_prompt.replace("{}", "{text}")
+    assert vsr_prompt in templates.STATEMENT_TEMPLATES
+
+
+# (dataset, the record field that carries context, the words both prompts must contain)
+CONTEXTS = [
+    ("scienceqa", "text", lambda r: f"Context: {r['text']} "),
+    ("textvqa", "ocr_tokens", lambda r: f"OCR tokens: {' '.join(r['ocr_tokens'])}."),
+    ("textcaps", "ocr_tokens", lambda r: f"OCR tokens: {' '.join(r['ocr_tokens'])}."),
+    ("visdial", "dialog", lambda r: f"{r['dialog'][-1][0]} {r['dialog'][-1][1]}"),
+    (
+        "llava_conversation",
+        "dialog",
+        lambda r: f"{r['dialog'][-1][0]} Assistant: {r['dialog'][-1][1]}",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,key,context", CONTEXTS)
+def test_training_and_zero_shot_prompts_give_the_same_context(
+    miniature_records, name, key, context
+):
+    from data_pipelines import eval_pipeline, registry
+
+    spec = registry.get(name)
+    records = miniature_records[name, "train"]
+    pairs = _train_instructions(records, spec, seeds=[0])
+    checked = 0
+    for record, (instruction, _) in zip(records, pairs):
+        if record.get(key):
+            assert context(record) in instruction, (name, instruction)
+            assert context(record) in eval_pipeline.eval_instruction(spec, record)
+            checked += 1
+    assert checked, name  # the miniature has examples with context

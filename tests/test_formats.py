@@ -165,7 +165,9 @@ def test_textcaps(tmp_path, root):
     )
     (record,) = formats.parse("textcaps", path, root)
     assert record["captions"] == ["A sign reading STOP.", "A red stop sign."]
-    assert record["image"] == _img(root, "train/011e7e629fb9ae7b.jpg")
+    # image_path's "train/" folder is not in the zip: the file is <image_root>/<image_name>.jpg
+    # (image_id when image_name is absent).
+    assert record["image"] == _img(root, "011e7e629fb9ae7b.jpg")
 
 
 # --- question answering --------------------------------------------------------------------------
@@ -363,7 +365,7 @@ def test_textvqa_ocr_from_entry_and_rosetta_file(tmp_path, root):
     records = formats.parse("textvqa", path, root, ocr_path=ocr)
     assert records[0]["ocr_tokens"] == ["NOKIA", "phone"]
     assert records[1]["ocr_tokens"] == ["1999", "wine"]
-    assert records[1]["image"] == _img(root, "train_images/00685bc495504d61.jpg")
+    assert records[1]["image"] == _img(root, "00685bc495504d61.jpg")  # root: train_images/
 
 
 def test_ocrvqa_split_and_mismatch(tmp_path, root):
@@ -529,10 +531,11 @@ def test_hateful_memes(tmp_path, root):
         "id": "8291",
         "image": _img(root, "img/08291.png"),
         "label": 1,
+        "answers": ["yes"],  # the answer to "Is it hateful?": a training target too
         "text": "white people is this a shooting range",
         "dataset": "hateful_memes",
     }
-    assert "label" not in records[1]
+    assert "label" not in records[1] and "answers" not in records[1]
 
 
 def test_visdial_rounds_history_and_options(tmp_path, root):
@@ -542,7 +545,7 @@ def test_visdial_rounds_history_and_options(tmp_path, root):
         "visdial_1.0_val.json",
         {
             "version": "1.0",
-            "split": "val",
+            "split": "val2018",
             "data": {
                 "questions": ["is it sunny", "any people"],
                 "answers": [f"answer {i}" for i in range(100)],
@@ -567,9 +570,7 @@ def test_visdial_rounds_history_and_options(tmp_path, root):
     records = formats.parse("visdial", path, root)
     assert len(records) == 2
     second = records[1]
-    assert second["image"] == _img(
-        root, "VisualDialog_val2018/VisualDialog_val2018_000000185565.jpg"
-    )
+    assert second["image"] == _img(root, "VisualDialog_val2018_000000185565.jpg")
     assert second["dialog"] == [["is it sunny", "answer 3"]]
     assert second["question"] == "any people" and len(second["answer_options"]) == 100
     assert second["answer_options"][second["gt_index"]] == "answer 7" == second["answers"][0]
@@ -596,10 +597,12 @@ def test_msvd_and_msrvtt_frames(tmp_path, root):
             {"answer": "cat", "id": 1, "question": "what sleeps?", "video_id": 2},
         ],
     )
-    records = formats.parse("msvd_qa", msvd, root, max_errors=1)
+    records = formats.parse("msvd_qa", msvd, root)
     assert records[0]["frames"] == [_img(root, f"vid1/{i:05d}.jpg") for i in range(3)]
     assert records[0]["answers"] == ["dog"]
-    assert "entry #1: no extracted frames in" in records.report.messages[0]
+    # No frames and no youtube_mapping.txt: the clip renamed vid<N>.avi (missing files are
+    # counted when media are loaded, not parse errors).
+    assert records[1]["video"] == _img(root, "vid2.avi")
     msrvtt = _write(
         tmp_path,
         "msrvtt_test_qa.json",
@@ -648,11 +651,14 @@ def test_llava_instruct(tmp_path, root):
         ],
     )
     records = formats.parse("llava_instruct", path, root, max_errors=1)
-    assert records[0]["dialog"] == [
-        ["What are the colors of the bus?", "White and red."],
-        ["Any people?", "Yes."],
+    # One example per turn, the earlier turns as context.
+    assert [(r["question"], r["answers"], r["dialog"]) for r in records] == [
+        ("What are the colors of the bus?", ["White and red."], []),
+        ("Any people?", ["Yes."], [["What are the colors of the bus?", "White and red."]]),
     ]
     assert "entry #1: turn 0: expected 'human' then 'gpt'" in records.report.messages[0]
+    first = formats.parse("llava_instruct", path, root, max_errors=1, turns="first")
+    assert [r["question"] for r in first] == ["What are the colors of the bus?"]
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -700,3 +706,203 @@ def test_only_several_file_formats_take_a_list(tmp_path, root):
     assert formats.parse("gqa", [path], root) == []  # a one-element list is one file
     with pytest.raises(formats.ParseError, match=r"format 'gqa' takes one annotation file"):
         formats.parse("gqa", [path, path], root)
+
+
+# --- the published layouts: every parser on the miniature's files ------------------------------
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    from data_pipelines.miniature import write_miniature
+
+    root = str(tmp_path_factory.mktemp("miniature"))
+    return root, write_miniature(root, seed=0)
+
+
+def _layout_cases():
+    from data_pipelines import layouts
+
+    return [(name, split) for name in layouts.LAYOUTS for split in layouts.splits_of(name)]
+
+
+@pytest.mark.parametrize("name,split", _layout_cases())
+def test_every_published_layout_parses_to_existing_media(miniature, name, split):
+    from data_pipelines import layouts, registry
+    from data_pipelines.miniature import counts
+
+    root, manifest = miniature
+    entry = layouts.entry(name, split, root)
+    records = formats.parse(
+        registry.get(name).format,
+        entry["ann_path"],
+        entry["image_root"],
+        dataset=name,
+        **entry["parse_options"],
+    )
+    assert records.report.num_errors == 0
+    assert len(records) == counts.expected_records(manifest, name, split)
+    media = [m for r in records for m in ([r["video"]] if "video" in r else [r["image"]])]
+    assert media and all(os.path.isfile(m) for m in media), media
+    written = {os.path.join(root, p) for p in manifest["datasets"][name]["media"]}
+    assert set(media) <= written  # the files the miniature wrote for this dataset
+
+
+def test_web_capfilt_finds_images_through_img2dataset_sidecars(miniature):
+    root, _ = miniature
+    rows = json.load(open(os.path.join(root, "capfilt/ccs_synthetic_filtered_large.json")))
+    records = formats.parse(
+        "web_capfilt",
+        os.path.join(root, "capfilt/ccs_synthetic_filtered_large.json"),
+        os.path.join(root, "capfilt/images"),
+    )
+    for row, record in zip(rows, records):
+        sidecar = json.load(open(os.path.splitext(record["image"])[0] + ".json"))
+        assert sidecar["url"] == row["url"] and record["captions"] == [row["caption"]]
+
+
+def test_web_capfilt_skips_urls_never_downloaded(miniature, tmp_path):
+    root, _ = miniature
+    rows = json.load(open(os.path.join(root, "capfilt/ccs_synthetic_filtered_large.json")))
+    path = _write(tmp_path, "capfilt.json", rows + [{"url": "http://gone/x.jpg", "caption": "c"}])
+    records = formats.parse("web_capfilt", path, os.path.join(root, "capfilt/images"))
+    assert len(records) == len(rows) and records.report.num_skipped == 1
+
+
+def test_textcaps_and_textvqa_carry_the_rosetta_ocr_tokens(miniature):
+    from data_pipelines import layouts
+
+    root, _ = miniature
+    for name in ("textcaps", "textvqa"):
+        entry = layouts.entry(name, "eval", root)
+        ocr = json.load(open(entry["parse_options"]["ocr_path"]))["data"]
+        by_image = {o["image_id"]: o["ocr_tokens"] for o in ocr}
+        records = formats.parse(
+            name, entry["ann_path"], entry["image_root"], **entry["parse_options"]
+        )
+        for record in records:
+            image_id = os.path.splitext(os.path.basename(record["image"]))[0]
+            assert record["ocr_tokens"] == by_image[image_id]
+
+
+def test_visdial_image_names_and_an_unknown_split(miniature, tmp_path):
+    root, _ = miniature
+    val = formats.parse(
+        "visdial",
+        os.path.join(root, "visdial/visdial_1.0_val.json"),
+        os.path.join(root, "visdial/VisualDialog_val2018"),
+    )
+    assert all(os.path.basename(r["image"]).startswith("VisualDialog_val2018_0") for r in val)
+    train = formats.parse(
+        "visdial",
+        os.path.join(root, "visdial/visdial_1.0_train.json"),
+        os.path.join(root, "coco/images"),
+    )
+    assert all("/train2014/COCO_train2014_" in r["image"] for r in train)
+    data = json.load(open(os.path.join(root, "visdial/visdial_1.0_val.json")))
+    path = _write(tmp_path, "visdial.json", {**data, "split": "val"})
+    with pytest.raises(formats.ParseError, match=r"split 'val' is not one of .*image_pattern"):
+        formats.parse("visdial", path, root)
+
+
+def test_llava_turns_become_examples_with_earlier_turns_as_context(miniature):
+    root, manifest = miniature
+    path = os.path.join(root, "LLaVA-Instruct-150K/conversation_58k.json")
+    conversations = json.load(open(path))
+    records = formats.parse("llava_instruct", path, os.path.join(root, "coco/images/train2017"))
+    assert len(records) == sum(len(c["conversations"]) // 2 for c in conversations)
+    assert max(len(c["conversations"]) for c in conversations) >= 4  # multi-turn
+    last = records[len(conversations[0]["conversations"]) // 2 - 1]
+    messages = conversations[0]["conversations"]
+    assert last["question"] == messages[-2]["value"].replace("<image>", "").strip()
+    assert last["answers"] == [messages[-1]["value"]]
+    assert [q for q, _ in last["dialog"]][0] == messages[0]["value"].replace("<image>", "").strip()
+    first = formats.parse(
+        "llava_instruct", path, os.path.join(root, "coco/images/train2017"), turns="first"
+    )
+    assert len(first) == len(conversations)  # LAVIS's reading: the first turn only
+
+
+def test_video_sets_read_the_video_files_or_frame_folders(tmp_path):
+    from data_pipelines import layouts, registry
+    from data_pipelines.miniature import write_miniature
+
+    root = str(tmp_path / "mini")
+    manifest = write_miniature(root, seed=1, frames=True)
+    mapping = dict(
+        line.split()[::-1] for line in open(os.path.join(root, "msvd/youtube_mapping.txt"))
+    )
+    for name in ("msvd_qa", "msrvtt_qa", "ivqa"):
+        entry = layouts.entry(name, "eval", root)
+        videos = formats.parse(
+            registry.get(name).format,
+            entry["ann_path"],
+            entry["image_root"],
+            **entry["parse_options"],
+        )
+        frames_entry = layouts.entry(name, "eval", root, frames=True)
+        frames = formats.parse(
+            registry.get(name).format,
+            frames_entry["ann_path"],
+            frames_entry["image_root"],
+            **frames_entry["parse_options"],
+        )
+        assert len(videos) == len(frames) > 0
+        for video, framed in zip(videos, frames):
+            assert os.path.isfile(video["video"]) and "frames" not in video
+            frame_dir = os.path.dirname(framed["frames"][0])
+            assert manifest["datasets"][name]["media"][os.path.relpath(video["video"], root)][
+                "frame_dir"
+            ] == os.path.relpath(frame_dir, root)
+        if name == "msvd_qa":  # video_id N -> the clip youtube_mapping.txt names vid<N>
+            questions = json.load(open(entry["ann_path"]))
+            for q, record in zip(questions, videos):
+                clip = mapping[f"vid{q['video_id']}"]
+                assert record["video"] == os.path.join(root, "msvd/YouTubeClips", clip + ".avi")
+                assert set(record["choices"]) == {
+                    e["answer"] for e in json.load(open(os.path.join(root, "msvd/train_qa.json")))
+                }
+
+
+def test_iconqa_eval_is_the_multiple_choice_with_text_subset(miniature):
+    from data_pipelines import layouts
+
+    root, _ = miniature
+    entry = layouts.entry("iconqa", "eval", root)
+    problems = json.load(open(entry["ann_path"]))
+    records = formats.parse(
+        "iconqa", entry["ann_path"], entry["image_root"], **entry["parse_options"]
+    )
+    assert {problems[r["id"]]["ques_type"] for r in records} == {"choose_txt"}
+    assert records.report.num_skipped == sum(
+        p["ques_type"] != "choose_txt" or p["split"] != "test" for p in problems.values()
+    )
+
+
+@pytest.mark.parametrize("name,split", [(n, s) for n, s in _layout_cases()])
+def test_corrupt_miniature_faults_are_reported_not_fatal(corrupt_miniature, name, split):
+    from data_pipelines import layouts, registry
+    from data_pipelines.miniature import counts
+
+    root, manifest = corrupt_miniature
+    entry = layouts.entry(name, split, root)
+    records = formats.parse(
+        registry.get(name).format,
+        entry["ann_path"],
+        entry["image_root"],
+        max_errors=None,
+        **entry["parse_options"],
+    )
+    _, malformed = counts.expected_faults(manifest, name, split)
+    assert records.report.num_errors == malformed
+    assert len(records) == counts.expected_records(manifest, name, split)
+    for fault in manifest["corrupted"].get(name, {}).get("malformed", []):
+        if fault["split"] == counts.manifest_split(name, split):
+            assert any(fault["where"] in m for m in records.report.messages)
+
+
+@pytest.fixture(scope="module")
+def corrupt_miniature(tmp_path_factory):
+    from data_pipelines.miniature import write_miniature
+
+    root = str(tmp_path_factory.mktemp("corrupt_miniature"))
+    return root, write_miniature(root, seed=0, corrupt=True)

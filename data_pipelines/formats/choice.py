@@ -8,7 +8,9 @@
 | vsr            | *.jsonl `{"image", "caption", "label"}`                                        |
 | hateful_memes  | *.jsonl `{"id", "img", "label"?, "text"}`                                      |
 
-Choices come with `answer_index` into `choices`; binary tasks carry `label` 0/1.
+Choices come with `answer_index` into `choices`; binary tasks carry `label` 0/1 and the answer
+text the prompt asks for (`answers`: "true"/"false" for VSR, "yes"/"no" for Hateful Memes), so
+each can be a training source as well as an evaluation target.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def parse_vsr(ann_path: PathLike, image_root: PathLike, report: ParseReport) -> 
 def parse_hateful_memes(
     ann_path: PathLike, image_root: PathLike, report: ParseReport
 ) -> list[Record]:
-    """Hateful Memes: the meme text under `text`, `label` 0/1 where released."""
+    """Hateful Memes: the meme text under `text`, `label` 0/1 and the answer "yes"/"no" where
+    released; `img` ("img/<id>.png") is relative to the zip's data/ folder, the image_root."""
 
     def convert(where: str, entry: Any) -> Record:
         """One jsonl row `{"id", "img", "text", "label"?}` -> a record."""
@@ -154,6 +157,9 @@ def parse_hateful_memes(
         }
         if "label" in entry:  # absent in the unseen test split
             record["label"] = _binary_label(entry["label"])
+            # The answer the prompt asks for ("Is it hateful?"): the training target, and the
+            # first of the ranked candidates ("yes", "no") at evaluation.
+            record["answers"] = ["yes" if record["label"] else "no"]
         return record
 
     return convert_all(jsonl_entries(ann_path, report), convert, report)

@@ -19,6 +19,7 @@ from typing import Any
 Record = dict[str, Any]
 PathLike = str | os.PathLike
 MAX_MESSAGES = 20  # messages kept per report; the count goes on past it
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
 class ParseError(ValueError):
@@ -128,6 +129,19 @@ def jsonl_entries(path: PathLike, report: ParseReport) -> list[tuple[str, Any]]:
         except json.JSONDecodeError as e:
             report.add_error(f"line {line_number}", f"invalid JSON: {e.msg}")
     return entries
+
+
+def load_rosetta_ocr(path: PathLike) -> dict[str, list[str]]:
+    """{image_id: OCR tokens} of a TextVQA_Rosetta_OCR_v0.2_*.json file (`{"data": [{"image_id",
+    "ocr_tokens", "ocr_info"}]}`), the OCR that TextVQA and TextCaps share."""
+    ocr = load_json(path)
+    if not isinstance(ocr, dict) or not isinstance(ocr.get("data"), list):
+        raise layout_error(path, 'an object with a "data" list (Rosetta OCR json)')
+    return {
+        e["image_id"]: [str(t) for t in e["ocr_tokens"]]
+        for e in ocr["data"]
+        if isinstance(e, dict) and "image_id" in e and isinstance(e.get("ocr_tokens"), list)
+    }
 
 
 def layout_error(path: PathLike, expected: str) -> ParseError:

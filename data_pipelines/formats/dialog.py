@@ -4,16 +4,20 @@
 |----------------|--------------------------------------------------------------------------------|
 | visdial        | visdial_1.0_*.json `{"split", "data": {"dialogs", "questions", "answers"}}`   |
 | llava_instruct | llava_instruct_150k.json & parts `[{"id", "image", "conversations"}]`          |
+|                | (option `turns`: "all" = one example per turn, "first" = LAVIS's first turn)  |
 
-Both give `dialog`: a list of [question, answer] pairs (earlier rounds, or the whole conversation).
+Both give one record per round/turn with `question`, `answers` and `dialog`: the earlier
+[question, answer] pairs of the same conversation.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from data_pipelines.formats.common import (
     EntryError,
+    ParseError,
     ParseReport,
     PathLike,
     Record,
@@ -26,11 +30,17 @@ from data_pipelines.formats.common import (
     register,
 )
 
+# The file's "split" value -> where its images are, relative to image_root. val/test: image_root
+# is the unzipped VisualDialog_<split>2018/ folder. v1.0 train dialogs are on COCO 2014 images,
+# train2014 and val2014 both: image_root is the COCO image root, and the first pattern whose file
+# exists is taken.
 _VISDIAL_IMAGES = {
-    "val": "VisualDialog_val2018/VisualDialog_val2018_{image_id:012d}.jpg",
-    "test": "VisualDialog_test2018/VisualDialog_test2018_{image_id:012d}.jpg",
-    # v1.0 train uses COCO train2014+val2014 images; pass image_pattern= for your layout.
-    "train": "COCO_train2014_{image_id:012d}.jpg",
+    "val2018": ("VisualDialog_val2018_{image_id:012d}.jpg",),
+    "test2018": ("VisualDialog_test2018_{image_id:012d}.jpg",),
+    "train2018": (
+        "train2014/COCO_train2014_{image_id:012d}.jpg",
+        "val2014/COCO_val2014_{image_id:012d}.jpg",
+    ),
 }
 
 
@@ -46,13 +56,27 @@ def parse_visdial(
         isinstance(body.get(k), list) for k in ("dialogs", "questions", "answers")
     ):
         raise layout_error(ann_path, '{"split", "data": {"dialogs", "questions", "answers"}}')
-    pattern = image_pattern or _VISDIAL_IMAGES.get(str(data.get("split")), "{image_id:012d}.jpg")
+    split = str(data.get("split"))
+    if image_pattern is not None:
+        patterns: tuple[str, ...] = (image_pattern,)
+    elif split in _VISDIAL_IMAGES:
+        patterns = _VISDIAL_IMAGES[split]
+    else:
+        raise ParseError(
+            f"{ann_path}: split {split!r} is not one of {sorted(_VISDIAL_IMAGES)}; pass "
+            "image_pattern= (e.g. '{image_id:012d}.jpg') for this file's images"
+        )
     questions, answers = body["questions"], body["answers"]
+
+    def image_path(image_id: int) -> str:
+        """The first of the split's patterns whose file exists (the last one if none does)."""
+        candidates = [join(image_root, p.format(image_id=image_id)) for p in patterns]
+        return next((c for c in candidates if os.path.exists(c)), candidates[-1])
 
     def convert(where: str, dialog: Any) -> list[Record]:
         """One dialog `{"image_id", "caption", "dialog": [rounds]}` -> one record per scored round."""
         image_id = field(dialog, "image_id", int)
-        image = join(image_root, pattern.format(image_id=image_id))
+        image = image_path(image_id)
         history, records = [], []
         for round_index, turn in enumerate(field(dialog, "dialog", list)):
             question = questions[field(turn, "question", int)]
@@ -85,35 +109,58 @@ def parse_visdial(
     return convert_all(indexed(body["dialogs"]), convert, report)
 
 
+LLAVA_TURNS = ("all", "first")
+
+
 @register("llava_instruct")
 def parse_llava_instruct(
-    ann_path: PathLike, image_root: PathLike, report: ParseReport
+    ann_path: PathLike, image_root: PathLike, report: ParseReport, turns: str = "all"
 ) -> list[Record]:
-    """LLaVA-Instruct: human/gpt turn pairs -> `dialog`; the "<image>" marker is dropped."""
+    """LLaVA-Instruct: one training record per human/gpt turn pair.
+
+    `turns="all"` (default): every turn is an example, its earlier turns as `dialog` context, so
+    a 4-turn conversation gives 4 examples. `turns="first"`: only the first pair, as LAVIS's
+    `LLaVA150kInstructDataset` reads the file. Records: `question` (the human turn, "<image>"
+    removed: the image goes through the Q-Former), `answers` ([the gpt turn]), `dialog` (earlier
+    [question, answer] pairs). `image` is relative to COCO train2017/ (the image_root).
+    """
+    if turns not in LLAVA_TURNS:
+        raise ValueError(f"llava_instruct: turns must be one of {LLAVA_TURNS}, got {turns!r}")
     data = load_json(ann_path)
     if not isinstance(data, list):
         raise layout_error(ann_path, 'a list of {"id", "image", "conversations"}')
 
-    def convert(where: str, entry: Any) -> Record:
-        """One conversation `{"id", "image", "conversations": [{"from", "value"}, ...]}` -> a record."""
-        turns = field(entry, "conversations", list)
-        if not turns or len(turns) % 2:
-            raise EntryError(f"'conversations' should hold human/gpt pairs, got {len(turns)} turns")
-        dialog = []
-        for i in range(0, len(turns), 2):
-            human, gpt = turns[i], turns[i + 1]
+    def convert(where: str, entry: Any) -> list[Record]:
+        """One conversation `{"id", "image", "conversations": [{"from", "value"}, ...]}` ->
+        one record per turn pair."""
+        messages = field(entry, "conversations", list)
+        if not messages or len(messages) % 2:
+            raise EntryError(
+                f"'conversations' should hold human/gpt pairs, got {len(messages)} turns"
+            )
+        pairs = []
+        for i in range(0, len(messages), 2):
+            human, gpt = messages[i], messages[i + 1]
             if field(human, "from", str) != "human" or field(gpt, "from", str) != "gpt":
                 raise EntryError(
                     f"turn {i}: expected 'human' then 'gpt', got "
                     f"'{human['from']}' then '{gpt['from']}'"
                 )
-            # The image is fed through the Q-Former, not as an "<image>" token in the text.
             question = field(human, "value", str).replace("<image>", "").strip()
-            dialog.append([question, field(gpt, "value", str).strip()])
-        return {
-            "id": str(field(entry, "id")),
-            "image": join(image_root, field(entry, "image", str)),
-            "dialog": dialog,
-        }
+            pairs.append([question, field(gpt, "value", str).strip()])
+        conversation_id, image = (
+            str(field(entry, "id")),
+            join(image_root, field(entry, "image", str)),
+        )
+        return [
+            {
+                "id": f"{conversation_id}_{k}",
+                "image": image,
+                "question": question,
+                "answers": [answer],
+                "dialog": [list(p) for p in pairs[:k]],
+            }
+            for k, (question, answer) in enumerate(pairs[: 1 if turns == "first" else None])
+        ]
 
     return convert_all(indexed(data), convert, report)

@@ -11,7 +11,7 @@
 | textvqa        | TextVQA_0.5.1_*.json `{"data": [...]}`; OCR tokens from the entry's           |
 |                | "ocr_tokens" or option `ocr_path` (TextVQA_Rosetta_OCR_v0.2_*.json)           |
 | ocrvqa         | dataset.json `{image_id: {"imageURL", "questions", "answers", "split"}}`       |
-|                | (option `split`: 1/2/3 or "train"/"val"/"test")                               |
+|                | (option `split`: 1/2/3 or "train"/"val"/"test"); no OCR tokens are published  |
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from data_pipelines.formats.common import (
     keyed,
     layout_error,
     load_json,
+    load_rosetta_ocr,
     register,
     str_list,
 )
@@ -191,30 +192,21 @@ def parse_vizwiz(ann_path: PathLike, image_root: PathLike, report: ParseReport) 
 def parse_textvqa(
     ann_path: PathLike, image_root: PathLike, report: ParseReport, ocr_path: PathLike | None = None
 ) -> list[Record]:
-    """TextVQA: answers plus OCR tokens, from the entry or the Rosetta OCR file `ocr_path`."""
+    """TextVQA: answers plus OCR tokens, from the entry or the Rosetta OCR file `ocr_path`; the
+    image is `<image_root>/<image_id>.jpg` (image_root: train_images/ for train and val)."""
     data = load_json(ann_path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise layout_error(ann_path, 'an object with a "data" list (TextVQA_0.5.1_*.json)')
-    ocr_by_image: dict[str, list[str]] = {}
-    if ocr_path is not None:
-        ocr = load_json(ocr_path)
-        if not isinstance(ocr, dict) or not isinstance(ocr.get("data"), list):
-            raise layout_error(ocr_path, 'an object with a "data" list (Rosetta OCR json)')
-        ocr_by_image = {
-            e["image_id"]: e["ocr_tokens"]
-            for e in ocr["data"]
-            if isinstance(e, dict) and "image_id" in e and "ocr_tokens" in e
-        }
+    ocr_by_image = load_rosetta_ocr(ocr_path) if ocr_path is not None else {}
 
     def convert(where: str, entry: Any) -> Record:
         """One TextVQA question -> a record with its OCR tokens when known."""
         image_id = field(entry, "image_id", str)
-        # Train and val images both live in train_images/ in the official release.
-        folder = "test_images" if entry.get("set_name") == "test" else "train_images"
+        # image_root is the image folder itself: train_images/ (train and val) or test_images/.
         record = {
             "id": str(field(entry, "question_id")),
             "question": field(entry, "question", str),
-            "image": join(image_root, f"{folder}/{image_id}.jpg"),
+            "image": join(image_root, f"{image_id}.jpg"),
         }
         if "answers" in entry:
             record["answers"] = str_list(entry, "answers")
