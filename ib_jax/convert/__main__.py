@@ -86,8 +86,11 @@ def _model_config(config):
 
 def run(fv: flags.FlagValues) -> int:
     """Convert (or describe) as the parsed flags say; returns the exit status."""
+    from absl import logging
+
     from ib_jax.convert import api, blip2, core
 
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every partial save at INFO
     given = [name for name in _SOURCES if fv[name].value]
     if len(given) != 1:
         raise app.UsageError(

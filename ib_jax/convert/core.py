@@ -122,6 +122,7 @@ def plan(
     assignments: dict[str, Assignment] = {}
     report: dict[str, list[str]] = {"aliases": [], "unused": []}
     problems: list[str] = []
+    refused: set[str] = set()
 
     for key in state:
         entry = state[key]
@@ -153,6 +154,7 @@ def plan(
         want = tuple(expected[target].shape)
         problem = rule.check(entry.shape, want)
         if problem:
+            refused.add(target)  # reported here, not again as missing
             problems.append(
                 f"shape mismatch for {key}: {entry.shape} cannot become {target} {want} "
                 f"({problem}) {entry.where(key)}"
@@ -161,7 +163,7 @@ def plan(
         dtype = np.dtype(expected[target].dtype)
         assignments[target] = Assignment(key, entry, rule, want, dtype)
 
-    missing = sorted(set(expected) - set(assignments))
+    missing = sorted(set(expected) - set(assignments) - refused)
     problems += [
         f"missing: no source key for parameter {path} {tuple(expected[path].shape)}"
         for path in missing
