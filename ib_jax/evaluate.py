@@ -11,6 +11,9 @@ are recorded in DIR/eval/done.json (so a restarted job skips them); stops once t
 has written DIR/TRAINING_DONE (or a step >= config.train.num_steps is evaluated), or after
 --watch_timeout seconds without a new checkpoint.
 
+A dataset that cannot be evaluated (missing files, too many unreadable images, bad settings) is
+logged with its error and written to metrics.jsonl as {"dataset", "failed": true, "error"}; the
+other datasets still run, and the job exits with status 1 naming the failed ones.
 Outputs under DIR/eval/: metrics.jsonl (one line per dataset and checkpoint), TensorBoard events
 (`eval/<dataset>/<metric>`), predictions/<dataset>/<tag>.jsonl (one line per example).
 Datasets and settings come from `config.eval`: `datasets` (names in config.data.eval_datasets),
@@ -79,6 +82,7 @@ class Outputs:
         self.root = os.path.join(workdir, "eval")
         os.makedirs(self.root, exist_ok=True)
         self._writer = None
+        self.failed: list[tuple[str, str, str]] = []  # (checkpoint tag, dataset, error)
 
     @property
     def writer(self) -> Any:
@@ -110,6 +114,15 @@ class Outputs:
         for name, value in metrics.items():
             self.writer.add_scalar(f"eval/{dataset}/{name}", float(value), global_step=step or 0)
         self.writer.flush()
+
+    def write_failure(self, dataset: str, tag: str, step: int | None, error: str) -> None:
+        """Record that `dataset` could not be evaluated on checkpoint `tag`: a metrics line with
+        its error (no metric), and an entry in `failed` for the exit status."""
+        line = {"checkpoint": tag, "step": step, "dataset": dataset, "time": time.time()}
+        line.update(failed=True, error=error)
+        with open(os.path.join(self.root, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.failed.append((tag, dataset, error))
 
     def done_steps(self) -> set[int]:
         """Steps a watch job has finished (all datasets written), from eval/done.json."""
@@ -179,14 +192,21 @@ def evaluate_checkpoint(
     split = config.eval.get("split", "eval")
     results = {}
     for dataset in config.eval.datasets:
-        settings = _eval_settings(config, dataset)
-        evaluator = evaluators.make_evaluator(settings, tokenizer)
-        entry = eval_pipeline.find_eval_entry(data_config, dataset, split)
-        max_bad_fraction = preprocess.setting(data_config, "max_bad_fraction")
-        total = len(sources.load_records(entry, float(max_bad_fraction)))
-        with tqdm(total=total, desc=f"{tag} {dataset}", unit="ex", leave=False) as bar:
-            batches = eval_pipeline.build_eval_dataset(data_config, dataset, split)
-            result = evaluator.run(model, params, batches, progress=bar.update)
+        try:
+            settings = _eval_settings(config, dataset)
+            evaluator = evaluators.make_evaluator(settings, tokenizer)
+            entry = eval_pipeline.find_eval_entry(data_config, dataset, split)
+            max_bad_fraction = preprocess.setting(data_config, "max_bad_fraction")
+            total = len(sources.load_records(entry, float(max_bad_fraction)))
+            with tqdm(total=total, desc=f"{tag} {dataset}", unit="ex", leave=False) as bar:
+                batches = eval_pipeline.build_eval_dataset(data_config, dataset, split)
+                result = evaluator.run(model, params, batches, progress=bar.update)
+        except Exception as error:  # one dataset's bad files or settings must not stop the rest
+            logger.exception("%s %s: evaluation failed", tag, dataset)
+            message = f"{type(error).__name__}: {error}"
+            outputs.write_failure(dataset, tag, step, message)
+            results[dataset] = {"error": message}
+            continue
         outputs.write(dataset, tag, step, result.metrics, result.predictions)
         logger.info("%s %s: %s", tag, dataset, result.metrics)
         results[dataset] = result.metrics
@@ -245,10 +265,13 @@ def run(
     watch_mode: bool = False,
     poll_seconds: float = 30.0,
     timeout_seconds: float = 3600.0,
+    outputs: Outputs | None = None,
 ) -> dict[str, dict[str, float]] | list[int]:
     """One-shot: {dataset: metrics} of `checkpoint` (see `load_model`); with `watch_mode`: the
-    steps evaluated by `watch`. Outputs are written under WORKDIR/eval either way."""
-    outputs = Outputs(workdir)
+    steps evaluated by `watch`. Outputs are written under WORKDIR/eval either way. A dataset
+    that fails is reported (its metrics are {"error": ...}, `outputs.failed` lists it) and the
+    others still run."""
+    outputs = outputs or Outputs(workdir)
     try:
         if watch_mode:
             return watch(
@@ -275,6 +298,7 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     cli.quiet_console()
     cli.log_to_file(FLAGS.workdir, "evaluate")
+    outputs = Outputs(FLAGS.workdir)
     run(
         FLAGS.config,
         FLAGS.workdir,
@@ -282,7 +306,13 @@ def main(argv: list[str]) -> None:
         watch_mode=FLAGS.watch,
         poll_seconds=FLAGS.poll_seconds,
         timeout_seconds=FLAGS.watch_timeout,
+        outputs=outputs,
     )
+    if outputs.failed:  # exit status 1, naming each failed dataset and why
+        raise SystemExit(
+            "evaluation failed for: "
+            + "; ".join(f"{dataset} ({tag}): {error}" for tag, dataset, error in outputs.failed)
+        )
 
 
 def _define_flags() -> None:
