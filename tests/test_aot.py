@@ -140,29 +140,30 @@ def test_planner_without_libtpu_says_how_to_get_it():
     )
 
 
-def test_tpu_pod_dry_run_prints_every_command():
+def _tpu_pod_dry_run(*flags: str) -> list[list[str]]:
+    """The commands `launch.tpu_pod --dry-run` prints, each split as the shell would."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.tpu_pod",
-            "--name=ib-xxl",
-            "--zone=us-east5-a",
-            "--project=proj",
-            "--accelerator=v5p-128",
-            "--config=configs/instructblip_flant5xxl.py",
-            "--workdir=gs://bucket/runs/xxl",
-            "--dry-run",
-            "--",
-            "--config.train.num_steps=10",
-        ],
+        [sys.executable, "-m", "launch.tpu_pod", "--dry-run", *flags],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    commands = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+    return [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_tpu_pod_dry_run_prints_every_command():
+    commands = _tpu_pod_dry_run(
+        "--name=ib-xxl",
+        "--zone=us-east5-a",
+        "--project=proj",
+        "--accelerator=v5p-128",
+        "--config=configs/instructblip_flant5xxl.py",
+        "--workdir=gs://bucket/runs/xxl",
+        "--",
+        "--config.train.num_steps=10",
+    )
     tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
     assert [c[:5] for c in commands if c[:4] == tpu] == [
         tpu + [v] for v in ("describe", "create", "scp", "ssh", "ssh")
@@ -171,12 +172,41 @@ def test_tpu_pod_dry_run_prints_every_command():
     assert "--accelerator-type=v5p-128" in commands[1]
     assert commands[2][:2] == ["git", "-C"] and "archive" in commands[2]
     install, train = commands[-2], commands[-1]
-    assert "--worker=all" in install and "make venv" in install[-1] and "jax[tpu]" in install[-1]
-    assert "--worker=all" in train
+    assert "--worker=all" in install and "--worker=all" in train
+    # The stock image's Python is not the tested one: uv provisions 3.12 and the newest lane's pins.
+    steps = install[-1].removeprefix("--command=").split(" && ")
+    assert "python3 -m pip install --user -q uv" in steps
+    assert "~/.local/bin/uv python install 3.12" in steps
+    assert "~/.local/bin/uv venv --python 3.12 .venv" in steps
+    resolve = next(s for s in steps if "-r requirements.txt" in s)
+    assert "-c constraints-newest.txt" in resolve and "'jax[tpu]'" in resolve
+    assert steps.index("~/.local/bin/uv python install 3.12") < steps.index(resolve)
     assert (
-        "IB_JAX_DISTRIBUTED=auto .venv/bin/python -m ib_jax.train --config=configs/instructblip_flant5xxl.py "
+        "IB_JAX_DISTRIBUTED=auto .venv/bin/python -m ib_jax.train "
+        "--config=configs/instructblip_flant5xxl.py "
         "--workdir=gs://bucket/runs/xxl --config.train.num_steps=10"
     ) in train[-1]
+
+
+def test_tpu_pod_dry_run_evaluates_on_another_slice():
+    commands = _tpu_pod_dry_run(
+        "--job=evaluate",
+        "--watch",
+        "--skip_install",
+        "--name=ib-eval",
+        "--zone=us-east5-a",
+        "--accelerator=v5e-16",
+        "--config=configs/eval_heldout.py",
+        "--workdir=gs://bucket/runs/xxl",
+    )
+    # Reusing an installed slice: describe, create-if-missing, then the eval job on every worker.
+    assert [c[4] for c in commands] == ["describe", "create", "ssh"]
+    assert "--accelerator-type=v5e-16" in commands[1]
+    assert "--worker=all" in commands[-1]
+    assert (
+        "IB_JAX_DISTRIBUTED=auto .venv/bin/python -m ib_jax.evaluate "
+        "--config=configs/eval_heldout.py --workdir=gs://bucket/runs/xxl --watch"
+    ) in commands[-1][-1]
 
 
 def test_tpu_pod_refuses_a_local_workdir():
