@@ -480,3 +480,84 @@ def test_config_init_names_a_blip2_start(sources):
     wider = dataclasses.replace(plan.config, text=dataclasses.replace(plan.config.text, d_ff=128))
     with pytest.raises(core.ConversionError, match=r"another architecture .*wi_0/kernel"):
         blip2.initial_params(init, wider)
+
+
+def test_a_few_steps_from_a_blip2_start_lower_the_loss(tmp_path):
+    """configs/tiny.py's architecture as a BLIP-2 + BERT pair, converted with --config, trained
+    through `config.init.pretrained`: the loss on a demo batch drops."""
+    from transformers import BertConfig, BertModel, Blip2Config, Blip2ForConditionalGeneration
+
+    from data_pipelines import demo_data, train_pipeline
+    from ib_jax import checkpoint
+    from ib_jax.batch import TRAIN_KEYS
+    from ib_jax.configs_util import load_config
+    from ib_jax.convert.__main__ import main
+    from ib_jax.train import trainer
+
+    config_path = f"configs/tiny.py:root={tmp_path / 'data'}"
+    config = load_config(config_path)
+    model_cfg, text = config.model, dict(config.model.text)
+    hf = Blip2Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            cross_attention_frequency=1,
+            encoder_hidden_size=32,
+        ),
+        text_config=dict(
+            model_type="t5",
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            **{
+                k: text[k]
+                for k in (
+                    "vocab_size",
+                    "d_model",
+                    "d_kv",
+                    "d_ff",
+                    "num_layers",
+                    "num_decoder_layers",
+                    "num_heads",
+                )
+            },
+        ),
+        num_query_tokens=model_cfg.num_query_tokens,
+    )
+    torch.manual_seed(0)
+    reference.randomize_(Blip2ForConditionalGeneration(hf)).save_pretrained(tmp_path / "blip2")
+    bert = BertConfig(
+        vocab_size=model_cfg.qformer.vocab_size - 1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(bert).save_pretrained(tmp_path / "bert")
+    out = str(tmp_path / "init")
+    argv = ["--blip2", str(tmp_path / "blip2"), "--bert", str(tmp_path / "bert")]
+    assert main([*argv, "--config", config_path, "--out", out]) == 0
+
+    config.unlock()
+    config.init.pretrained = out
+    config.train.num_steps, config.checkpoint.every_steps = 8, 8
+    demo_data.ensure_from_config(config.data)
+    pipeline = train_pipeline.build_train_dataset(config.data, process_index=0, process_count=1)
+    batch = {k: jnp.asarray(v) for k, v in next(iter(pipeline)).items() if k in TRAIN_KEYS}
+    model, initial = ib_jax.load_pretrained(out)
+    trainer.train(config, str(tmp_path / "run"))
+    _, trained, _ = checkpoint.restore_params(str(tmp_path / "run"))
+    loss = lambda params: float(model.apply({"params": params}, **batch).loss)  # noqa: E731
+    before, after = loss(initial), loss(trained)
+    print(f"demo batch loss {before:.4f} -> {after:.4f}")
+    assert after < before, (before, after)

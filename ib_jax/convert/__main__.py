@@ -88,7 +88,7 @@ def run(fv: flags.FlagValues) -> int:
     """Convert (or describe) as the parsed flags say; returns the exit status."""
     from absl import logging
 
-    from ib_jax.convert import api, blip2, core
+    from ib_jax.convert import api, blip2
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every partial save at INFO
     given = [name for name in _SOURCES if fv[name].value]
@@ -104,38 +104,20 @@ def run(fv: flags.FlagValues) -> int:
         return 0
     if not fv.out:
         raise app.UsageError("--out is required to convert")
-    config = _model_config(fv.config)
-    layout = dict(scan_layers=fv.scan_layers, remat_policy=fv.remat_policy)
     try:
-        if fv.hf:
-            plan = api.plan_hf(fv.hf, **layout)
-        elif fv.lavis:
-            if config is None:
-                raise app.UsageError(
-                    "--lavis needs --config (the architecture of the released model)"
+        plan = _plan(fv)
+        for kind, keys in plan.report.items():
+            if keys:
+                print(
+                    f"{len(keys)} {kind} source keys (not converted): {', '.join(keys[:8])}"
+                    + (" ..." if len(keys) > 8 else "")
                 )
-            plan = api.plan_lavis(
-                fv.lavis,
-                dataclasses.replace(config, **layout),
-                vit=fv.vit,
-                language_model=fv.language_model,
-            )
-        else:
-            plan = blip2.plan_blip2(
-                fv.blip2, fv.bert, config, fv.vit, fv.language_model, fv.seed, **layout
-            )
-    except (core.ConversionError, FileNotFoundError) as err:
+        if fv.blip2:
+            print(blip2.summary(plan))
+        stats = api.write_converted(fv.out, plan)
+    except (ValueError, OSError) as err:  # bad input: one message, no traceback
         print(f"conversion refused: {err}", file=sys.stderr)
         return 1
-    for kind, keys in plan.report.items():
-        if keys:
-            print(
-                f"{len(keys)} {kind} source keys (not converted): {', '.join(keys[:8])}"
-                + (" ..." if len(keys) > 8 else "")
-            )
-    if fv.blip2:
-        print(blip2.summary(plan))
-    stats = api.write_converted(fv.out, plan)
     if fv.blip2:
         with open(os.path.join(fv.out, "provenance.json"), "w") as f:
             json.dump(blip2.provenance(plan), f, indent=2)
@@ -145,6 +127,25 @@ def run(fv: flags.FlagValues) -> int:
         f"{stats.pieces} pieces, largest group {stats.max_unit_bytes / 2**20:,.0f} MiB)"
     )
     return 0
+
+
+def _plan(fv: flags.FlagValues):
+    from ib_jax.convert import api, blip2
+
+    config = _model_config(fv.config)
+    layout = dict(scan_layers=fv.scan_layers, remat_policy=fv.remat_policy)
+    if fv.hf:
+        return api.plan_hf(fv.hf, **layout)
+    if fv.lavis:
+        if config is None:
+            raise app.UsageError("--lavis needs --config (the architecture of the released model)")
+        return api.plan_lavis(
+            fv.lavis,
+            dataclasses.replace(config, **layout),
+            vit=fv.vit,
+            language_model=fv.language_model,
+        )
+    return blip2.plan_blip2(fv.blip2, fv.bert, config, fv.vit, fv.language_model, fv.seed, **layout)
 
 
 def main(argv: list[str] | None = None) -> int:
