@@ -117,8 +117,11 @@ def _child(side: str, out: str, total_s: float, extra: list[str]) -> dict | None
     ]
     _log("$ " + " ".join(command[1:]))
     env = dict(os.environ)
-    # Our side may use nearly all of the device for the batch search (XLA reserves 75% by default).
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
+    if side == "ours":
+        # The batch search may use nearly all of the device (XLA reserves 75% by default).
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
+    else:
+        env["JAX_PLATFORMS"] = "cpu"  # the reference's process must not take device memory
     try:
         done = subprocess.run(command, env=env, timeout=total_s + 120)
         failed = done.returncode != 0 and f"exit status {done.returncode}"

@@ -39,13 +39,27 @@ RANKING = dict(num_candidates=100, candidate_len=16, chunk_size=20)
 
 
 class Budget:
-    """A wall-clock deadline shared by the measurements of one side."""
+    """A wall-clock deadline shared by the measurements of one side.
+
+    A measurement costs its first (compiling) call plus its timed loop; the first call of the
+    next one is guessed from the last one seen, so that a measurement that cannot finish before
+    the deadline is skipped instead of started."""
 
     def __init__(self, total_s: float):
         self.deadline = time.perf_counter() + total_s
+        self.first_call_s = 0.0
 
     def left(self) -> float:
+        """Seconds until the deadline."""
         return self.deadline - time.perf_counter()
+
+    def allows(self, timed_loop_s: float) -> bool:
+        """Whether a measurement with this timed-loop budget should still start."""
+        return self.left() >= timed_loop_s + self.first_call_s
+
+    def saw(self, first_call_s: float) -> None:
+        """Record the first-call (compile) time of the measurement just done."""
+        self.first_call_s = float(first_call_s)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
