@@ -398,3 +398,34 @@ def test_unreadable_video_is_a_bad_image_naming_the_file(tmp_path):
         images.load_clip_frames(str(path), 4)
     with pytest.raises(images.BadImageError, match="no such file"):
         images.load_clip_frames(str(tmp_path / "missing.webm"), 4)
+
+
+def test_check_counts_the_miniature_faults_and_judges_them_by_the_bound(tmp_path):
+    from data_pipelines import check
+    from data_pipelines.miniature import CORRUPTED, counts, write_miniature
+    from ib_jax import configs_util
+
+    for corrupt in (False, True):
+        root = str(tmp_path / f"mini_{corrupt}")
+        manifest = write_miniature(root, seed=0, corrupt=corrupt)
+        data = configs_util.load_config(f"configs/rehearsal.py:root={root}").data
+        rows = check.check_config(data, sample=-1)
+        assert len(rows) == 26
+        weights = [r.weight for r in rows if r.split == "train"]
+        assert len(weights) == 13 and abs(sum(weights) - 1.0) < 1e-9
+        for row in rows:
+            split = "train" if row.split == "train" else "eval"
+            unreadable, malformed = counts.expected_faults(manifest, row.name, split)
+            assert (row.unreadable, row.malformed, row.missing) == (unreadable, malformed, 0)
+            assert row.examples == counts.expected_records(manifest, row.name, split)
+            faulty = (row.name in CORRUPTED or row.name == "vqav2_qg") and (unreadable or malformed)
+            assert row.status == ("STOP" if faulty else "ok"), row
+        assert any(r.status == "STOP" for r in rows) == corrupt
+    # A missing file: counted per file and named; a missing annotation file stops.
+    os.remove(os.path.join(root, "gqa", "testdev_balanced_questions.json"))
+    image = sources.load_records(data.eval_datasets[3])[0]["image"]  # vsr
+    os.remove(image)
+    rows = {r.name: r for r in check.check_config(data, sample=0)}
+    assert rows["gqa"].status == "STOP" and "testdev_balanced_questions.json" in rows["gqa"].error
+    assert rows["vsr"].missing == 1 and f"missing file {image}" in rows["vsr"].messages
+    assert "vsr" in check.format_table(list(rows.values()))

@@ -97,3 +97,40 @@ def test_sampling_weights_sizes_override_and_errors():
         registry.sampling_weights(["okvqa", "vqav2"], {"okvqa": 0.0})
     with pytest.raises(KeyError, match="unknown dataset 'nope'"):
         registry.sampling_weights(["nope"])
+
+
+def test_every_dataset_has_a_published_layout_and_the_configs_use_it():
+    from data_pipelines import layouts
+    from ib_jax import configs_util
+
+    paper = [n for n in registry.names() if n not in registry.demo()]
+    assert sorted(layouts.LAYOUTS) == sorted(paper)
+    assert all("train" in layouts.LAYOUTS[n] for n in registry.held_in())
+    assert all("eval" in layouts.LAYOUTS[n] for n in registry.held_out())
+    heldin = configs_util.load_config("configs/data_heldin.py:root=/r,okvqa.image_root=/elsewhere")
+    assert [e["name"] for e in heldin.datasets] == registry.held_in()
+    for entry in heldin.datasets:
+        paths = [entry["ann_path"]] if isinstance(entry["ann_path"], str) else entry["ann_path"]
+        assert all(p.startswith("/r/") for p in paths)
+    by_name = {e["name"]: e for e in heldin.datasets}
+    assert by_name["okvqa"]["image_root"] == "/elsewhere"
+    assert by_name["vqav2"]["ann_path"] == [
+        "/r/vqav2/v2_OpenEnded_mscoco_train2014_questions.json",
+        "/r/vqav2/v2_mscoco_train2014_annotations.json",
+    ]
+    heldout = configs_util.load_config("configs/eval_heldout.py:root=/r,frames=1")
+    assert sorted(e["name"] for e in heldout.data.eval_datasets) == sorted(registry.held_out())
+    videos = {e["name"]: e for e in heldout.data.eval_datasets if registry.get(e["name"]).is_video}
+    assert {n: e["image_root"] for n, e in videos.items()} == {
+        "msvd_qa": "/r/msvd/frames",
+        "msrvtt_qa": "/r/msrvtt/frames",
+        "ivqa": "/r/ivqa/frames",
+    }
+    # Ranking candidates are never empty: the video QA sets rank the training answers.
+    for overrides in heldout.eval.overrides.values():
+        assert "candidates" not in overrides or len(overrides["candidates"]) > 0
+    assert videos["msvd_qa"]["parse_options"]["answer_vocab"] == "/r/msvd/train_qa.json"
+    with pytest.raises(KeyError, match="no published layout for dataset 'vqa2'"):
+        configs_util.load_config("configs/data_heldin.py:root=/r,vqa2.image_root=/x")
+    with pytest.raises(KeyError, match="'nocaps' has no 'train' split"):
+        configs_util.load_config("configs/data_heldin.py:root=/r,train=nocaps")
