@@ -142,6 +142,9 @@ def measure(
     config = ac.load_config(model_name, train_batch_size)
     model_config = from_config_dict(config.model)
     fp32 = ac.is_fp32(config)
+    if fp32 and device == "cuda":  # full fp32, as ours: no TF32 in matmuls or the patch conv
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     if weights_dir:
         from transformers import InstructBlipForConditionalGeneration
 
