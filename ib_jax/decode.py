@@ -44,6 +44,7 @@ from ib_jax.logits_processors import (
 
 Array = jax.Array
 Cache = Any
+Out = tuple[Array, Array]  # tokens [B, max_new_tokens] int32, nonfinite [B] bool (search_fn)
 _NEG = -1.0e9  # HF's "very large negative" for beam bookkeeping (not -inf: it must stay comparable)
 
 
@@ -127,7 +128,7 @@ def lm_calls(model) -> LMCalls:
 
 def _greedy_or_sample(
     lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Knobs, rng
-) -> Array:
+) -> Out:
     steps = settings.max_new_tokens
     logits, cache, context, context_mask = lm.start(params, batch, steps)
     batch_size, vocab = logits.shape
@@ -157,6 +158,7 @@ def _greedy_or_sample(
             presence=state["presence"].at[rows, token].set(True),
             cache=state["cache"],
             last=token,
+            nonfinite=state["nonfinite"] | (~state["done"] & ~jnp.isfinite(logits).all(-1)),
         )
 
     state = dict(
@@ -166,6 +168,7 @@ def _greedy_or_sample(
         presence=presence,
         cache=cache,
         last=jnp.zeros((batch_size,), jnp.int32),
+        nonfinite=jnp.zeros((batch_size,), bool),
     )
     state = emit(state, logits)
 
@@ -176,7 +179,8 @@ def _greedy_or_sample(
         logits, cache = lm.step(params, state["last"], state["cache"])
         return emit(dict(state, cache=cache), logits)
 
-    return jax.lax.while_loop(cond, body, state)["tokens"]
+    state = jax.lax.while_loop(cond, body, state)
+    return state["tokens"], state["nonfinite"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,8 +205,7 @@ def _reorder_cache(
     )
 
 
-def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Knobs, rng) -> Array:
-    del rng
+def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Knobs, _rng) -> Out:
     steps, beams = settings.max_new_tokens, settings.num_beams
     keep = 2 * beams  # HF: max(2, 1 + number of EOS ids) * num_beams with one EOS id
     logits, cache, context, context_mask = lm.start(params, batch, steps)
@@ -216,6 +219,7 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
 
     def beam_step(state, logits):
         i = state["i"]  # tokens generated so far; this step writes position i
+        bad_logits = ~jnp.isfinite(logits).all(-1).reshape(batch_size, beams).any(-1)
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         log_probs = apply_processors(log_probs, state["presence"], i, knobs, settings.eos_token_id)
         log_probs = (
@@ -269,6 +273,7 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
             presence=presence,
             cache=_reorder_cache(state["cache"], reorder, lm.beam_invariant),
             go_on=jnp.any(improvable) & ~jnp.all(hits),
+            nonfinite=state["nonfinite"] | (state["improvable"] & bad_logits),
         )
 
     seqs = jnp.full((batch_size, beams, steps), settings.pad_token_id, jnp.int32)
@@ -284,6 +289,7 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
         presence=expand(presence_mask(context, context_mask, vocab)),
         cache=cache,
         go_on=jnp.bool_(True),
+        nonfinite=jnp.zeros((batch_size,), bool),
     )
     state = beam_step(state, logits)
 
@@ -301,7 +307,7 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
     after_eos = (
         jnp.cumsum(best == settings.eos_token_id, axis=1) - (best == settings.eos_token_id) > 0
     )
-    return jnp.where(after_eos, settings.pad_token_id, best)
+    return jnp.where(after_eos, settings.pad_token_id, best), state["nonfinite"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,13 +315,20 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
 # ---------------------------------------------------------------------------------------------
 
 
+def search_fn(model, settings: DecodeSettings) -> Callable[..., Out]:
+    """Un-jitted (params, batch, knobs, rng) -> (tokens, nonfinite: the row met NaN/inf logits while
+    its result could still change), for callers that jit with shardings (ib_jax/eval/program.py)."""
+    search = _beam_search if settings.num_beams > 1 else _greedy_or_sample
+    return functools.partial(search, lm_calls(model), settings)
+
+
 @functools.lru_cache(maxsize=64)
 def compiled_generate(
     model, settings: DecodeSettings
 ) -> Callable[[Any, dict[str, Array], Knobs, Array], Array]:
     """jit(params, batch, knobs, rng) -> [B, max_new_tokens] int32 for one (model, settings); cached."""
-    search = _beam_search if settings.num_beams > 1 else _greedy_or_sample
-    return jax.jit(functools.partial(search, lm_calls(model), settings))
+    search = search_fn(model, settings)
+    return jax.jit(lambda *args: search(*args)[0])
 
 
 def generate(
@@ -380,14 +393,6 @@ def decode_text(tokens: Array | np.ndarray, tokenizer, eos_token_id: int) -> lis
 
 
 __all__ = [
-    "DecodeSettings",
-    "Knobs",
-    "make_knobs",
-    "LMCalls",
-    "lm_calls",
-    "compiled_generate",
-    "generate",
-    "decode_text",
-    "top_p_filter",
-    "presence_mask",
+    *("DecodeSettings", "Knobs", "make_knobs", "LMCalls", "lm_calls", "compiled_generate"),
+    *("search_fn", "generate", "decode_text", "top_p_filter", "presence_mask"),
 ]

@@ -11,13 +11,22 @@ are recorded in DIR/eval/done.json (so a restarted job skips them); stops once t
 has written DIR/TRAINING_DONE (or a step >= config.train.num_steps is evaluated), or after
 --watch_timeout seconds without a new checkpoint.
 
-A dataset that cannot be evaluated (missing files, too many unreadable images, bad settings) is
-logged with its error and written to metrics.jsonl as {"dataset", "failed": true, "error"}; the
-other datasets still run, and the job exits with status 1 naming the failed ones.
+The job runs on the trainer's mesh (ib_jax/eval/program.py: `config.eval.mesh` or `config.mesh`),
+on every process of a multi-host job (`ib_jax.distributed`, as training): parameters are restored
+straight into their shardings (ib_jax/eval/loading.py; the model is the one the checkpoint was
+saved with, and an eval config whose model section disagrees is refused), each process reads its
+shard of every eval set, and the predictions are gathered so that metrics are computed once and
+the outputs written once, by process 0, in the dataset's order (ib_jax/eval/runner.py).
+
+A dataset that cannot be evaluated (missing files, too many unreadable images or non-finite
+outputs, a metric that cannot be computed, bad settings) is logged with its error and written to
+metrics.jsonl as {"dataset", "failed": true, "error"}; the other datasets still run, and the job
+exits with status 1 naming the failed ones.
 Outputs under DIR/eval/: metrics.jsonl (one line per dataset and checkpoint), TensorBoard events
 (`eval/<dataset>/<metric>`), predictions/<dataset>/<tag>.jsonl (one line per example).
 Datasets and settings come from `config.eval`: `datasets` (names in config.data.eval_datasets),
-`batch_size`, `split` (default "eval"), `overrides` {dataset: {EvalSettings field: value}}.
+`batch_size` (global), `split` (default "eval"), `overrides` {dataset: {EvalSettings field: value}},
+`dtype` / `param_dtype` (default float32), `mesh` (optional: {shape, axis_rules}).
 Library logs go to DIR/logs/evaluate.log (see `ib_jax.cli`).
 """
 
@@ -25,49 +34,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
+from etils import epath
 
 from ib_jax import checkpoint as checkpoint_lib
+from ib_jax.eval import hosts
 
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
 def load_model(
     config: ml_collections.ConfigDict, workdir: str, checkpoint: str | int | None
-) -> tuple[Any, Any, str]:
-    """(model, params, tag) for a step of the run, or a converted / HF directory.
+) -> Any:
+    """The `ib_jax.eval.loading.Loaded` program for a step of the run (None: the latest) or a
+    converted / HF directory, its parameters on the eval mesh."""
+    from ib_jax.eval import loading
 
-    `checkpoint`: a step number (its params from WORKDIR/checkpoints/STEP, the model from
-    `config.model`), a directory (model and params from it), or None for the latest step. The tag
-    names the outputs: `step_<N>` or the directory's base name.
-    """
-    import ib_jax
-    from ib_jax.models.configs import from_config_dict
-    from ib_jax.models.instructblip import InstructBlip
-
-    if checkpoint not in (None, "") and not str(checkpoint).isdigit():
-        model, params = ib_jax.load_pretrained(str(checkpoint))
-        return model, params, os.path.basename(os.path.normpath(str(checkpoint)))
-    if checkpoint in (None, ""):
-        steps = checkpoint_lib.finalized_steps(workdir)
-        if not steps:
-            raise FileNotFoundError(
-                f"no training checkpoints under {workdir}/checkpoints and no --checkpoint given"
-            )
-        checkpoint = steps[-1]
-    step = int(checkpoint)
-    model = InstructBlip(from_config_dict(config.model))
-    _, params, _ = checkpoint_lib.restore_params(workdir, step)
-    return model, params, f"step_{step}"
+    return loading.load(config, workdir, checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,11 +63,15 @@ def load_model(
 
 
 class Outputs:
-    """metrics.jsonl + TensorBoard + per-example predictions under WORKDIR/eval."""
+    """metrics.jsonl + TensorBoard + per-example predictions under WORKDIR/eval, written by
+    process 0 only (every process keeps the list of failures, for the exit status). Paths go
+    through `etils.epath`, so a bucket workdir (gs://...) is written where it is."""
 
     def __init__(self, workdir: str):
-        self.root = os.path.join(workdir, "eval")
-        os.makedirs(self.root, exist_ok=True)
+        self.root = epath.Path(workdir) / "eval"
+        self.writes = jax.process_index() == 0
+        if self.writes:
+            self.root.mkdir(parents=True, exist_ok=True)
         self._writer = None
         self.failed: list[tuple[str, str, str]] = []  # (checkpoint tag, dataset, error)
 
@@ -90,8 +81,14 @@ class Outputs:
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(os.path.join(self.root, "tensorboard"))
+            self._writer = SummaryWriter(str(self.root / "tensorboard"))
         return self._writer
+
+    def _append_metrics(self, line: dict[str, Any]) -> None:
+        # Rewritten whole rather than appended: object stores have no append.
+        path = self.root / "metrics.jsonl"
+        previous = path.read_text() if path.exists() else ""
+        path.write_text(previous + json.dumps(line) + "\n")
 
     def write(
         self,
@@ -103,14 +100,14 @@ class Outputs:
     ) -> None:
         """Record one dataset's results for checkpoint `tag`: predictions file, metrics line,
         TensorBoard scalars (at `step`, 0 for a checkpoint outside the run)."""
-        path = os.path.join(self.root, "predictions", dataset, f"{tag}.jsonl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            for record in predictions:
-                f.write(json.dumps(record) + "\n")
-        line = {"checkpoint": tag, "step": step, "dataset": dataset, "time": time.time(), **metrics}
-        with open(os.path.join(self.root, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(line) + "\n")
+        if not self.writes:
+            return
+        path = self.root / "predictions" / dataset / f"{tag}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(record) + "\n" for record in predictions))
+        self._append_metrics(
+            {"checkpoint": tag, "step": step, "dataset": dataset, "time": time.time(), **metrics}
+        )
         for name, value in metrics.items():
             self.writer.add_scalar(f"eval/{dataset}/{name}", float(value), global_step=step or 0)
         self.writer.flush()
@@ -118,28 +115,25 @@ class Outputs:
     def write_failure(self, dataset: str, tag: str, step: int | None, error: str) -> None:
         """Record that `dataset` could not be evaluated on checkpoint `tag`: a metrics line with
         its error (no metric), and an entry in `failed` for the exit status."""
-        line = {"checkpoint": tag, "step": step, "dataset": dataset, "time": time.time()}
-        line.update(failed=True, error=error)
-        with open(os.path.join(self.root, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(line) + "\n")
+        if self.writes:
+            line = {"checkpoint": tag, "step": step, "dataset": dataset, "time": time.time()}
+            self._append_metrics(dict(line, failed=True, error=error))
         self.failed.append((tag, dataset, error))
 
     def done_steps(self) -> set[int]:
         """Steps a watch job has finished (all datasets written), from eval/done.json."""
-        path = os.path.join(self.root, "done.json")
-        if not os.path.exists(path):
-            return set()
-        with open(path) as f:
-            return set(json.load(f)["steps"])
+        path = self.root / "done.json"
+        return set(json.loads(path.read_text())["steps"]) if path.exists() else set()
 
     def mark_done(self, step: int) -> None:
         """Add `step` to eval/done.json, so a restarted watch job skips it."""
+        if not self.writes:
+            return
         steps = sorted(self.done_steps() | {step})
-        tmp = os.path.join(self.root, "done.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"steps": steps}, f)
+        tmp = self.root / "done.json.tmp"
+        tmp.write_text(json.dumps({"steps": steps}))
         # Written aside and renamed into place: a crash never leaves half a file.
-        os.replace(tmp, os.path.join(self.root, "done.json"))
+        tmp.replace(self.root / "done.json")
 
     def close(self) -> None:
         """Close the TensorBoard writer if one was made."""
@@ -165,43 +159,67 @@ def _eval_settings(config: ml_collections.ConfigDict, dataset: str) -> Any:
     )
 
 
-def evaluate_checkpoint(
-    config: ml_collections.ConfigDict,
-    model: Any,
-    params: Any,
-    tag: str,
-    step: int | None,
-    outputs: Outputs,
-) -> dict[str, dict[str, float]]:
-    """Every dataset of config.eval on one checkpoint; writes outputs, returns {dataset: metrics}."""
+def _evaluate_dataset(
+    config: ml_collections.ConfigDict, data_config: Any, dataset: str, program: Any, tokenizer: Any
+) -> Any:
+    """One dataset on every process: this process's shard, gathered and scored (EvalResult)."""
     from tqdm import tqdm
 
-    from data_pipelines import eval_pipeline, preprocess, sources, text
+    from data_pipelines import eval_pipeline, preprocess, sources
     from ib_jax.eval import evaluators
 
+    split = config.eval.get("split", "eval")
+    process, count = jax.process_index(), jax.process_count()
+    error = None
+    try:
+        evaluator = evaluators.make_evaluator(_eval_settings(config, dataset), tokenizer)
+        entry = eval_pipeline.find_eval_entry(data_config, dataset, split)
+        max_bad_fraction = float(preprocess.setting(data_config, "max_bad_fraction"))
+        total = len(sources.load_records(entry, max_bad_fraction))
+    except Exception as e:  # every process must skip the dataset, not only the one that failed
+        error = e
+    hosts.raise_if_any(error, f"read {dataset}")
+    with tqdm(
+        total=len(range(process, total, count)),
+        desc=dataset,
+        unit="ex",
+        leave=False,
+        disable=process != 0,
+    ) as bar:
+        batches = eval_pipeline.build_eval_dataset(
+            data_config, dataset, split, process_index=process, process_count=count
+        )
+        return evaluator.run(program, batches, bar.update, max_bad_fraction)
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    loaded: Any,
+    outputs: Outputs,
+) -> dict[str, dict[str, float]]:
+    """Every dataset of config.eval on one loaded checkpoint (`load_model`); writes outputs,
+    returns {dataset: metrics} (the same on every process)."""
+    from data_pipelines import text
+    from ib_jax.eval import program as program_lib
+
+    program, tag, step = loaded.program, loaded.tag, loaded.step
+    model = program.model
     # A copy: the run config is locked, and the eval batch size is set on the data config.
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.eval_batch_size = int(
         config.eval.get("batch_size", data_config.get("eval_batch_size", 8))
     )
-    # The evaluated model's LM family sets the text conventions (a converted checkpoint may be of
-    # another family than config.model), and its token ids must be the tokenizer's.
+    program_lib.check_batch(data_config.eval_batch_size, program.mesh)
+    # The evaluated model's LM family sets the text conventions, and its token ids must be the
+    # tokenizer's.
     data_config.lm_type = model.config.lm_type
     tokenizer = text.LMTokenizer(str(data_config.lm_spm), text.text_format(data_config.lm_type))
     tokenizer.check_model(model.config.text)
-    split = config.eval.get("split", "eval")
     results = {}
     for dataset in config.eval.datasets:
         try:
-            settings = _eval_settings(config, dataset)
-            evaluator = evaluators.make_evaluator(settings, tokenizer)
-            entry = eval_pipeline.find_eval_entry(data_config, dataset, split)
-            max_bad_fraction = preprocess.setting(data_config, "max_bad_fraction")
-            total = len(sources.load_records(entry, float(max_bad_fraction)))
-            with tqdm(total=total, desc=f"{tag} {dataset}", unit="ex", leave=False) as bar:
-                batches = eval_pipeline.build_eval_dataset(data_config, dataset, split)
-                result = evaluator.run(model, params, batches, progress=bar.update)
-        except Exception as error:  # one dataset's bad files or settings must not stop the rest
+            result = _evaluate_dataset(config, data_config, dataset, program, tokenizer)
+        except Exception as error:  # one dataset's bad files or outputs must not stop the rest
             logger.exception("%s %s: evaluation failed", tag, dataset)
             message = f"{type(error).__name__}: {error}"
             outputs.write_failure(dataset, tag, step, message)
@@ -223,6 +241,17 @@ def _training_finished(
     return bool(num_steps) and any(step >= int(num_steps) for step in evaluated)
 
 
+def _pending(workdir: str, outputs: Outputs, skip: set[int]) -> list[int]:
+    """Finalized steps not yet evaluated, as process 0 sees them (the same list everywhere)."""
+    return hosts.on_first(
+        lambda: [
+            s
+            for s in checkpoint_lib.finalized_steps(workdir)
+            if s not in outputs.done_steps() and s not in skip
+        ]
+    )
+
+
 def watch(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -232,23 +261,31 @@ def watch(
     outputs: Outputs | None = None,
 ) -> list[int]:
     """Evaluate every new checkpoint once until training is finished or `timeout_seconds` pass
-    without a new checkpoint. Returns the steps evaluated by this call."""
+    without a new checkpoint. Returns the steps evaluated by this call. A checkpoint that cannot
+    be loaded is recorded as failed (dataset "checkpoint") and not retried by this job."""
     outputs = outputs or Outputs(workdir)
     evaluated_now: list[int] = []
+    unloadable: set[int] = set()
     last_progress = time.monotonic()
     while True:
-        done = outputs.done_steps()
-        pending = [s for s in checkpoint_lib.finalized_steps(workdir) if s not in done]
-        for step in pending:
-            model, params, tag = load_model(config, workdir, step)
-            evaluate_checkpoint(config, model, params, tag, step, outputs)
+        for step in _pending(workdir, outputs, unloadable):
+            try:
+                loaded = load_model(config, workdir, step)
+            except Exception as error:
+                logger.exception("step %d: cannot be loaded", step)
+                outputs.write_failure("checkpoint", f"step_{step}", step, f"{error}")
+                unloadable.add(step)
+                continue
+            evaluate_checkpoint(config, loaded, outputs)
             outputs.mark_done(step)
             evaluated_now.append(step)
             last_progress = time.monotonic()
         # The marker is checked after a final scan, so the last checkpoint is never missed.
-        if _training_finished(config, workdir, outputs.done_steps()):
-            done = outputs.done_steps()
-            if not [s for s in checkpoint_lib.finalized_steps(workdir) if s not in done]:
+        finished = hosts.on_first(
+            lambda: _training_finished(config, workdir, outputs.done_steps() | unloadable)
+        )
+        if finished:
+            if not _pending(workdir, outputs, unloadable):
                 return evaluated_now
             continue
         if time.monotonic() - last_progress > timeout_seconds:
@@ -270,7 +307,7 @@ def run(
     """One-shot: {dataset: metrics} of `checkpoint` (see `load_model`); with `watch_mode`: the
     steps evaluated by `watch`. Outputs are written under WORKDIR/eval either way. A dataset
     that fails is reported (its metrics are {"error": ...}, `outputs.failed` lists it) and the
-    others still run."""
+    others still run. Every process of the job calls this."""
     outputs = outputs or Outputs(workdir)
     try:
         if watch_mode:
@@ -281,9 +318,7 @@ def run(
                 timeout_seconds=timeout_seconds,
                 outputs=outputs,
             )
-        model, params, tag = load_model(config, workdir, checkpoint)
-        step = int(tag[len("step_") :]) if tag.startswith("step_") else None
-        return evaluate_checkpoint(config, model, params, tag, step, outputs)
+        return evaluate_checkpoint(config, load_model(config, workdir, checkpoint), outputs)
     finally:
         outputs.close()
 
@@ -292,12 +327,14 @@ def main(argv: list[str]) -> None:
     """The command line (flags from `_define_flags`); results are logged per dataset."""
     from absl import flags
 
-    from ib_jax import cli
+    from ib_jax import cli, distributed
 
     del argv
     FLAGS = flags.FLAGS
     cli.quiet_console()
-    cli.log_to_file(FLAGS.workdir, "evaluate")
+    # Before any other jax call: a multi-host job forms its process group first, as training.
+    distributed.initialize(FLAGS.config)
+    cli.log_to_file(FLAGS.workdir, "evaluate", jax.process_index(), jax.process_count())
     outputs = Outputs(FLAGS.workdir)
     run(
         FLAGS.config,

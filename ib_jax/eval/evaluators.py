@@ -19,26 +19,24 @@ MSVD/MSRVTT). Video clips need nothing special: the model takes pixel_values [B,
 
 Bad input is reported, never silently dropped: padding rows (valid == 0) are discarded, examples
 with an unreadable image are scored on the zero image the pipeline substitutes (and counted in
-`missing_images`), and examples without the reference field the metric needs are counted in
-`missing_<field>` and left out of `num_scored` (e.g. unlabeled test splits), which is reported
-next to `num_examples`.
+`missing_images`), examples without the reference field the metric needs are counted in
+`missing_<field>`, and examples whose logits or candidate scores were NaN or infinite (flagged in
+the jitted step) are counted in `num_nonfinite`, their prediction null; the latter two are left
+out of `num_scored`, which is reported next to `num_examples`. `Evaluator.run` (ib_jax/eval/runner.py)
+runs the batches on every process in lockstep and scores the whole split once.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from ib_jax import decode
-from ib_jax.eval import metrics as metrics_lib
 from ib_jax.eval import ranking
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,30 +80,14 @@ _REFERENCE_FIELD = {
 }
 
 
-def _valid_rows(batch: dict[str, Any]) -> list[int]:
-    valid = batch.get("valid")
-    size = len(batch["input_ids"])
-    return [i for i in range(size) if valid is None or int(valid[i])]
-
-
 def _meta(batch: dict[str, Any], key: str, row: int) -> Any:
     values = batch.get("meta", {}).get(key)
     return None if values is None else values[row]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 class Evaluator(abc.ABC):
-    """Subclasses implement `predict(model, params, batch, rows) -> list of per-row predictions`
-    and `reference(batch, row)`; `run` does the bookkeeping shared by all."""
+    """Subclasses implement `predict(program, batch, rows, width) -> per-row predictions` (and
+    `batch_width` when the step's shapes depend on the batch); `run` does the bookkeeping."""
 
     def __init__(self, settings: EvalSettings, tokenizer: Any):
         self.settings = settings
@@ -118,14 +100,23 @@ class Evaluator(abc.ABC):
             )
         self.reference_field = _REFERENCE_FIELD[key]
 
+    def batch_width(self, batch: dict[str, Any], rows: list[int]) -> int:
+        """What the step's shapes need from this process's batch (candidates for ranking; 0 for
+        generation); the processes run the step with the largest. Bad rows raise here, before
+        any process enters the collective step."""
+        del batch, rows
+        return 0
+
     @abc.abstractmethod
     def predict(
-        self, model: Any, params: Any, batch: dict[str, Any], rows: list[int]
+        self, program: Any, batch: dict[str, Any], rows: list[int], width: int
     ) -> list[dict[str, Any]]:
-        """Per-row outputs for the batch rows `rows`: {"prediction": ..., other fields kept}.
+        """Per-row outputs for the batch rows `rows`: {"prediction": ..., "nonfinite": bool, other
+        fields kept}. Called on every process for every batch (also with no valid row).
 
-        `batch` is one eval batch: the model inputs ([B, ...] arrays), `valid` [B] and `meta`
-        (per-row lists of the example's fields).
+        `program`: an `ib_jax.eval.program.InferenceProgram`; `batch`: this process's rows of one
+        eval batch (model inputs [b, ...], `valid` [b], host-side `meta`); `width`: the agreed
+        `batch_width`.
         """
 
     def reference(self, batch: dict[str, Any], row: int) -> Any:
@@ -141,68 +132,23 @@ class Evaluator(abc.ABC):
 
     def run(
         self,
-        model: Any,
-        params: Any,
+        program: Any,
         batches: Iterable[dict[str, Any]],
         progress: Callable[[int], None] | None = None,
+        max_bad_fraction: float = 1.0,
     ) -> EvalResult:
-        """Predict every valid row of `batches`, then score the examples that have a reference.
+        """Predict every valid row of `batches` (this process's shard), gather the predictions of
+        all processes in the dataset's order and score them once (see ib_jax/eval/runner.py).
 
-        `progress(n)` is called after each batch with its number of valid rows.
+        `progress(n)` is called after each batch with its number of valid rows; more than
+        `max_bad_fraction` of the examples with non-finite outputs fails the dataset.
         """
-        records: list[dict[str, Any]] = []
-        missing_images = 0
-        for batch in batches:
-            rows = _valid_rows(batch)
-            if not rows:
-                continue
-            outputs = self.predict(model, params, batch, rows)
-            for row, output in zip(rows, outputs):
-                record = {
-                    "id": _meta(batch, "id", row),
-                    "instruction": _meta(batch, "instruction", row),
-                    "prediction": _jsonable(output["prediction"]),
-                    "reference": _jsonable(self.reference(batch, row)),
-                }
-                record.update({k: _jsonable(v) for k, v in output.items() if k != "prediction"})
-                error = _meta(batch, "error", row)
-                if error:
-                    missing_images += 1
-                    record["error"] = error
-                records.append(record)
-            if progress is not None:
-                progress(len(rows))
-        scored = [r for r in records if r["reference"] not in (None, [])]
-        metrics: dict[str, float] = {
-            "num_examples": len(records),
-            "num_scored": len(scored),
-            "missing_images": missing_images,
-            f"missing_{self.reference_field}": len(records) - len(scored),
-        }
-        if len(scored) < len(records):
-            logger.warning(
-                "%s: %d of %d examples have no %r; the metric covers the other %d",
-                self.settings.dataset,
-                len(records) - len(scored),
-                len(records),
-                self.reference_field,
-                len(scored),
-            )
-        if scored:
-            result = metrics_lib.compute(
-                self.settings.metric,
-                [self._metric_input(r) for r in scored],
-                [r["reference"] for r in scored],
-            )
-            metrics[self.settings.metric] = result["score"]
-            metrics.update(
-                {k: v for k, v in result.items() if k not in ("metric", "score", "per_example")}
-            )
-            for record, value in zip(scored, result["per_example"]):
-                record["score"] = value
-        return EvalResult(metrics, records)
+        from ib_jax.eval import runner
 
-    def _metric_input(self, record: dict[str, Any]) -> Any:
+        return runner.run(self, program, batches, progress, max_bad_fraction)
+
+    def metric_input(self, record: dict[str, Any]) -> Any:
+        """What the metric reads from a prediction record."""
         return record["prediction"]
 
 
@@ -210,14 +156,11 @@ class GenerateEvaluator(Evaluator):
     """Beam search / greedy decoding, decoded with the LM tokenizer (VQA, captions, GQA, VSR...)."""
 
     def predict(
-        self, model: Any, params: Any, batch: dict[str, Any], rows: list[int]
+        self, program: Any, batch: dict[str, Any], rows: list[int], width: int
     ) -> list[dict[str, Any]]:
-        """Decoded text per row ({"prediction": str})."""
+        """Decoded text per row ({"prediction": str, "nonfinite": bool})."""
         s = self.settings
-        text = model.config.text
-        tokens = decode.generate(
-            model,
-            params,
+        tokens, nonfinite = program.generate(
             batch,
             max_new_tokens=s.max_new_tokens,
             min_new_tokens=s.min_new_tokens,
@@ -225,8 +168,9 @@ class GenerateEvaluator(Evaluator):
             length_penalty=s.length_penalty,
             repetition_penalty=s.repetition_penalty,
         )
-        texts = decode.decode_text(np.asarray(tokens)[rows], self.tokenizer, text.eos_token_id)
-        return [{"prediction": t} for t in texts]
+        eos = program.model.config.text.eos_token_id
+        texts = decode.decode_text(tokens[rows], self.tokenizer, eos)
+        return [{"prediction": t, "nonfinite": bool(nonfinite[i])} for t, i in zip(texts, rows)]
 
 
 class RankEvaluator(Evaluator):
@@ -241,38 +185,37 @@ class RankEvaluator(Evaluator):
                 return list(value)
         return []
 
+    def batch_width(self, batch: dict[str, Any], rows: list[int]) -> int:
+        """Candidates per row for this batch: a power of two (few distinct compiled shapes)."""
+        per_row = [self._candidates(batch, i) for i in rows]
+        if rows and not any(per_row):
+            raise ValueError(
+                f"dataset {self.settings.dataset!r}: rank mode needs candidates (example "
+                "'choices'/'answer_options' or settings.candidates); batch ids "
+                f"{[_meta(batch, 'id', i) for i in rows][:3]} have none"
+            )
+        width = max((len(c) for c in per_row), default=0)
+        return 1 << (width - 1).bit_length() if width else 0
+
     def predict(
-        self, model: Any, params: Any, batch: dict[str, Any], rows: list[int]
+        self, program: Any, batch: dict[str, Any], rows: list[int], width: int
     ) -> list[dict[str, Any]]:
         """Candidate scores per row and the prediction the metric wants (see `_prediction`)."""
         s = self.settings
         size = len(batch["input_ids"])
         per_row = [self._candidates(batch, i) if i in rows else [] for i in range(size)]
-        if not any(per_row[i] for i in rows):
-            raise ValueError(
-                f"dataset {s.dataset!r}: rank mode needs candidates (example 'choices'/"
-                f"'answer_options' or settings.candidates); batch ids "
-                f"{[_meta(batch, 'id', i) for i in rows][:3]} have none"
-            )
-        width = max(len(c) for c in per_row)
-        width = 1 << (width - 1).bit_length()  # a power of two: few distinct compiled shapes
         labels = ranking.candidate_labels(per_row, self.tokenizer, s.candidate_max_len, width)
-        scores = np.asarray(
-            ranking.score_candidates(
-                model,
-                params,
-                batch,
-                labels,
-                length_normalize=s.length_normalize,
-                chunk_size=s.candidate_chunk,
-            )
+        scores, nonfinite = program.rank(
+            batch, labels, length_normalize=s.length_normalize, chunk_size=s.candidate_chunk
         )
         outputs = []
         for i in rows:
             count = len(per_row[i])
             row_scores = scores[i, :count]
             best = int(np.argmax(row_scores)) if count else -1
-            outputs.append(self._prediction(per_row[i], row_scores, best))
+            output = self._prediction(per_row[i], row_scores, best)
+            output["nonfinite"] = bool(nonfinite[i])
+            outputs.append(output)
         return outputs
 
     def _prediction(self, candidates: list[str], scores: np.ndarray, best: int) -> dict[str, Any]:
@@ -296,7 +239,8 @@ class RankEvaluator(Evaluator):
             return answers[0] if answers else None
         return super().reference(batch, row)
 
-    def _metric_input(self, record: dict[str, Any]) -> Any:
+    def metric_input(self, record: dict[str, Any]) -> Any:
+        """Visual Dialog's MRR reads all candidate scores; the other metrics the prediction."""
         return record["scores"] if self.settings.metric == "mrr" else record["prediction"]
 
 

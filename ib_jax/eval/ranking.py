@@ -50,7 +50,8 @@ def _score(
     params: Any,
     inputs: dict[str, Array],
     labels: Array,
-) -> Array:
+) -> tuple[Array, Array]:
+    """(scores [B, C], nonfinite [B]: some real candidate's score is NaN or infinite)."""
     batch, num_candidates, length = labels.shape
     num_chunks = -(-num_candidates // chunk_size)
     padded = num_chunks * chunk_size
@@ -73,19 +74,27 @@ def _score(
     total = total.transpose(1, 0, 2).reshape(batch, padded)[:, :num_candidates]
     count = count.transpose(1, 0, 2).reshape(batch, padded)[:, :num_candidates]
     scores = total / jnp.maximum(count, 1) if length_normalize else total
-    return jnp.where(count > 0, scores, -jnp.inf)  # an empty (padding) candidate never wins
+    nonfinite = jnp.any((count > 0) & ~jnp.isfinite(scores), axis=1)
+    return jnp.where(count > 0, scores, -jnp.inf), nonfinite  # a padding candidate never wins
 
 
-@functools.lru_cache(maxsize=32)
-def compiled_scorer(model, length_normalize: bool = False, chunk_size: int = 0):
-    """jit(params, inputs, labels [B, C, L]) -> [B, C]; chunk_size 0 = all candidates at once."""
+def score_fn(model, length_normalize: bool = False, chunk_size: int = 0):
+    """Un-jitted (params, inputs, labels [B, C, L]) -> (scores [B, C], nonfinite [B] bool), for
+    callers that jit with shardings (ib_jax/eval/program.py); chunk_size 0 = all at once."""
 
     def run(params, inputs, labels):
         return _score(
             model, length_normalize, chunk_size or labels.shape[1], params, inputs, labels
         )
 
-    return jax.jit(run)
+    return run
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_scorer(model, length_normalize: bool = False, chunk_size: int = 0):
+    """jit(params, inputs, labels [B, C, L]) -> [B, C]; chunk_size 0 = all candidates at once."""
+    run = score_fn(model, length_normalize, chunk_size)
+    return jax.jit(lambda *args: run(*args)[0])
 
 
 def score_candidates(
@@ -126,4 +135,10 @@ def candidate_labels(
     return out
 
 
-__all__ = ["score_candidates", "compiled_scorer", "candidate_labels", "token_log_probs"]
+__all__ = [
+    "score_candidates",
+    "compiled_scorer",
+    "score_fn",
+    "candidate_labels",
+    "token_log_probs",
+]

@@ -1,0 +1,235 @@
+"""The eval job's device side: the mesh, parameters on it, and jitted generation and ranking.
+
+`InferenceProgram.generate` / `.rank` take this process's rows of a batch (numpy, [B / P, ...]),
+run one step jitted with explicit shardings over the global batch (rows split over data x fsdp,
+parameters as their logical axis names and `config.mesh.axis_rules` say) and return this
+process's rows of the result, with a per-row flag: the row met NaN or infinite logits (scores).
+
+The mesh is `config.eval.mesh` (a `shape`, and optionally `axis_rules`; default rules those of
+`config.mesh`), else `config.mesh` (the trainer's), else one device (single process only).
+Numerics: `config.eval.dtype` (compute) and `config.eval.param_dtype` (parameters are cast to it
+as they are restored), both float32 by default for results equal to the reference's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ib_jax import checkpoint, decode, sharding
+from ib_jax.batch import MODEL_INPUTS
+from ib_jax.eval import ranking
+from ib_jax.models.configs import ModelConfig
+from ib_jax.models.instructblip import InstructBlip, init_params
+
+
+def eval_mesh(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, tuple]:
+    """(mesh, logical axis rules) of the eval job (see the module docstring)."""
+    train_mesh = config.get("mesh")
+    override = (config.get("eval") or {}).get("mesh")
+    if override:
+        mesh_config = ml_collections.ConfigDict(
+            dict(
+                shape=dict(override["shape"]),
+                axis_rules=list(
+                    override.get("axis_rules") or (train_mesh.axis_rules if train_mesh else [])
+                ),
+            )
+        )
+    elif train_mesh:
+        mesh_config = train_mesh
+    elif jax.process_count() == 1:
+        one = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=1, tensor=1), axis_rules=[]))
+        return sharding.make_mesh(one, jax.devices()[:1]), ()
+    else:
+        raise ValueError(
+            f"{jax.process_count()} processes need a mesh: set config.mesh or config.eval.mesh"
+        )
+    return sharding.make_mesh(mesh_config), sharding.axis_rules(mesh_config)
+
+
+def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
+    """The eval batch must split over the processes and the mesh's batch axes (data x fsdp)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for what, count in (("processes", jax.process_count()), ("data x fsdp devices", shards)):
+        if global_batch % count:
+            raise ValueError(
+                f"config.eval.batch_size={global_batch} does not split over {count} {what}; "
+                "choose a multiple"
+            )
+
+
+def inference_config(model_config: ModelConfig, eval_config: Any) -> ModelConfig:
+    """The checkpoint's architecture with the eval job's numerics (config.eval.dtype /
+    param_dtype, float32 by default); remat is moot without gradients."""
+    eval_config = eval_config or {}
+    return dataclasses.replace(
+        model_config,
+        dtype=str(eval_config.get("dtype") or "float32"),
+        param_dtype=str(eval_config.get("param_dtype") or "float32"),
+        remat_policy="none",
+    )
+
+
+def abstract_params(model: InstructBlip, mesh: jax.sharding.Mesh, rules: tuple) -> Any:
+    """ShapeDtypeStructs of the model's parameters (dtype `param_dtype`) carrying the shardings
+    their logical axis names get from `rules` on `mesh`; nothing is allocated."""
+    c = model.config
+    size = c.vision.image_size
+    shapes = {
+        "pixel_values": (1, size, size, 3),
+        **{k: (1, 4) for k in MODEL_INPUTS[1:]},
+        "labels": (1, 2),
+    }
+
+    def init():  # the key is made inside: no eager op (works for compile-only devices too)
+        batch = {
+            k: jnp.zeros(s, jnp.float32 if k == "pixel_values" else jnp.int32)
+            for k, s in shapes.items()
+        }
+        return init_params(model, jax.random.key(0), batch)
+
+    # Rules without a mesh: shapes and metadata only (activation constraints are moot here).
+    with nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init)
+    return checkpoint.abstract_like(
+        sharding.unboxed(boxed), sharding.logical_shardings(boxed, mesh, rules)
+    )
+
+
+def place(tree: Any, abstract: Any) -> Any:
+    """Host arrays -> global arrays with `abstract`'s shardings and dtypes; each device receives
+    only its own slice (no whole copy on one device; works across processes)."""
+
+    def put(value, target):
+        value = np.asarray(value)
+        if value.shape != target.shape:
+            raise ValueError(f"parameter of shape {value.shape}, the model wants {target.shape}")
+        return jax.make_array_from_callback(
+            target.shape, target.sharding, lambda index: value[index].astype(target.dtype)
+        )
+
+    return jax.tree_util.tree_map(put, tree, abstract)
+
+
+@dataclasses.dataclass
+class InferenceProgram:
+    """A model with its parameters on `mesh`, and the jitted eval steps (cached per setting)."""
+
+    model: InstructBlip
+    params: Any  # global arrays, sharded per the logical axis rules
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """Rows over data x fsdp; the other axes of any rank replicated."""
+        return NamedSharding(self.mesh, PartitionSpec(sharding.BATCH_AXES))
+
+    def _jit(self, key: Any, fn: Any, num_replicated: int) -> Any:
+        """jit(fn)(params, inputs, labels or knobs and seed...) with explicit shardings, cached."""
+        if key not in self._compiled:
+            params = jax.tree_util.tree_map(lambda x: x.sharding, self.params)
+            rows, copy = self.batch_sharding, sharding.replicated(self.mesh)
+            extra = (rows,) if num_replicated == 0 else (copy,) * num_replicated
+            self._compiled[key] = jax.jit(
+                fn, in_shardings=(params, rows, *extra), out_shardings=(rows, rows)
+            )
+        return self._compiled[key]
+
+    def _run(self, fn: Any, batch: dict[str, Any], *args: Any) -> tuple[np.ndarray, ...]:
+        inputs = {k: np.asarray(batch[k]) for k in MODEL_INPUTS if batch.get(k) is not None}
+        with sharding.activate(self.mesh, self.rules):
+            outputs = fn(self.params, sharding.global_batch(inputs, self.mesh), *args)
+        return tuple(self._local(x) for x in outputs)
+
+    def _local(self, x: jax.Array) -> np.ndarray:
+        """This process's rows of a batch-sharded output (the inverse of `global_batch`)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            x = multihost_utils.global_array_to_host_local_array(
+                x, self.mesh, PartitionSpec(sharding.BATCH_AXES)
+            )
+        return np.asarray(x)
+
+    def _replicated(self, value: Any) -> jax.Array:
+        value = np.asarray(value)
+        return jax.make_array_from_callback(
+            value.shape, sharding.replicated(self.mesh), lambda index: value[index]
+        )
+
+    def generate(
+        self,
+        batch: dict[str, Any],
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        repetition_penalty: float = 1.0,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """This process's rows [b, ...] -> (tokens [b, max_new_tokens] int32, nonfinite [b] bool),
+        as `ib_jax.decode.generate` (greedy, beam search or sampling with `seed`)."""
+        text = self.model.config.text
+        settings = decode.DecodeSettings(
+            max_new_tokens=int(max_new_tokens),
+            eos_token_id=int(text.eos_token_id),
+            pad_token_id=int(text.pad_token_id),
+            num_beams=int(num_beams),
+            do_sample=bool(do_sample),
+        )
+        knobs = decode.make_knobs(
+            int(max_new_tokens),
+            min_new_tokens=int(min_new_tokens),
+            length_penalty=length_penalty,
+            repetition_penalty=repetition_penalty,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        search = decode.search_fn(self.model, settings)
+        fn = self._jit(
+            ("generate", settings),
+            lambda params, inputs, knobs, seed: search(params, inputs, knobs, jax.random.key(seed)),
+            num_replicated=2,
+        )
+        knobs = jax.tree_util.tree_map(self._replicated, knobs)
+        return self._run(fn, batch, knobs, self._replicated(np.uint32(seed)))
+
+    def rank(
+        self,
+        batch: dict[str, Any],
+        labels: np.ndarray,
+        *,
+        length_normalize: bool = False,
+        chunk_size: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """This process's rows and candidate labels [b, C, L] -> (scores [b, C] float32, nonfinite
+        [b] bool), as `ib_jax.eval.ranking.score_candidates`."""
+        key = ("rank", bool(length_normalize), int(chunk_size))
+        score = ranking.score_fn(self.model, bool(length_normalize), int(chunk_size))
+        fn = self._jit(key, score, num_replicated=0)
+        labels = sharding.global_batch({"labels": np.asarray(labels, np.int32)}, self.mesh)
+        return self._run(fn, batch, labels["labels"])
+
+
+__all__ = [
+    "InferenceProgram",
+    "eval_mesh",
+    "check_batch",
+    "inference_config",
+    "abstract_params",
+    "place",
+]
