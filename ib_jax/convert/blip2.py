@@ -64,6 +64,7 @@ def plan_blip2(
             f"{blip2} holds {_WORDS} and {projections[0]}: an InstructBLIP checkpoint, not BLIP-2;"
             " convert it with --lavis"
         )
+    _check_stage(blip2, _WORDS in state, projections, bert, config)
     if vit is not None:
         state.update(readers.read_any(vit), "visual_encoder.", f"EVA ViT {vit}")
     if language_model is not None:
@@ -79,8 +80,31 @@ def plan_blip2(
                 f"tensors (a trimmed checkpoint): give them with {flag}"
             )
     if _WORDS in state:
-        return _plan_stage1(blip2, state, bert, config, seed)
-    return _plan_stage2(blip2, state, bert, config, projections, seed)
+        return _plan_stage1(state, config, seed)
+    return _plan_stage2(blip2, state, bert, config, seed)
+
+
+def _check_stage(blip2: str, stage1: bool, projections: list[str], bert, config) -> None:
+    """A stage-1 file takes no BERT; a stage-2 file needs one and must be FlanT5's."""
+    if stage1:
+        if bert is not None:
+            raise core.ConversionError(
+                f"{blip2} is a stage-1 checkpoint: it holds the Q-Former's text side ({_WORDS}); "
+                "--bert is not used with it"
+            )
+        return
+    projection = projections[0] if projections else "no *_proj.weight"
+    if config.lm_type != "t5" or projection != "t5_proj.weight":
+        raise core.ConversionError(
+            f"{blip2} is a BLIP-2 stage-2 checkpoint for another language model ({projection}; "
+            f"no {_WORDS}): a {config.lm_type} initialisation starts from the stage-1 Q-Former "
+            "checkpoint (LAVIS blip2_pretrained.pth) with a fresh projection"
+        )
+    if bert is None:
+        raise core.ConversionError(
+            f"{blip2} is a BLIP-2 stage-2 checkpoint: it has no Q-Former text side (no {_WORDS}, "
+            "no encoder.layer.N.intermediate); give the BERT it started from (--bert)"
+        )
 
 
 def _plan_hf(blip2, bert, config, vit, language_model, seed, layout) -> core.Plan:
@@ -122,22 +146,10 @@ def _plan_hf(blip2, bert, config, vit, language_model, seed, layout) -> core.Pla
     return core.plan(state, table, derived, blip2_rules.HF_ALIASES, blip2_rules.BERT_SUPERSEDED)
 
 
-def _plan_stage2(blip2, state, bert, config, projections, seed) -> core.Plan:
+def _plan_stage2(blip2, state, bert, config, seed) -> core.Plan:
     from ib_jax.convert import rules
     from ib_jax.convert.api import tie_if_headless
 
-    projection = projections[0] if projections else "no *_proj.weight"
-    if config.lm_type != "t5" or projection != "t5_proj.weight":
-        raise core.ConversionError(
-            f"{blip2} is a BLIP-2 stage-2 checkpoint for another language model ({projection}; "
-            f"no {_WORDS}): a {config.lm_type} initialisation starts from the stage-1 Q-Former "
-            "checkpoint (LAVIS blip2_pretrained.pth) with a fresh projection"
-        )
-    if bert is None:
-        raise core.ConversionError(
-            f"{blip2} is a BLIP-2 stage-2 checkpoint: it has no Q-Former text side (no {_WORDS}, "
-            "no encoder.layer.N.intermediate); give the BERT it started from (--bert)"
-        )
     bert_state, std = _read_bert(bert, blip2, config.qformer.hidden_size)
     state.update(bert_state)
     core.fuse_lavis_qkv_bias(state)
@@ -147,15 +159,10 @@ def _plan_stage2(blip2, state, bert, config, projections, seed) -> core.Plan:
     return core.plan(state, table, config, rules.LAVIS_ALIASES, unused)
 
 
-def _plan_stage1(blip2, state, bert, config, seed) -> core.Plan:
+def _plan_stage1(state, config, seed) -> core.Plan:
     from ib_jax.convert import llama_rules, rules
     from ib_jax.convert.api import tie_if_headless
 
-    if bert is not None:
-        raise core.ConversionError(
-            f"{blip2} is a stage-1 checkpoint: it holds the Q-Former's text side ({_WORDS}); "
-            "--bert is not used with it"
-        )
     lm_width = config.text.d_model if config.lm_type == "t5" else config.text.hidden_size
     width = config.qformer.hidden_size
     for name, shape in (("weight", (lm_width, width)), ("bias", (lm_width,))):
@@ -247,17 +254,13 @@ def provenance(plan: core.Plan) -> dict[str, dict[str, list[int]]]:
         size = math.prod(assignment.shape)
         if getattr(assignment.rule.hook, "adds_dec_row", False):
             row = math.prod(assignment.shape[1:]) * blip2_rules.DEC_ROWS
-            fresh = table[f"fresh init (seed {_seed_of(assignment)})"][part + " [DEC] row"]
+            fresh = table[f"fresh init (seed {assignment.rule.hook.seed})"][part + " [DEC] row"]
             fresh[1] += row
             size -= row
         counts = table[origin][part]
         counts[0] += 1
         counts[1] += size
     return {origin: dict(parts) for origin, parts in table.items()}
-
-
-def _seed_of(assignment: core.Assignment) -> int:
-    return assignment.rule.hook.seed
 
 
 def summary(plan: core.Plan) -> str:

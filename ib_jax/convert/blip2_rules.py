@@ -44,6 +44,7 @@ def with_dec_row(seed: int, std: float):
 
 
 def dec_row_check(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    """The check of `with_dec_row`: BERT's table is exactly the [DEC] row short."""
     if len(source) != 2 or (source[0] + DEC_ROWS, source[1]) != tuple(target):
         return (
             f"needs [{target[0] - DEC_ROWS}, {target[1]}]: BERT's vocabulary, to which the [DEC] "

@@ -124,6 +124,7 @@ def model_config_from_hf(config: dict[str, Any], **overrides: Any) -> ModelConfi
 
 
 def read_hf_config(directory: str) -> dict[str, Any]:
+    """`directory/config.json` as a dict, or a message naming the directory."""
     path = os.path.join(directory, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(

@@ -32,6 +32,7 @@ def _with_added_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 def embedding_with_added_rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """[V0, D] -> [V, D] (see `_with_added_rows`)."""
     return _with_added_rows(x, shape[0]).reshape(shape)
 
 
@@ -47,10 +48,12 @@ def _rows_check(source: tuple[int, ...], rows: int, width: tuple[int, ...]) -> s
 
 
 def embedding_rows_check(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    """The check of `embedding_with_added_rows`: [V or V - 1, D] for a [V, D] table."""
     return _rows_check(source, target[0], target[1:])
 
 
 def head_rows_check(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    """The check of `head_with_added_rows`: torch [V or V - 1, D] for a [D, V] kernel."""
     return _rows_check(source, target[-1], target[:-1])
 
 

@@ -53,6 +53,7 @@ class Entry:
     origin: str = ""
 
     def where(self, key: str) -> str:
+        """`[file]`, or `[file as key-in-file]` when the state key carries a prefix: for messages."""
         named = "" if key == self.file_key else f" as {self.file_key}"
         return f"[{self.file}{named}]"
 
@@ -76,9 +77,11 @@ class LazyState:
         return self.entries[key]
 
     def read(self, key: str) -> np.ndarray:
+        """The tensor's values, read now (a fresh array, or a view of a mapped torch file)."""
         return self.entries[key].read()
 
     def pop(self, key: str) -> Entry:
+        """Remove and return an entry (its tensor is not read)."""
         return self.entries.pop(key)
 
     def add(self, key: str, entry: Entry) -> None:
@@ -90,29 +93,17 @@ class LazyState:
         self.entries[key] = entry
 
     def update(self, other: LazyState, prefix: str = "", origin: str | None = None) -> None:
+        """Add `other`'s entries under `prefix`, relabelled with `origin` if given."""
         for key, entry in other.entries.items():
             if origin is not None:
                 entry = dataclasses.replace(entry, origin=origin)
             self.add(prefix + key, entry)
 
     def with_origin(self, origin: str) -> LazyState:
+        """The same entries labelled `origin` (where the summary says they come from)."""
         return LazyState(
             {k: dataclasses.replace(e, origin=origin) for k, e in self.entries.items()}
         )
-
-    def materialize(self) -> dict[str, np.ndarray]:
-        """Every tensor in memory (for small files and tests)."""
-        return {key: self.read(key) for key in self.entries}
-
-
-def from_arrays(arrays: dict[str, np.ndarray], file: str = "<memory>") -> LazyState:
-    """A LazyState over arrays already in memory."""
-    return LazyState(
-        {
-            key: Entry(tuple(value.shape), value.dtype, file, key, lambda v=value: v)
-            for key, value in arrays.items()
-        }
-    )
 
 
 def read_safetensors(path: str) -> LazyState:
@@ -244,6 +235,7 @@ def read_hf_directory(directory: str) -> LazyState:
 
 
 def read_file(path: str) -> LazyState:
+    """One weights file: `.safetensors`, or a torch pickle (`.pth`/`.bin`/`.pt`)."""
     return read_safetensors(path) if path.endswith(".safetensors") else read_torch_pickle(path)
 
 

@@ -24,14 +24,17 @@ import numpy as np
 
 
 def linear(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """torch Linear weight [out, in] -> kernel [in, ...out]."""
     return np.ascontiguousarray(x.T).reshape(shape)
 
 
 def conv(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """torch Conv2d weight [D, C, ph, pw] -> kernel [ph, pw, C, D]."""
     return np.ascontiguousarray(x.transpose(2, 3, 1, 0)).reshape(shape)
 
 
 def reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The same values in the target shape."""
     return x.reshape(shape)
 
 
@@ -44,6 +47,9 @@ def same_size(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
+    """Source keys matching `pattern` (anchored) become `target` through `hook`, if `check`
+    finds nothing wrong with the shapes."""
+
     pattern: str
     target: str
     hook: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] = reshape
@@ -51,11 +57,13 @@ class Rule:
 
 
 def dense(src: str, dst: str, bias: bool = True) -> list[Rule]:
+    """torch Linear `src.weight`/`src.bias` -> `dst/kernel`/`dst/bias`."""
     rules = [Rule(rf"{src}\.weight", f"{dst}/kernel", linear)]
     return rules + [Rule(rf"{src}\.bias", f"{dst}/bias")] if bias else rules
 
 
 def norm(src: str, dst: str, bias: bool = True) -> list[Rule]:
+    """torch LayerNorm/RMSNorm `src.weight`/`src.bias` -> `dst/scale`/`dst/bias`."""
     rules = [Rule(rf"{src}\.weight", f"{dst}/scale")]
     return rules + [Rule(rf"{src}\.bias", f"{dst}/bias")] if bias else rules
 
@@ -98,6 +106,7 @@ def qformer_rules(prefix: str, inner_attention_name: str) -> list[Rule]:
 
 
 def t5_rules(prefix: str) -> list[Rule]:
+    """`{prefix}.*` of a T5ForConditionalGeneration -> language_model/..."""
     rules = [
         Rule(rf"{prefix}\.shared\.weight", "language_model/shared/embedding"),
         Rule(rf"{prefix}\.lm_head\.weight", "language_model/lm_head/kernel", linear),
@@ -139,6 +148,7 @@ def t5_rules(prefix: str) -> list[Rule]:
 
 
 def vision_hf_rules() -> list[Rule]:
+    """HF InstructBLIP/BLIP-2 vision tower (`vision_model.*`)."""
     layer = r"vision_model\.encoder\.layers\.(?P<layer>\d+)"
     dst = "vision/layers_{layer}"
     return [

@@ -119,6 +119,7 @@ class MemorySink:
         self.flat.update(traverse_util.flatten_dict(piece, sep="/"))
 
     def result(self) -> dict[str, Any]:
+        """Everything received, as one nested dict."""
         return traverse_util.unflatten_dict(self.flat, sep="/")
 
 
@@ -156,6 +157,7 @@ class OrbaxSink:
                 self._partial.save(self.session, piece)
 
     def close(self) -> None:
+        """Commit the checkpoint (after the last piece)."""
         if self._partial is None:
             import orbax.checkpoint as ocp
 
