@@ -36,6 +36,9 @@ def main(argv: list[str]) -> None:
     from ib_jax.train import trainer
 
     trainer.train(config, workdir)
+    # Process 0 writes the marker after training: every process must see it before deciding to
+    # evaluate, since the evaluation is one job across all of them.
+    distributed.barrier("ib_jax_training_returned")
     if (
         checkpoint.training_done(workdir)
         and config.get("eval")
