@@ -1,4 +1,4 @@
-"""InstructBLIP FlanT5-XXL (released architecture): the FlanT5-XL config with FlanT5-XXL as the LM.
+"""InstructBLIP FlanT5-XXL (released architecture): the FlanT5-XL config with FlanT5-XXL as the LM, batch 64.
 
 Weights: convert the released checkpoint with `python -m ib_jax.convert` and point
 `config.init.pretrained` at the output. Data: the paper's held-in mixture (configs/data_heldin.py).
@@ -10,7 +10,5 @@ from configs import common, instructblip_flant5xl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """`arg` as in instructblip_flant5xl."""
-    config = instructblip_flant5xl.get_config(arg)
-    config.model.text = dict(common.FLAN_T5_XXL)
-    return config
+    """`arg` as in instructblip_flant5xl; default batch 64 (the paper's for the 11B/13B LMs)."""
+    return instructblip_flant5xl.flant5(arg, text=common.FLAN_T5_XXL, batch_size=64)
