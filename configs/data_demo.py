@@ -5,7 +5,9 @@
 for the first two) size and seed the rendering. Every entry names its generator
 (`generate={"kind": "demo_shapes", ...}`), so the files are written on first use by whichever
 data code reads an entry first (`data_pipelines.sources.load_records`); every path here is
-derived from `root`.
+derived from `root`. `tfds=DIR` reads every entry from the TFDS datasets that
+`python -m data_pipelines.prepare --config=configs/demo.py --out=DIR` wrote instead
+(`DIR/<dataset>/<split>`), e.g. `--config=configs/demo.py:tfds=/data/demo_tfds`.
 """
 
 import os
@@ -31,6 +33,9 @@ def get_config(
     }
 
     def entry(name: str, annotations: str, **fields) -> dict:
+        if "tfds" in options:
+            split = fields.get("split", "train")
+            return dict(name=name, tfds=os.path.join(options["tfds"], name, split), **fields)
         ann_path = os.path.join(root, "annotations", f"{annotations}.json")
         return dict(name=name, ann_path=ann_path, image_root=images, generate=generate, **fields)
 

@@ -101,11 +101,11 @@ def _spread(items: Sequence[Any], count: int) -> list[Any]:
 def _records(entry: Mapping[str, Any], result: DatasetCheck) -> Sequence[dict[str, Any]]:
     """Parse the entry, counting malformed and skipped entries; errors land in `result.error`."""
     sources.ensure_generated(entry)
-    if "array_record" in entry:
-        return sources.ArrayRecordRecords(entry["array_record"])
+    if "tfds" in entry:
+        return sources.load_records(entry)
     for key in ("ann_path", "image_root"):
         if key not in entry:
-            raise KeyError(f"config entry needs {key!r} (or 'array_record')")
+            raise KeyError(f"config entry needs {key!r} (or 'tfds')")
     records = formats.parse(
         sources.resolve_spec(entry).format,
         entry["ann_path"],
@@ -161,7 +161,7 @@ def check_entry(
     bad = _check_text(records, entry, train, seed, result)
     result.malformed += len(bad)
     by_path: dict[str, list[int]] = {}
-    for index, record in enumerate(records if "array_record" not in entry else ()):
+    for index, record in enumerate(records if "tfds" not in entry else ()):
         for path in media_paths(record):
             by_path.setdefault(path, []).append(index)
     result.files = len(by_path)
@@ -170,7 +170,7 @@ def check_entry(
     for path in sorted(missing):
         bad.update(by_path[path])
         _note(result, f"missing file {path}")
-    if "array_record" not in entry:
+    if "tfds" not in entry:
         chosen = _spread([p for p in by_path if p not in missing], sample)
         decode_failures = {p: by_path[p] for p in chosen if not _decodes(p, result)}
         result.decoded = len(chosen)

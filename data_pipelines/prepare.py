@@ -1,116 +1,190 @@
-"""Annotation files + images -> one ArrayRecord file per (dataset, split), for fast random access.
+"""Annotation files + media -> TFDS datasets (array_record), one per dataset and split.
 
-  python -m data_pipelines.prepare --config=configs/demo.py --out=/data/prepared
+  python -m data_pipelines.prepare --config=configs/demo.py --out=/data/tfds [--num_workers=N]
 
 `--config` is the run config training takes (its `data` section is read; a data-only config such
-as configs/data_heldin.py works too), with the same `--config.data.<key>=...` overrides.
+as configs/data_heldin.py works too), with the same `--config.data.<key>=...` overrides. Every
+training and eval entry read from annotation files becomes `OUT/<dataset>/<split>/1.0.0`
+(data_pipelines/tfds_data.py: the layout and the feature spec); each prints one JSON line with the
+config entry that reads it (`{"name", "tfds": <dir>, "split"}`).
 
-Why ArrayRecord and not a TFDS builder: TFDS writes examples through `tf.train.Example` (its
-Image/Text features need TensorFlow, which this project does not install). The files written here
-are plain ArrayRecord (`array_record`'s writer, `group_size:1` for O(1) random reads) read back by
-grain's `ArrayRecordDataSource`; each record is the canonical record with the ORIGINAL encoded
-image bytes embedded (sources.serialize_record), so decoding is identical to reading the files.
+The media files' bytes are stored as they are (no re-encoding), after one decode to catch corrupt
+files: unreadable or missing media are skipped, counted and logged with their path (and listed in
+the dataset's metadata.json); past `max_bad_fraction` the preparation stops. Reading and
+decoding run in `--num_workers` processes (default: every core this process may use); a progress
+bar shows the rate.
 
-Unreadable or missing images are skipped, counted and logged with their path; past
-`max_bad_fraction` the preparation stops. Next to each file a `.json` sidecar records the counts
-and the source; the printed config entries use `array_record=` instead of `ann_path/image_root`.
+Idempotent per split: a split already prepared from the same annotation files is skipped, one
+prepared from other files is an error (delete its directory to prepare it again), and an
+interrupted split is prepared again from the start.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from absl import app, flags
-from array_record.python.array_record_module import ArrayRecordWriter
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from data_pipelines import images, preprocess, sources
+from data_pipelines import images, preprocess, sources, tfds_data
 
 logger = logging.getLogger(__name__)
+_CHUNK = 8  # records per task sent to a worker: amortizes the IPC, keeps the bar moving
+
+
+def entry_split(entry: Mapping[str, Any]) -> str:
+    """The split an entry prepares to: its `split`, or "train" (training entries have none)."""
+    return str(entry.get("split") or "train")
+
+
+def _source(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What a prepared split was made from (compared on a rerun)."""
+    return {k: entry[k] for k in ("ann_path", "image_root", "parse_options") if entry.get(k)}
+
+
+def _encode(record: Mapping[str, Any], fields: Sequence[str]) -> tuple[dict | None, str]:
+    """In a worker: (TFDS example, "") or (None, why it was skipped)."""
+    try:
+        return tfds_data.to_example(record, fields), ""
+    except (OSError, images.BadImageError) as error:
+        return None, f"{record.get('id', '?')}: {error}"
+
+
+def _examples(
+    records: Sequence[dict[str, Any]],
+    fields: Sequence[str],
+    label: str,
+    num_workers: int,
+    max_bad_fraction: float,
+    metadata: dict[str, Any],
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, example) in record order, skipping what cannot be read; at the end `metadata`
+    gets num_examples, num_skipped and the first 100 reasons (`skipped`)."""
+    encode = functools.partial(_encode, fields=fields)
+    pool = multiprocessing.Pool(num_workers) if num_workers > 1 else None
+    skipped: list[str] = []
+    try:
+        results = pool.imap(encode, records, _CHUNK) if pool else map(encode, records)
+        for index, (example, error) in enumerate(
+            tqdm(results, total=len(records), desc=f"prepare {label}", unit="ex")
+        ):
+            if example is not None:
+                yield index, example
+                continue
+            skipped.append(error)
+            logger.warning("skipped %s/%s", label, error)
+            if len(skipped) > max_bad_fraction * len(records):
+                raise ValueError(
+                    f"dataset {label}: {len(skipped)} of {len(records)} media unreadable "
+                    f"(max_bad_fraction={max_bad_fraction}); first: {skipped[:5]}"
+                )
+    finally:
+        if pool:
+            pool.terminate()
+    metadata.update(
+        num_examples=len(records) - len(skipped), num_skipped=len(skipped), skipped=skipped[:100]
+    )
 
 
 def prepare_entry(
     entry: Mapping[str, Any],
-    out_path: str,
+    out_dir: str,
+    *,
+    num_workers: int = 1,
     max_bad_fraction: float = preprocess.DATA_DEFAULTS["max_bad_fraction"],
 ) -> dict[str, Any]:
-    """Writes one config entry's records to `out_path`; returns the sidecar dict (counts, paths)."""
+    """Writes one config entry as `out_dir/<dataset>/<split>/1.0.0` unless already there.
+
+    Returns a summary: dataset, split, tfds_dir, status ("prepared" or "exists"), num_examples,
+    num_skipped, seconds, examples_per_s, and `entry` (the config entry that reads it)."""
+    name, split = sources.entry_name(entry), entry_split(entry)
+    label = f"{name}/{split}"
+    target = tfds_data.dataset_dir(out_dir, name, split)
+    summary = {"dataset": name, "split": split, "tfds_dir": target}
+    summary["entry"] = {"name": name, "tfds": target, "split": split}
+    start = time.perf_counter()
+    if os.path.exists(os.path.join(target, "dataset_info.json")):
+        with open(os.path.join(target, "metadata.json")) as f:
+            info = json.load(f)
+        if info.get("source") != _source(entry):
+            raise ValueError(
+                f"dataset {label}: {target!r} was prepared from {info.get('source')}, the config "
+                f"now reads {_source(entry)}; delete the directory to prepare it again"
+            )
+        return {**summary, "status": "exists", "num_examples": info.get("num_examples")}
+    parent = os.path.dirname(target)
+    for stale in os.listdir(parent) if os.path.isdir(parent) else ():
+        if stale.startswith("incomplete."):  # an interrupted run's partial files
+            shutil.rmtree(os.path.join(parent, stale))
     records = sources.load_records(entry, max_bad_fraction)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    writer = ArrayRecordWriter(out_path, "group_size:1")
-    written, skipped = 0, []
-    try:
-        for record in tqdm(records, desc=f"prepare {entry['name']}", unit="ex"):
-            try:
-                _check_decodable(record)
-                data = sources.serialize_record(record)
-            except (OSError, images.BadImageError) as error:
-                skipped.append(f"{record.get('id', '?')}: {error}")
-                logger.warning("skipped %s/%s: %s", entry["name"], record.get("id", "?"), error)
-                if len(skipped) > max_bad_fraction * len(records):
-                    raise ValueError(
-                        f"dataset {entry['name']!r}: {len(skipped)} of {len(records)} images "
-                        f"unreadable (max_bad_fraction={max_bad_fraction}); first: {skipped[:5]}"
-                    ) from error
-                continue
-            writer.write(data)
-            written += 1
-    finally:
-        writer.close()
-    sidecar = {
-        "dataset": entry["name"],
-        "array_record": out_path,
-        "num_records": written,
-        "num_skipped": len(skipped),
-        "skipped": skipped[:100],
-        "source": {k: entry[k] for k in ("ann_path", "image_root") if k in entry},
+    fields = tfds_data.record_fields(records, name)
+    metadata = tfds_data.tfds.core.MetadataDict(source=_source(entry))
+    examples = _examples(records, fields, label, num_workers, max_bad_fraction, metadata)
+    builder = tfds_data.RecordsBuilder(
+        dataset=name,
+        split=split,
+        fields=fields,
+        data_dir=out_dir,
+        examples=examples,
+        metadata=metadata,
+    )
+    with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing is downloaded
+        builder.download_and_prepare(download_dir=downloads)
+    seconds = time.perf_counter() - start
+    return {
+        **summary,
+        "status": "prepared",
+        "num_examples": metadata["num_examples"],
+        "num_skipped": metadata["num_skipped"],
+        "seconds": round(seconds, 2),
+        "examples_per_s": round(len(records) / seconds, 1),
     }
-    with open(out_path + ".json", "w") as f:
-        json.dump(sidecar, f, indent=1)
-    return sidecar
 
 
-def _check_decodable(record: Mapping[str, Any]) -> None:
-    """Decode once now, so a corrupt file is caught at preparation, not in every epoch."""
-    if "frames" in record:
-        for path in record["frames"]:
-            images.load_image(path)
-    elif "video" in record:
-        images.load_clip_frames(record["video"], 1)
-    elif "image" in record:
-        images.load_image(record["image"])
-
-
-def prepare_config(data_config: Mapping[str, Any], out_dir: str) -> list[dict[str, Any]]:
-    """Every training and eval entry of a data config -> ArrayRecord files under `out_dir`
-    (`<out_dir>/<dataset>/<split>.array_record`); returns the sidecars."""
-    results = []
+def prepare_config(
+    data_config: Mapping[str, Any], out_dir: str, *, num_workers: int = 1
+) -> list[dict[str, Any]]:
+    """Every training and eval entry of a data config read from annotation files -> its TFDS
+    dataset under `out_dir`; returns the summaries (entries that already read TFDS are left)."""
     max_bad = float(preprocess.setting(data_config, "max_bad_fraction"))
     entries = list(preprocess.setting(data_config, "datasets")) + list(
         preprocess.setting(data_config, "eval_datasets")
     )
-    for entry in entries:
-        split = entry.get("split", "train")
-        out_path = os.path.join(out_dir, entry["name"], f"{split}{sources.ARRAY_RECORD_SUFFIX}")
-        results.append(prepare_entry(entry, out_path, max_bad))
-    return results
+    return [
+        prepare_entry(entry, out_dir, num_workers=num_workers, max_bad_fraction=max_bad)
+        for entry in entries
+        if "tfds" not in entry
+    ]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
-    global _CONFIG, _OUT
+    global _CONFIG, _OUT, _WORKERS
     _CONFIG = config_flags.DEFINE_config_file(
         "config",
         None,
         "run config (configs/*.py; its `data` is read) or a data config",
         lock_config=True,
     )
-    _OUT = flags.DEFINE_string("out", None, "directory for <dataset>/<split>.array_record")
+    _OUT = flags.DEFINE_string("out", None, "TFDS data_dir: <out>/<dataset>/<split>/1.0.0")
+    _WORKERS = flags.DEFINE_integer(
+        "num_workers", None, "processes reading and checking media (default: available cores)"
+    )
     flags.mark_flags_as_required(["config", "out"])
 
 
@@ -118,12 +192,13 @@ def main(argv: list[str]) -> None:
     """Prepares every dataset of --config's data under --out; prints one JSON line each."""
     del argv
     logging.basicConfig(level=logging.WARNING)
-    for sidecar in prepare_config(preprocess.data_section(_CONFIG.value), _OUT.value):
-        print(
-            json.dumps(
-                {k: sidecar[k] for k in ("dataset", "array_record", "num_records", "num_skipped")}
-            )
-        )
+    # TFDS logs (through absl) every custom builder config and its own progress bars; ours shows.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    tfds_data.tfds.disable_progress_bar()
+    workers = _WORKERS.value or available_cores()
+    data = preprocess.data_section(_CONFIG.value)
+    for summary in prepare_config(data, _OUT.value, num_workers=workers):
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Where examples come from: annotation files (parsed by `formats`) or prepared ArrayRecord files.
+"""Where examples come from: annotation files (parsed by `formats`) or TFDS datasets.
 
 A config entry (one element of `data_config.datasets`) names a registry dataset and either
-`ann_path` + `image_root` (read through `formats.parse`) or `array_record` (a file written by
-`python -m data_pipelines.prepare`, random access without re-parsing JSON or touching the image
-tree). Records are canonical dicts (docs/CONTRACTS.md). Prepared records carry the encoded image
-bytes under `image_bytes` (a list for video frames under `frame_bytes`, a video file's bytes
-under `video_bytes`) instead of a path.
+`ann_path` + `image_root` (read through `formats.parse`) or `tfds` (a TFDS dataset in array_record
+files, e.g. written by `python -m data_pipelines.prepare`: random access without re-parsing JSON
+or touching the image tree; data_pipelines/tfds_data.py). Records are canonical dicts
+(docs/CONTRACTS.md). TFDS records carry the encoded image bytes under `image_bytes` (a list for
+video frames under `frame_bytes`, a video file's bytes under `video_bytes`) instead of a path.
 
 An entry may also say how its files are made: `generate={"kind": <GENERATORS key>, **options}`
 (the embedded demo: `{"kind": "demo_shapes", "root", "num_train", "num_eval", "seed"}`). The files
@@ -18,10 +18,8 @@ the dataset and the path, before any worker starts.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +28,6 @@ from data_pipelines.preprocess import DATA_DEFAULTS
 from data_pipelines.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
-ARRAY_RECORD_SUFFIX = ".array_record"
 
 
 def entry_name(entry: Mapping[str, Any]) -> str:
@@ -75,83 +72,12 @@ def ensure_generated(entry: Mapping[str, Any]) -> None:
     GENERATORS[kind](**options)
 
 
-# ------------------------------------------------------------------------------------------
-# ArrayRecord serialization: [u32 header length][JSON header][blob 0][blob 1]...
-# The header is the record without image paths plus `blob_sizes`; blobs are the original
-# encoded image files (no re-encoding, so decoding equals decoding the file).
-# ------------------------------------------------------------------------------------------
-
-
-def serialize_record(record: Mapping[str, Any], image_root: str | None = None) -> bytes:
-    """A canonical record -> bytes, with its image (or frames) file contents embedded.
-    Raises OSError naming the path when an image cannot be read."""
-    header = {k: v for k, v in record.items() if k not in ("image", "frames", "video")}
-    if "frames" in record:
-        paths, header["is_video"] = record["frames"], True
-    elif "video" in record:  # the video file itself, decoded at load time like the original
-        paths, header["is_video_file"] = [record["video"]], True
-    else:
-        paths = [record["image"]] if "image" in record else []
-    blobs = []
-    for path in paths:
-        full = path if image_root is None or os.path.isabs(path) else os.path.join(image_root, path)
-        with open(full, "rb") as f:
-            blobs.append(f.read())
-    header["source_paths"] = list(paths)
-    header["blob_sizes"] = [len(b) for b in blobs]
-    header_bytes = json.dumps(header).encode()
-    return struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(blobs)
-
-
-def deserialize_record(data: bytes) -> dict[str, Any]:
-    """Inverse of `serialize_record`: the header dict plus `image_bytes`, `frame_bytes` or
-    `video_bytes`."""
-    (header_len,) = struct.unpack_from("<I", data, 0)
-    record = json.loads(data[4 : 4 + header_len])
-    offset, blobs = 4 + header_len, []
-    for size in record.pop("blob_sizes"):
-        blobs.append(data[offset : offset + size])
-        offset += size
-    if record.pop("is_video", False):
-        record["frame_bytes"] = blobs
-    elif record.pop("is_video_file", False):
-        record["video_bytes"] = blobs[0]
-    elif blobs:
-        record["image_bytes"] = blobs[0]
-    return record
-
-
-class ArrayRecordRecords(Sequence):
-    """Random-access records of an ArrayRecord file (grain's `ArrayRecordDataSource`), decoded.
-
-    Picklable (grain re-opens the file in each worker)."""
-
-    def __init__(self, path: str):
-        import grain  # local: grain pulls in a lot; keep `import sources` light
-
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"ArrayRecord file {path!r} does not exist "
-                "(write it with `python -m data_pipelines.prepare`)"
-            )
-        self.path = path
-        self._source = grain.sources.ArrayRecordDataSource([path])
-
-    def __len__(self) -> int:
-        """Number of records in the file."""
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """The decoded record at `index` (header fields + `image_bytes` / `frame_bytes`)."""
-        return deserialize_record(self._source[index])
-
-
 def _check_paths(name: str, entry: Mapping[str, Any]) -> None:
-    if "array_record" in entry:
+    if "tfds" in entry:
         return
     for key in ("ann_path", "image_root"):
         if key not in entry:
-            raise KeyError(f"dataset {name!r}: config entry needs {key!r} (or 'array_record')")
+            raise KeyError(f"dataset {name!r}: config entry needs {key!r} (or 'tfds')")
     ann_paths = entry["ann_path"]
     for path in [ann_paths] if isinstance(ann_paths, str) else list(ann_paths):
         if not os.path.exists(path):
@@ -165,7 +91,7 @@ def _check_paths(name: str, entry: Mapping[str, Any]) -> None:
 def load_records(
     entry: Mapping[str, Any], max_bad_fraction: float = DATA_DEFAULTS["max_bad_fraction"]
 ) -> Sequence[dict[str, Any]]:
-    """A config entry -> its records (a list, or a lazy ArrayRecord sequence). Never empty.
+    """A config entry -> its records (a list, or a lazy TFDS sequence). Never empty.
 
     A generated entry (`generate=`) has its files written first if they are not there yet.
 
@@ -177,9 +103,11 @@ def load_records(
     spec = resolve_spec(entry)
     ensure_generated(entry)
     _check_paths(name, entry)
-    if "array_record" in entry:
-        records: Sequence[dict[str, Any]] = ArrayRecordRecords(entry["array_record"])
-        where = entry["array_record"]
+    if "tfds" in entry:
+        from data_pipelines import tfds_data  # local: TFDS is only needed for TFDS entries
+
+        records: Sequence[dict[str, Any]] = tfds_data.TfdsRecords(entry)
+        where = entry["tfds"]
     else:
         where = entry["ann_path"]
         records = formats.parse(

@@ -15,7 +15,6 @@ from data_pipelines import (
     demo_data,
     eval_pipeline,
     mixing,
-    prepare,
     preprocess,
     sources,
     train_pipeline,
@@ -268,25 +267,6 @@ def test_eval_covers_every_example_once_with_padding(demo_root):
     assert sorted(seen) == sorted(all_ids)
 
 
-def test_array_record_source_equals_annotation_source(demo_root, tmp_path):
-    config = make_config(demo_root)
-    entry = dict(config.eval_datasets[0])
-    sidecar = prepare.prepare_entry(entry, str(tmp_path / "demo_vqa" / "eval.array_record"))
-    assert sidecar["num_records"] == 30 and sidecar["num_skipped"] == 0
-    from_json = list(eval_pipeline.build_eval_dataset(config, "demo_vqa", "eval"))
-    prepared = make_config(demo_root)
-    prepared.eval_datasets = [
-        {"name": "demo_vqa", "split": "eval", "array_record": sidecar["array_record"]}
-    ]
-    from_array_record = list(eval_pipeline.build_eval_dataset(prepared, "demo_vqa", "eval"))
-    assert len(from_json) == len(from_array_record)
-    for a, b in zip(from_json, from_array_record):
-        for key in a:
-            if key != "meta":
-                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-        assert a["meta"]["id"] == b["meta"]["id"] and a["meta"]["answers"] == b["meta"]["answers"]
-
-
 def test_video_clips_sample_frames_uniformly(tmp_path):
     root = tmp_path / "msvd"
     for video in (1, 2):
@@ -363,9 +343,9 @@ def test_eval_with_more_processes_than_examples(demo_root, tmp_path):
 
 def test_video_files_decode_to_uniformly_sampled_frames_of_the_clip(tmp_path):
     """A miniature clip (a camera pan over a photograph) read through the pipeline: 4 frames at
-    the uniform indices, each closest to the frame written there; the prepared record (the
-    video file's bytes) gives the same pixels."""
-    from data_pipelines import images, layouts, registry, sources
+    the uniform indices, each closest to the frame written there (the TFDS record of the video
+    file's bytes gives the same pixels: tests/test_tfds.py)."""
+    from data_pipelines import images, layouts, sources
     from data_pipelines.miniature import photos, write_miniature
     from data_pipelines.miniature.writer import VIDEO_FRAMES, VIDEO_SIZE
 
@@ -381,12 +361,6 @@ def test_video_files_decode_to_uniformly_sampled_frames_of_the_clip(tmp_path):
         for frame, index in zip(frames, indices):
             errors = [abs(np.asarray(frame, int) - w).mean() for w in written]
             assert int(np.argmin(errors)) == index, (name, errors)
-        config = make_config(root, image_size=32)
-        pre = preprocess.ExamplePreprocessor(config, registry.get(name), train=False)
-        from_file = pre.pixels(record, None)
-        prepared = sources.deserialize_record(sources.serialize_record(record))
-        assert "video_bytes" in prepared and from_file.shape == (4, 32, 32, 3)
-        np.testing.assert_array_equal(pre.pixels(prepared, None), from_file)
 
 
 def test_unreadable_video_is_a_bad_image_naming_the_file(tmp_path):
