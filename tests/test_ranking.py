@@ -72,3 +72,52 @@ def test_candidate_labels_from_strings():
     assert out.shape == (2, 2, 4)
     np.testing.assert_array_equal(out[0, 0], [3, 4, 1, -100])
     np.testing.assert_array_equal(out[1, 1], [-100] * 4)
+
+
+@pytest.fixture(scope="module")
+def llama_setup(tmp_path_factory):
+    hf_model = reference.build("llama", seed=0)
+    directory = tmp_path_factory.mktemp("hf_llama_rank")
+    hf_model.save_pretrained(directory)
+    model, params = ib_jax.load_pretrained(str(directory))
+    batch = reference.inputs(seed=2, batch=2)  # example 1's instruction is right-padded
+    batch.pop("labels")
+    # Vicuna candidates carry no `</s>` (LAVIS _predict_class); example 1 has only 2.
+    labels = np.array(
+        [
+            [[5, 9, 30, -100], [7, -100, -100, -100], [11, 12, 13, 14]],
+            [[20, -100, -100, -100], [21, 22, 23, 24], [-100] * 4],
+        ],
+        np.int32,
+    )
+    return hf_model, model, params, batch, labels
+
+
+def test_vicuna_scores_equal_hf_log_probs(llama_setup):
+    """Each candidate run through HF on its own as LAVIS lays it out: [queries][instruction]
+    [candidate], its tokens' log-probs read one slot before each."""
+    hf_model, model, params, batch, labels = llama_setup
+    nq = reference.NUM_QUERY_TOKENS
+    expected = np.full(labels.shape[:2], -np.inf)
+    for b in range(labels.shape[0]):
+        instruction = [
+            int(t) for t, m in zip(batch["input_ids"][b], batch["attention_mask"][b]) if m
+        ]
+        for c in range(labels.shape[1]):
+            candidate = [int(t) for t in labels[b, c] if t != -100]
+            if not candidate:
+                continue
+            kwargs = reference.to_hf({k: v[b : b + 1] for k, v in batch.items()})
+            ids = [reference.IMAGE_TOKEN] * nq + instruction + candidate
+            kwargs["input_ids"] = torch.tensor([ids])
+            kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
+            with torch.no_grad():
+                logits = hf_model(**kwargs).logits[0]
+            log_probs = torch.log_softmax(logits.double(), -1).numpy()
+            start = nq + len(instruction)
+            expected[b, c] = sum(
+                log_probs[start - 1 + j, token] for j, token in enumerate(candidate)
+            )
+    got = np.asarray(ranking.score_candidates(model, params, batch, labels, chunk_size=2))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert np.isneginf(got[1, 2])
