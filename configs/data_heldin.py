@@ -16,7 +16,7 @@ dataset what to download and where it goes). Options, comma-separated:
 The tokenizers are the released models': BERT-base-uncased `vocab.txt` (the Q-Former's, + [DEC])
 and FlanT5's `spiece.model`, expected at ROOT/tokenizers/. `python -m data_pipelines.check
 --config=...` checks every file before a run; `python -m data_pipelines.prepare` turns the
-entries into ArrayRecord files.
+entries into TFDS datasets (array_record).
 """
 
 import os

@@ -9,8 +9,9 @@ Entry points (kept small; see each module's docstring):
   config training takes (`--config=configs/demo.py`).
 
 Modules, from the files to the batch: registry (the datasets), formats/ (annotation parsers, one
-module per dataset family), sources (records from annotation files, ArrayRecord files or a
+module per dataset family), sources (records from annotation files, TFDS datasets or a
 generator such as the demo's), templates (instructions), images, text (tokenizers), preprocess
 (one example -> arrays; the table of data-config defaults), mixing, train_pipeline,
-eval_pipeline; demo_data renders the embedded demo, prepare writes ArrayRecord files.
+eval_pipeline; demo_data renders the embedded demo, prepare writes TFDS datasets
+(tfds_data: their feature spec, builder and reader).
 """

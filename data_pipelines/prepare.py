@@ -48,8 +48,12 @@ def entry_split(entry: Mapping[str, Any]) -> str:
 
 
 def _source(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """What a prepared split was made from (compared on a rerun)."""
-    return {k: entry[k] for k in ("ann_path", "image_root", "parse_options") if entry.get(k)}
+    """What a prepared split was made from (compared on a rerun): absolute paths, options."""
+    ann = entry.get("ann_path")
+    source = {"ann_path": [os.path.abspath(p) for p in ([ann] if isinstance(ann, str) else ann)]}
+    source["image_root"] = os.path.abspath(entry["image_root"])
+    source["parse_options"] = dict(entry.get("parse_options") or {})
+    return json.loads(json.dumps(source))  # as metadata.json gives it back (lists, not tuples)
 
 
 def _encode(record: Mapping[str, Any], fields: Sequence[str]) -> tuple[dict | None, str]:
@@ -109,6 +113,9 @@ def prepare_entry(
     num_skipped, seconds, examples_per_s, and `entry` (the config entry that reads it)."""
     name, split = sources.entry_name(entry), entry_split(entry)
     label = f"{name}/{split}"
+    for key in ("ann_path", "image_root"):
+        if key not in entry:
+            raise KeyError(f"dataset {label}: config entry needs {key!r} to be prepared")
     target = tfds_data.dataset_dir(out_dir, name, split)
     summary = {"dataset": name, "split": split, "tfds_dir": target}
     summary["entry"] = {"name": name, "tfds": target, "split": split}

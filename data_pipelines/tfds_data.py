@@ -144,7 +144,10 @@ def to_example(record: Mapping[str, Any], fields: Sequence[str]) -> dict[str, An
     Raises images.BadImageError or OSError naming the file when a medium cannot be read."""
     record = dict(record)
     if isinstance(record.get("video"), str) and os.path.isdir(record["video"]):
-        record["frames"] = _frame_paths(record.pop("video"))  # a frame folder is its frames
+        record["frames"] = _frame_paths(record["video"])  # a frame folder is its frames
+        if not record["frames"]:
+            raise images.BadImageError(f"clip directory {record.pop('video')!r} holds no frames")
+        del record["video"]
     example: dict[str, Any] = {SOURCE_PATHS: [], ABSENT_FIELDS: []}
     for field in fields:
         if field not in record:
