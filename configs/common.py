@@ -126,7 +126,9 @@ def train(**overrides) -> ml_collections.ConfigDict:
 
 
 def checkpoint(**overrides) -> ml_collections.ConfigDict:
-    """`config.checkpoint`: save every `every_steps`, keep the newest `keep`, write asynchronously."""
-    values = dict(every_steps=2_000, keep=3, async_save=True)
+    """`config.checkpoint`: save every `every_steps`, keep the newest `keep`, write asynchronously;
+    `on_unreadable`: "fallback" (set a damaged newest checkpoint aside, resume from an older one)
+    or "stop" (ib_jax/train/resume.py)."""
+    values = dict(every_steps=2_000, keep=3, async_save=True, on_unreadable="fallback")
     values.update(overrides)
     return ml_collections.ConfigDict(values)

@@ -1,4 +1,4 @@
-"""A training run's workdir on disk: Orbax checkpoints and the training-done marker.
+"""A training run's workdir: Orbax checkpoints and the training-done marker, on any filesystem.
 
 Layout:
 
@@ -8,57 +8,158 @@ Layout:
     WORKDIR/checkpoints/<step>/opt_state      optimizer state of the trainable subtree
     WORKDIR/checkpoints/<step>/data_iterator  one Grain iterator state per process
     WORKDIR/checkpoints/<step>/config         the run's config as JSON
+    WORKDIR/checkpoints/<step>.unreadable-<t> a checkpoint that failed to restore, moved aside
     WORKDIR/TRAINING_DONE                     written once training has reached num_steps
 
 Items are separate so that a reader restores only what it needs (`restore_params` never touches
 the optimizer state, which is twice the size of the trainable parameters). Orbax writes each step
-into a temporary directory and renames it when complete, so an interrupted save never replaces a
-good checkpoint, and a step directory whose name is a number is finalized.
+into a temporary directory and renames it when complete (local disks), or writes
+`commit_success.txt` last (buckets, where a rename is a copy): a step directory whose name is a
+number, and on a bucket holds that marker, is finalized.
+
+Paths go through `etils.epath` (as Orbax's do), so a `gs://` workdir is listed and written like a
+local one. Integrity: `check_step` looks for what a complete checkpoint holds without reading
+arrays; a restore that fails anyway (a truncated or deleted data file) raises
+`UnreadableCheckpointError`, one line naming the step, its path and the first cause.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Written by the training job into the workdir when it has reached num_steps; evaluation in
 # watch mode stops once it sees it (no further checkpoint will come).
 FINAL_MARKER = "TRAINING_DONE"
+# Orbax's own commit marker (orbax/checkpoint/_src/path/atomicity_types.py).
+COMMIT_MARKER = "commit_success.txt"
+ITEMS = ("params", "opt_state", "data_iterator", "config")
+ARRAY_ITEMS = ("params", "opt_state")
+# A moved-aside step is named `<step>.unreadable-<unix time>`: not a number, so Orbax's manager and
+# `finalized_steps` ignore it, and a later save of the same step is not refused.
+UNREADABLE_TAG = ".unreadable-"
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored: `step`, `path` and the first line of the cause."""
+
+    def __init__(self, step: int, path: str, cause: str):
+        self.step, self.path, self.cause = step, str(path), cause
+        super().__init__(f"checkpoint step {step} at {path} is unreadable: {cause}")
+
+
+def is_remote(path: str | epath.Path) -> bool:
+    """Whether `path` is a bucket URL (gs://, s3://...), where files are objects: no append, no
+    atomic rename."""
+    return "://" in str(path)
 
 
 def checkpoint_dir(workdir: str) -> str:
-    """`WORKDIR/checkpoints`; bucket URLs (gs://...) are kept as they are for Orbax."""
-    return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
+    """`WORKDIR/checkpoints`; bucket URLs (gs://...) are kept as they are."""
+    root = epath.Path(workdir) if is_remote(workdir) else epath.Path(workdir).absolute()
+    return str(root / "checkpoints")
+
+
+def step_dir(workdir: str, step: int) -> str:
+    """`WORKDIR/checkpoints/<step>`."""
+    return str(epath.Path(checkpoint_dir(workdir)) / str(step))
+
+
+def _is_committed(path: epath.Path) -> bool:
+    # Local saves are renamed into place when complete; on a bucket only the marker says so.
+    return not is_remote(path) or (path / COMMIT_MARKER).exists()
 
 
 def finalized_steps(workdir: str) -> list[int]:
-    """Steps of the complete checkpoints in a local workdir, ascending (no Orbax manager needed).
+    """Steps of the complete checkpoints in a workdir, ascending (no Orbax manager needed).
 
-    In-progress saves live in `<step>.orbax-checkpoint-tmp*` directories, which are skipped.
+    In-progress saves (`<step>.orbax-checkpoint-tmp*`, or on a bucket a step directory without
+    the commit marker) and moved-aside steps are skipped.
     """
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
+    directory = epath.Path(checkpoint_dir(workdir))
+    if not directory.is_dir():
         return []
     return sorted(
-        int(name)
-        for name in os.listdir(directory)
-        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+        int(path.name)
+        for path in directory.iterdir()
+        if path.name.isdigit() and path.is_dir() and _is_committed(path)
     )
+
+
+def check_step(workdir: str, step: int, items: Sequence[str] = ITEMS) -> str | None:
+    """Why step `step` cannot be restored, judged without reading arrays; None if it looks whole.
+
+    Looks for the step directory, its commit (see `finalized_steps`), each of `items`, and each
+    array item's Orbax metadata (`_METADATA`, `manifest.ocdbt`). A data file that is truncated or
+    deleted is only found by restoring (`restore`, `restore_params`, `reading`).
+    """
+    path = epath.Path(step_dir(workdir, step))
+    if not path.is_dir():
+        return "no such checkpoint directory"
+    if not _is_committed(path):
+        return f"no {COMMIT_MARKER}: the save was interrupted"
+    for item in items:
+        if not (path / item).is_dir():
+            return f"item {item}/ is missing"
+        if item in ARRAY_ITEMS:
+            for name in ("_METADATA", "manifest.ocdbt"):
+                if not (path / item / name).exists():
+                    return f"{item}/{name} is missing"
+    return None
+
+
+def first_cause(error: BaseException) -> str:
+    """`Type: first line` of the innermost error in `error`'s chain: Orbax wraps a TensorStore
+    error (e.g. `OUT_OF_RANGE ... not valid for value of size 100`) in a page-long message."""
+    seen = set()
+    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"
+
+
+@contextlib.contextmanager
+def reading(workdir: str, step: int) -> Iterator[None]:
+    """Turn any error raised while reading step `step` into an `UnreadableCheckpointError`.
+
+    For readers that restore items themselves (an eval job restoring the saved config).
+    """
+    try:
+        yield
+    except UnreadableCheckpointError:
+        raise
+    except Exception as error:
+        raise UnreadableCheckpointError(
+            step, step_dir(workdir, step), first_cause(error)
+        ) from error
+
+
+def move_aside(workdir: str, step: int) -> str:
+    """Rename step `step` to `<step>.unreadable-<time>` (kept for inspection); returns the new
+    path. Call from process 0 only."""
+    source = epath.Path(step_dir(workdir, step))
+    target = source.parent / f"{step}{UNREADABLE_TAG}{int(time.time())}"
+    source.rename(target)
+    return str(target)
 
 
 def training_done(workdir: str) -> bool:
     """Whether the training job has written FINAL_MARKER into `workdir`."""
-    return os.path.exists(os.path.join(workdir, FINAL_MARKER))
+    return (epath.Path(workdir) / FINAL_MARKER).exists()
 
 
 def mark_training_done(workdir: str) -> None:
     """Write FINAL_MARKER (call from process 0 only, after the last checkpoint is saved)."""
-    open(os.path.join(workdir, FINAL_MARKER), "w").close()
+    (epath.Path(workdir) / FINAL_MARKER).write_text("")
 
 
 def make_manager(
@@ -79,6 +180,8 @@ def make_manager(
         enable_async_checkpointing=async_save,
         read_only=read_only,
         create=not read_only,
+        # Temporary directories of saves a crash interrupted are deleted by the next writer.
+        cleanup_tmp_directories=not read_only,
     )
     handlers = {
         "params": ocp.StandardCheckpointHandler(),
@@ -122,14 +225,20 @@ def restore(
     """Restore onto the shardings carried by the abstract trees (any mesh shape).
 
     `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; `None` skips an item (e.g.
-    the data iterator when the number of processes changed). Returns {item: restored}.
+    the data iterator when the number of processes changed). Returns {item: restored}. Raises
+    `UnreadableCheckpointError` when the step is incomplete or a restore fails.
     """
     items = {"params": ocp.args.StandardRestore(abstract_params)}
     if abstract_opt_state is not None:
         items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
     if data_iterator is not None:
         items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return dict(manager.restore(step, args=ocp.args.Composite(**items)))
+    workdir = str(epath.Path(manager.directory).parent)
+    problem = check_step(workdir, step, tuple(items))
+    if problem:
+        raise UnreadableCheckpointError(step, step_dir(workdir, step), problem)
+    with reading(workdir, step):
+        return dict(manager.restore(step, args=ocp.args.Composite(**items)))
 
 
 def restore_params(
@@ -138,21 +247,28 @@ def restore_params(
     """(step, params, config dict) of a run's checkpoint; the latest if `step` is None.
 
     Without `abstract_params` the arrays are restored as Orbax saved them (on this host's default
-    device); with it, onto its shapes, dtypes and shardings.
+    device); with it, onto its shapes, dtypes and shardings. Raises `UnreadableCheckpointError`
+    when the step is incomplete or a restore fails (an eval job records it and goes on).
     """
     manager = make_manager(workdir, read_only=True)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
-    target = (
-        ocp.args.StandardRestore(abstract_params)
-        if abstract_params is not None
-        else ocp.args.StandardRestore()
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(params=target, config=ocp.args.JsonRestore())
-    )
-    manager.close()
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+        problem = check_step(workdir, step, ("params", "config"))
+        if problem:
+            raise UnreadableCheckpointError(step, step_dir(workdir, step), problem)
+        target = (
+            ocp.args.StandardRestore(abstract_params)
+            if abstract_params is not None
+            else ocp.args.StandardRestore()
+        )
+        with reading(workdir, step):
+            restored = manager.restore(
+                step, args=ocp.args.Composite(params=target, config=ocp.args.JsonRestore())
+            )
+    finally:
+        manager.close()
     return step, restored["params"], restored["config"]
 
 

@@ -12,15 +12,33 @@ every backend it probes). `quiet_console` keeps the job's own lines (loggers `ib
 `data_pipelines.*`, `launch.*`, and `print`ed progress) and warnings on the console, and
 `log_to_file` sends everything to `WORKDIR/logs/<job>.log`. `--verbosity=N` on the command line or
 `IB_JAX_VERBOSE=1` keeps absl's console handler, which prints everything.
+
+Failures: `guarded(job, main)` wraps an entry point's `main` so that an error ends the job with
+one line on the console (what failed and why, naming the path or field the error names), the full
+traceback in the job's log file, and an exit status per class of failure (`EXIT_STATUS`):
+
+    1  unexpected error (a bug: the traceback in the log says where)
+    3  the configuration cannot run (ib_jax.validate: one line per problem)
+    4  bad or missing input (a data/tokenizer/checkpoint file, too many bad examples)
+    5  unreadable checkpoint (and config.checkpoint.on_unreadable=stop)
+    6  a data worker process died
+    7  training diverged (non-finite loss)
+    8  out of memory
+    130 interrupted (Ctrl-C); a SIGTERM'd training job saves and exits 0
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 import os
 import sys
 import tempfile
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 from absl import flags
@@ -75,6 +93,8 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether the record goes to the console."""
+        if getattr(record, "file_only", False):  # tracebacks: the console gets one line
+            return False
         if record.name.split(".")[0] in OWN_LOGGERS:
             return record.levelno >= logging.INFO
         if record.name == "absl":
@@ -91,6 +111,8 @@ def verbose_requested() -> bool:
 # The records logged before the log file can be named (before `jax.distributed.initialize`,
 # which decides the process index), held until `log_to_file` writes them.
 _pending: logging.handlers.MemoryHandler | None = None
+# Where `log_to_file` writes (named in the one-line failure message).
+_log_path: str | None = None
 
 
 def quiet_console() -> None:
@@ -140,7 +162,7 @@ def log_to_file(workdir: str, job: str, process_index: int = 0, process_count: i
 
     Returns the path. Call once the process index is known (after `distributed.initialize`).
     """
-    global _pending
+    global _pending, _log_path
     path = log_file_path(workdir, job, process_index, process_count)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.FileHandler(path)
@@ -158,4 +180,99 @@ def log_to_file(workdir: str, job: str, process_index: int = 0, process_count: i
         _pending.close()
         _pending = None
         logger.info("library logs: %s", path)
+    _log_path = path
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures
+# ---------------------------------------------------------------------------------------------
+
+# (exception class, as module.QualName anywhere in the error's MRO) -> (exit status, what failed).
+# Matched by name, so this module imports none of them; the first match in the MRO wins.
+EXIT_STATUS: dict[str, tuple[int, str]] = {
+    "ib_jax.validate.InvalidRunError": (3, "invalid configuration"),
+    "ib_jax.checkpoint.UnreadableCheckpointError": (5, "unreadable checkpoint"),
+    "ib_jax.train.data_feed.DataWorkerError": (6, "data worker died"),
+    "ib_jax.train.trainer.NonFiniteLossError": (7, "training diverged"),
+    "data_pipelines.preprocess.BadDataError": (4, "bad input data"),
+    "ib_jax.convert.core.ConversionError": (4, "bad pretrained checkpoint"),
+    "builtins.FileNotFoundError": (4, "missing file"),
+    "builtins.MemoryError": (8, "out of memory"),
+}
+UNEXPECTED = (1, "unexpected error")
+
+
+def failure_class(error: BaseException) -> tuple[int, str]:
+    """(exit status, what failed) of `error` (see EXIT_STATUS)."""
+    if "RESOURCE_EXHAUSTED" in str(error).split("\n")[0]:  # XLA's out-of-memory errors
+        return EXIT_STATUS["builtins.MemoryError"]
+    for cls in type(error).__mro__:
+        status = EXIT_STATUS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if status:
+            return status
+    return UNEXPECTED
+
+
+def describe(error: BaseException) -> str:
+    """The error's own message, first line only (several for an InvalidRunError: one per
+    problem); the innermost cause's when the error has no message."""
+    message = str(error).strip()
+    if type(error).__name__ == "InvalidRunError":
+        return message
+    while not message and (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+        message = str(error).strip()
+    first = message.splitlines()[0] if message else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _log_failure(message: str, error: BaseException) -> None:
+    logger.error(message, exc_info=error, extra={"file_only": True})
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def _thread_failure(args: threading.ExceptHookArgs) -> None:
+    """A background thread's error: the traceback to the log, one line to the console."""
+    name = args.thread.name if args.thread else "a thread"
+    _log_failure(f"background thread {name} failed", args.exc_value)
+    logger.warning("background thread %s failed: %s", name, describe(args.exc_value))
+
+
+def guarded(job: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """`main` for `absl.app.run`, ending any error as the module docstring says.
+
+    `job` names the log file (`WORKDIR/logs/<job>.log`, opened here if `main` had not yet).
+    """
+
+    @functools.wraps(main)
+    def run(argv: list[str]) -> Any:
+        threading.excepthook = _thread_failure
+        try:
+            return main(argv)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt as error:
+            _log_failure(f"{job} interrupted", error)
+            print(f"{job}: interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+        except Exception as error:
+            status, what = failure_class(error)
+            path = _log_path
+            workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+            if path is None and workdir:
+                try:
+                    path = log_to_file(workdir, job)
+                except OSError:
+                    path = None
+            _log_failure(f"{job} failed ({what}, exit status {status})", error)
+            where = f"; traceback in {path}" if path else ""
+            print(
+                f"{job}: {what}: {describe(error)} (exit status {status}{where})", file=sys.stderr
+            )
+            if path is None:  # no log file to hold it: the traceback must not be lost
+                traceback.print_exception(error, file=sys.stderr)
+            raise SystemExit(status) from None
+
+    return run

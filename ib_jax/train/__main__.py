@@ -4,7 +4,8 @@
 
 Running the same command again resumes from the latest checkpoint in the workdir. The console
 shows progress and results; library logs go to WORKDIR/logs/train.log (`--verbosity=0` or
-IB_JAX_VERBOSE=1 shows them on the console too).
+IB_JAX_VERBOSE=1 shows them on the console too). An error ends the job with one line naming its
+cause, the traceback in that log file and an exit status per kind of failure (`ib_jax.cli`).
 """
 
 from __future__ import annotations
@@ -52,4 +53,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.guarded("train", main))

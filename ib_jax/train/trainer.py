@@ -1,13 +1,16 @@
 """The training driver: mesh, data, parameters, the jitted step, logging and checkpoints.
 
-Restarting the same command resumes from the latest checkpoint (parameters, optimizer state and
-the data iterator), so the losses after a restart equal those of an uninterrupted run. SIGTERM
-saves a checkpoint and returns; a non-finite loss stops the run before anything is saved. When
-the last step is saved, process 0 writes `checkpoint.FINAL_MARKER` into the workdir.
+Restarting the same command resumes from the newest readable checkpoint (parameters, optimizer
+state and the data iterator; a damaged one is set aside, see `resume`), so the losses after a
+restart equal those of an uninterrupted run. SIGTERM saves a checkpoint and returns; a non-finite
+loss stops the run before anything is saved. When the last step is saved, process 0 writes
+`checkpoint.FINAL_MARKER` into the workdir. Whatever ends the run, the async checkpoint write in
+flight completes and the data workers are stopped before `train` returns or raises.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -24,10 +27,10 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipelines import train_pipeline
-from ib_jax import checkpoint, distributed, sharding
+from ib_jax import checkpoint, distributed, sharding, validate
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
-from ib_jax.train import flops
+from ib_jax.train import data_feed, flops, resume
 from ib_jax.train import optimizer as optim
 from ib_jax.train.metrics_writer import MetricsWriter
 from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
@@ -209,16 +212,19 @@ def initial_state(
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train per `config` in `workdir` (resuming from its latest checkpoint); returns the last
-    logged metrics (loss, grad_norm, learning_rate, step time, throughput, MFU when known)."""
+    """Train per `config` in `workdir` (resuming from its newest readable checkpoint); returns
+    the last logged metrics (loss, grad_norm, learning_rate, step time, throughput, MFU when
+    known). The config is validated against the model and the data before anything is built
+    (`ib_jax.validate`: an `InvalidRunError` lists every problem)."""
+    validate.check(config, job="train", workdir=workdir)
+    resume.policy(config)  # a misspelt policy fails now, not when a checkpoint is damaged
     tcfg = config.train
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     dataset = train_pipeline.build_train_dataset(
         config.data, process_index=jax.process_index(), process_count=jax.process_count()
     )
-    data_iterator = iter(dataset)
 
-    with sharding.activate(mesh, rules):
+    with sharding.activate(mesh, rules), contextlib.ExitStack() as cleanup:
         program = build_program(config, mesh, rules)
         manager = checkpoint.make_manager(
             workdir,
@@ -226,23 +232,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             config.checkpoint.keep,
             config.checkpoint.async_save,
         )
-        start = manager.latest_step()
-        if start is None:
+        resumed = resume.restore_latest(config, workdir, manager, program, dataset)
+        feed = data_feed.DataFeed(resumed.data_iterator, int(config.data.get("worker_count", 0)))
+        # Closed last (callbacks run in reverse): the final save reads the iterator's state.
+        cleanup.callback(feed.close)
+        cleanup.callback(manager.close)
+        start = resumed.step
+        if resumed.state is None:
             state, frozen = initial_state(config, program)
-            start = 0
         else:
-            abstract = program.abstract_state
-            restored = checkpoint.restore(
-                manager,
-                start,
-                merge_params(abstract.trainable, program.abstract_frozen),
-                abstract.opt_state,
-                data_iterator,
-            )
-            trainable, frozen = split_params(restored["params"], tcfg.trainable)
-            step = jax.device_put(jnp.asarray(start, jnp.int32), abstract.step.sharding)
-            state = TrainState(step=step, trainable=trainable, opt_state=restored["opt_state"])
-            logger.info("resumed from step %d", start)
+            state, frozen = resumed.state, resumed.frozen
 
         # Compiled here from the abstract arguments, not on the first call: every process then
         # waits at a coordination-service barrier, because processes can finish compiling far
@@ -254,26 +253,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         logger.info("train step compiled in %.1f s", time.perf_counter() - started)
         distributed.barrier("ib_jax_train_step_compiled")
         writer = MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
+        cleanup.callback(writer.close)
         preemption = _Preemption()
-        last: dict[str, float] = {}
-        try:
-            last, finished = _loop(
-                config,
-                state,
-                frozen,
-                step_fn,
-                data_iterator,
-                mesh,
-                manager,
-                writer,
-                preemption,
-                start,
-            )
-        finally:
-            preemption.restore()
-            manager.wait_until_finished()
-            manager.close()
-            writer.close()
+        cleanup.callback(preemption.restore)
+        # An error in the loop leaves an async save in flight: it completes (or fails) before
+        # the manager closes, so no background thread outlives the job.
+        cleanup.callback(manager.wait_until_finished)
+        last, finished = _loop(
+            config, state, frozen, step_fn, feed, mesh, manager, writer, preemption, start
+        )
     if finished and jax.process_index() == 0:
         # Tells an evaluation job watching this workdir that no further checkpoint will come.
         checkpoint.mark_training_done(workdir)
@@ -285,7 +273,7 @@ def _loop(
     state: TrainState,
     frozen: Any,
     step_fn: Callable,
-    data_iterator: Any,
+    feed: data_feed.DataFeed,
     mesh: Mesh,
     manager: Any,
     writer: MetricsWriter,
@@ -303,7 +291,7 @@ def _loop(
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start + 1, tcfg.num_steps + 1):
-        batch = sharding.global_batch(next(data_iterator), mesh)
+        batch = sharding.global_batch(feed.next(step), mesh)
         state, metrics = step_fn(state, frozen, batch)
         window_steps += 1
         is_last = step == tcfg.num_steps
@@ -341,7 +329,7 @@ def _loop(
                 step,
                 merge_params(state.trainable, frozen),
                 state.opt_state,
-                data_iterator,
+                feed.iterator,
                 config,
                 force=stop or is_last,
             )

@@ -1,0 +1,345 @@
+"""Start-up validation: the run config checked against the model and the data before anything
+compiles, because JAX's out-of-bounds gathers do not raise (an id past an embedding table or a
+position past a position table reads NaN or a clamped row, and the run goes on producing garbage).
+
+    problems(config, job="train", workdir=..., num_devices=..., process_count=...) -> [str]
+    check(config, ...)        raises InvalidRunError listing them, one line per problem
+
+Every problem is one line naming the config field(s) and both values. What is checked, per job:
+
+| check                                                              | train | eval | plan | data |
+|--------------------------------------------------------------------|-------|------|------|------|
+| tokenizer files exist; their ids fit the LM's and the Q-Former's   |   x   |  x   |      |  x   |
+|   embedding tables (the Q-Former's counting [DEC]); special ids    |       |      |      |      |
+| qformer_max_len <= Q-Former max_position_embeddings; LLaMA's       |   x   |  x   |  x   |  x   |
+|   queries + instruction + target <= max_position_embeddings        |       |      |      |      |
+| image size a multiple of the patch size (other sizes interpolate   |   x   |  x   |  x   |  x   |
+|   the position table); config.init.pretrained's architecture      |       |      |      |      |
+| the mesh fits the devices; batch sizes divide over processes and   |   x   |  x   |  x   |      |
+|   data x fsdp (x grad_accum_steps)                                 |       |      |      |      |
+| annotation files and image directories of the job's datasets exist |   x   |  x   |      |      |
+| the workdir is writable                                            |   x   |  x   |      |      |
+
+`data` is `data_pipelines.check`, which checks every dataset's files itself; `plan` is
+`launch.aot`, which compiles for devices that are not here and reads no data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from ib_jax.models.configs import ModelConfig, from_config_dict
+
+JOBS = ("train", "eval", "plan", "data")
+
+
+class InvalidRunError(ValueError):
+    """The configuration cannot run; `problems` holds one line per failed check."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(
+            f"{len(problems)} problem(s) with the run configuration:\n  " + "\n  ".join(problems)
+        )
+
+
+def check(config: ml_collections.ConfigDict, **kwargs: Any) -> None:
+    """Raise `InvalidRunError` when `problems(config, **kwargs)` finds any."""
+    found = problems(config, **kwargs)
+    if found:
+        raise InvalidRunError(found)
+
+
+def problems(
+    config: ml_collections.ConfigDict | Mapping[str, Any],
+    *,
+    job: str = "train",
+    workdir: str | None = None,
+    num_devices: int | None = None,
+    process_count: int | None = None,
+    model_config: ModelConfig | None = None,
+) -> list[str]:
+    """Every problem of `config` for `job` (module docstring), one line each; [] when it can run.
+
+    `num_devices` / `process_count` default to this machine's (jax); the planner passes its
+    topology's. `model_config` replaces `config.model` (an eval job evaluating a checkpoint whose
+    saved model is what runs). A config without a `model` section (a data config) skips the
+    model checks.
+    """
+    if job not in JOBS:
+        raise ValueError(f"job={job!r}; expected one of {JOBS}")
+    data = config["data"] if "data" in config else config
+    if model_config is None and "model" in config:
+        model_config = from_config_dict(config["model"])
+    found: list[str] = []
+    if model_config is not None:
+        if job != "plan":
+            found += _tokenizers(data, model_config)
+        found += _lengths(data, model_config)
+        found += _image(data, model_config)
+        found += _pretrained(config, model_config)
+    if job in ("train", "eval", "plan") and "mesh" in config:
+        found += _mesh_and_batches(config, job, num_devices, process_count)
+    if job in ("train", "eval"):
+        found += _dataset_files(config, data, job)
+        if workdir:
+            found += _workdir(workdir)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Model against data
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(section: Any, key: str, default: Any = None) -> Any:
+    return section.get(key, default) if hasattr(section, "get") else default
+
+
+def _tokenizers(data: Any, model: ModelConfig) -> list[str]:
+    from data_pipelines import text
+
+    found = []
+    lm_type = _get(data, "lm_type") or "t5"
+    if lm_type != model.lm_type:
+        found.append(
+            f"data.lm_type={lm_type!r} lays out text for another LM than model.lm_type="
+            f"{model.lm_type!r}"
+        )
+    vocab = _get(data, "qformer_vocab")
+    if vocab and _file_exists(vocab, "data.qformer_vocab", found):
+        try:
+            qformer = text.QFormerTokenizer(str(vocab))
+        except ValueError as error:
+            found.append(f"data.qformer_vocab: {error}")
+        else:
+            if qformer.vocab_size > model.qformer.vocab_size:
+                found.append(
+                    f"data.qformer_vocab={vocab!r} has {qformer.vocab_size} ids (counting "
+                    f"[DEC]), more than model.qformer.vocab_size={model.qformer.vocab_size}"
+                )
+    spm = _get(data, "lm_spm")
+    if spm and _file_exists(spm, "data.lm_spm", found):
+        try:
+            lm = text.LMTokenizer(str(spm), text.text_format(model.lm_type))
+        except ValueError as error:
+            found.append(f"data.lm_spm: {error}")
+        else:
+            found += _lm_ids(str(spm), lm, model.text)
+    return found
+
+
+def _lm_ids(spm: str, lm: Any, text_config: Any) -> list[str]:
+    found = []
+    if lm.vocab_size > text_config.vocab_size:
+        found.append(
+            f"data.lm_spm={spm!r} has {lm.vocab_size} ids, more than model.text.vocab_size="
+            f"{text_config.vocab_size}"
+        )
+    ids = {"eos_token_id": lm.eos_id, "pad_token_id": lm.pad_id}
+    if lm.bos_id is not None and hasattr(text_config, "bos_token_id"):
+        ids["bos_token_id"] = lm.bos_id
+    for field, ours in ids.items():
+        if getattr(text_config, field) != ours:
+            found.append(
+                f"data.lm_spm={spm!r} gives {field.removesuffix('_token_id')} id {ours}, but "
+                f"model.text.{field}={getattr(text_config, field)}"
+            )
+    return found
+
+
+def _lengths(data: Any, model: ModelConfig) -> list[str]:
+    found = []
+    qformer_len = _get(data, "qformer_max_len")
+    if (
+        qformer_len
+        and model.instruction_aware
+        and qformer_len > model.qformer.max_position_embeddings
+    ):
+        found.append(
+            f"data.qformer_max_len={qformer_len} exceeds model.qformer.max_position_embeddings="
+            f"{model.qformer.max_position_embeddings}"
+        )
+    limit = getattr(model.text, "max_position_embeddings", None)
+    text_len, target_len = _get(data, "text_max_len"), _get(data, "target_max_len")
+    if limit and text_len and target_len:  # decoder-only: queries, instruction, target in one
+        total = model.num_query_tokens + text_len + target_len
+        if total > limit:
+            found.append(
+                f"model.num_query_tokens + data.text_max_len + data.target_max_len = "
+                f"{model.num_query_tokens} + {text_len} + {target_len} = {total} exceeds "
+                f"model.text.max_position_embeddings={limit}"
+            )
+    return found
+
+
+def _image(data: Any, model: ModelConfig) -> list[str]:
+    found, patch = [], model.vision.patch_size
+    if model.vision.image_size % patch:
+        found.append(
+            f"model.vision.image_size={model.vision.image_size} is not a multiple of "
+            f"model.vision.patch_size={patch}: the position table would not match the patch grid"
+        )
+    size = _get(data, "image_size")
+    if size and size % patch:
+        found.append(
+            f"data.image_size={size} is not a multiple of model.vision.patch_size={patch}: the "
+            f"last {size % patch} pixel rows and columns would be dropped"
+        )
+    return found
+
+
+def pretrained_model_config(path: str) -> ModelConfig:
+    """The architecture of a converted (`ib_jax.convert`) or HF InstructBLIP directory, read
+    from its config.json without loading any weight."""
+    from ib_jax.convert import api, hf_config
+
+    if api.is_converted_directory(path):
+        with open(os.path.join(path, "config.json")) as f:
+            return from_config_dict(json.load(f))
+    return hf_config.model_config_from_hf(hf_config.read_hf_config(path))
+
+
+def _pretrained(config: Any, model: ModelConfig) -> list[str]:
+    path = _get(_get(config, "init") or {}, "pretrained")
+    if not path:
+        return []
+    if not os.path.isdir(path):
+        return [f"init.pretrained={path!r} is not a directory"]
+    try:
+        theirs = pretrained_model_config(path)
+    except (OSError, ValueError) as error:
+        return [f"init.pretrained={path!r}: {error}"]
+    found = []
+    for tower in ("vision", "qformer", "text"):
+        ours_tower, their_tower = getattr(model, tower), getattr(theirs, tower)
+        if type(ours_tower) is not type(their_tower):
+            found.append(
+                f"model.lm_type={model.lm_type!r} but init.pretrained={path!r} holds a "
+                f"{theirs.lm_type!r} LM"
+            )
+            continue
+        for field in dataclasses.fields(ours_tower):
+            ours, their = getattr(ours_tower, field.name), getattr(their_tower, field.name)
+            if ours != their:
+                found.append(
+                    f"model.{tower}.{field.name}={ours!r} but init.pretrained={path!r} has {their!r}"
+                )
+    if model.num_query_tokens != theirs.num_query_tokens:
+        found.append(
+            f"model.num_query_tokens={model.num_query_tokens} but init.pretrained={path!r} has "
+            f"{theirs.num_query_tokens}"
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, batches, files
+# ---------------------------------------------------------------------------------------------
+
+
+def _mesh_and_batches(
+    config: Any, job: str, num_devices: int | None, process_count: int | None
+) -> list[str]:
+    from ib_jax import sharding
+
+    if num_devices is None or process_count is None:
+        import jax
+
+        num_devices = jax.device_count() if num_devices is None else num_devices
+        process_count = jax.process_count() if process_count is None else process_count
+    mesh_config, field = config["mesh"], "mesh.shape"
+    eval_mesh = _get(_get(config, "eval") or {}, "mesh")
+    if job == "eval" and eval_mesh:
+        mesh_config, field = (
+            ml_collections.ConfigDict(dict(shape=dict(eval_mesh["shape"]))),
+            ("eval.mesh.shape"),
+        )
+    try:
+        shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(mesh_config, num_devices)))
+    except ValueError as error:
+        return [f"{field}: {str(error).removeprefix('config.')}"]
+    shards = shape["data"] * shape["fsdp"]
+    data = config["data"]
+    if job == "eval":
+        eval_config = _get(config, "eval") or {}
+        batches = [
+            (
+                "eval.batch_size",
+                _get(eval_config, "batch_size") or _get(data, "eval_batch_size") or 8,
+                1,
+            )
+        ]
+    else:
+        accum = int(_get(config["train"], "grad_accum_steps", 1) or 1) if "train" in config else 1
+        batches = [("data.global_batch_size", _get(data, "global_batch_size"), accum)]
+    found = []
+    for name, batch, accum in batches:
+        if not batch:
+            continue
+        if batch % process_count:
+            found.append(f"{name}={batch} does not split over {process_count} processes")
+        if batch % (shards * accum):
+            micro = f" x train.grad_accum_steps={accum}" if accum > 1 else ""
+            found.append(
+                f"{name}={batch} does not split over {field} data x fsdp = "
+                f"{shape['data']} x {shape['fsdp']} devices{micro}"
+            )
+    return found
+
+
+def _file_exists(path: str, field: str, found: list[str]) -> bool:
+    from etils import epath
+
+    if epath.Path(str(path)).exists():
+        return True
+    found.append(f"{field}: file {str(path)!r} does not exist")
+    return False
+
+
+def _job_entries(config: Any, data: Any, job: str) -> list[tuple[str, Mapping[str, Any]]]:
+    if job == "train":
+        return [(f"data.datasets[{i}]", e) for i, e in enumerate(_get(data, "datasets") or [])]
+    eval_config = _get(config, "eval") or {}
+    wanted, split = set(_get(eval_config, "datasets") or []), _get(eval_config, "split") or "eval"
+    return [
+        (f"data.eval_datasets[{i}]", e)
+        for i, e in enumerate(_get(data, "eval_datasets") or [])
+        if e.get("name") in wanted and (e.get("split") or "eval") == split
+    ]
+
+
+def _dataset_files(config: Any, data: Any, job: str) -> list[str]:
+    found: list[str] = []
+    for field, entry in _job_entries(config, data, job):
+        # Generated entries (the demo) write their files on first read; TFDS entries have none.
+        if entry.get("generate") or entry.get("tfds"):
+            continue
+        field = f"{field} ({entry.get('name')})"
+        paths = entry.get("ann_path")
+        for path in [paths] if isinstance(paths, str) else list(paths or []):
+            _file_exists(path, f"{field}.ann_path", found)
+        root = entry.get("image_root")
+        if root and not os.path.isdir(root) and "://" not in str(root):
+            found.append(f"{field}.image_root: directory {root!r} does not exist")
+    return found
+
+
+def _workdir(workdir: str) -> list[str]:
+    from etils import epath
+
+    probe = epath.Path(workdir) / f".write_probe_{uuid.uuid4().hex}"
+    try:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        return [f"--workdir={workdir!r} is not writable: {error.strerror or error}"]
+    return []
