@@ -94,7 +94,7 @@ BERT_SUPERSEDED: list[str] = [
 def hf_blip2_rules() -> list[Rule]:
     """HF `Blip2ForConditionalGeneration` (T5): the Q-Former's LayerNorm is `qformer.layernorm`."""
     return [
-        Rule(r"query_tokens", "qformer/query_tokens"),
+        Rule(r"query_tokens", "qformer/query_tokens", source_shape=rules.leading_one),
         *rules.vision_hf_rules(),
         *norm(r"qformer\.layernorm", "qformer/embeddings_layernorm"),
         *rules.qformer_rules("qformer", "attention"),

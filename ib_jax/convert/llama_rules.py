@@ -78,7 +78,12 @@ def llama_rules(prefix: str, resize_vocab: bool = False) -> list[Rule]:
         *norm(rf"{layer}\.post_attention_layernorm", f"{dst}/mlp_norm", bias=False),
     ]
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        table += dense(rf"{layer}\.self_attn\.{proj}", f"{dst}/self_attention/{proj}", bias=False)
+        table += dense(
+            rf"{layer}\.self_attn\.{proj}",
+            f"{dst}/self_attention/{proj}",
+            bias=False,
+            in_axes=2 if proj == "o_proj" else 1,
+        )
     for proj in ("gate_proj", "up_proj", "down_proj"):
         table += dense(rf"{layer}\.mlp\.{proj}", f"{dst}/mlp/{proj}", bias=False)
     return table

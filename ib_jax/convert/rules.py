@@ -12,6 +12,10 @@ Hooks:
 
 Each rule also has a `check(source shape, target shape) -> problem or None`, run on shapes alone
 before any tensor is read, so that a conversion refuses bad input before it writes anything.
+
+The same tables run backwards for export (`ib_jax.export`): `torch_shape` gives the source shape of
+a target shape (by the hook, or the rule's `source_shape` where the hook cannot tell: a kernel with
+two input axes, a flattened bias, a parameter HF keeps with leading 1s), `to_torch` inverts the hook.
 """
 
 from __future__ import annotations
@@ -45,21 +49,71 @@ def same_size(source: tuple[int, ...], target: tuple[int, ...]) -> str | None:
     return None
 
 
+Shape = tuple[int, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """Source keys matching `pattern` (anchored) become `target` through `hook`, if `check`
-    finds nothing wrong with the shapes."""
+    finds nothing wrong with the shapes. `source_shape` (target shape -> source shape) is for
+    export, where the hook alone does not determine it (see `torch_shape`)."""
 
     pattern: str
     target: str
-    hook: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] = reshape
-    check: Callable[[tuple[int, ...], tuple[int, ...]], str | None] = same_size
+    hook: Callable[[np.ndarray, Shape], np.ndarray] = reshape
+    check: Callable[[Shape, Shape], str | None] = same_size
+    source_shape: Callable[[Shape], Shape] | None = None
 
 
-def dense(src: str, dst: str, bias: bool = True) -> list[Rule]:
-    """torch Linear `src.weight`/`src.bias` -> `dst/kernel`/`dst/bias`."""
-    rules = [Rule(rf"{src}\.weight", f"{dst}/kernel", linear)]
-    return rules + [Rule(rf"{src}\.bias", f"{dst}/bias")] if bias else rules
+def flat(shape: Shape) -> Shape:
+    """A torch bias kept 1-D, split per head in the target ([H, Dh] -> [H * Dh])."""
+    return (math.prod(shape),)
+
+
+def leading_one(shape: Shape) -> Shape:
+    """A tensor HF keeps with a leading batch axis of 1 ([N, D] -> [1, N, D])."""
+    return (1, *shape)
+
+
+def linear_inputs(axes: int) -> Callable[[Shape], Shape]:
+    """The torch [out, in] of a kernel whose first `axes` axes are its input ([H, Dh, D])."""
+    return lambda shape: (math.prod(shape[axes:]), math.prod(shape[:axes]))
+
+
+def torch_shape(rule: Rule, shape: Shape) -> Shape:
+    """The source (torch) shape that `rule` turns into a target of `shape` (for export)."""
+    if rule.source_shape is not None:
+        return tuple(rule.source_shape(tuple(shape)))
+    if rule.hook is linear:
+        return linear_inputs(1)(shape)
+    if rule.hook is conv:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if rule.hook is reshape:
+        return tuple(shape)
+    raise ValueError(
+        f"rule {rule.pattern} -> {rule.target} ({rule.hook.__name__}) cannot be inverted"
+    )
+
+
+def to_torch(rule: Rule, array: np.ndarray, shape: Shape) -> np.ndarray:
+    """The inverse of `rule.hook`: a target array -> the source tensor of `shape` (`torch_shape`)."""
+    if rule.hook is linear:
+        return array.reshape(shape[1], shape[0]).T
+    if rule.hook is conv:
+        return array.transpose(3, 2, 0, 1)
+    if rule.hook is reshape:
+        return array.reshape(shape)
+    raise ValueError(
+        f"rule {rule.pattern} -> {rule.target} ({rule.hook.__name__}) cannot be inverted"
+    )
+
+
+def dense(src: str, dst: str, bias: bool = True, in_axes: int = 1) -> list[Rule]:
+    """torch Linear `src.weight`/`src.bias` -> `dst/kernel`/`dst/bias`; `in_axes`: how many
+    leading kernel axes are the input (2 for an attention output projection [H, Dh, D])."""
+    inputs = None if in_axes == 1 else linear_inputs(in_axes)
+    rules = [Rule(rf"{src}\.weight", f"{dst}/kernel", linear, source_shape=inputs)]
+    return rules + [Rule(rf"{src}\.bias", f"{dst}/bias", source_shape=flat)] if bias else rules
 
 
 def norm(src: str, dst: str, bias: bool = True) -> list[Rule]:
@@ -75,7 +129,7 @@ def _qformer_attention(src: str, dst: str, self_names: tuple[str, str]) -> list[
         rules += dense(f"{src}\\.{inner}\\.{proj}", f"{dst}/{proj}")
     return (
         rules
-        + dense(f"{src}\\.output\\.dense", f"{dst}/output_dense")
+        + dense(f"{src}\\.output\\.dense", f"{dst}/output_dense", in_axes=2)
         + norm(f"{src}\\.output\\.LayerNorm", f"{dst}/output_layernorm")
     )
 
@@ -130,7 +184,10 @@ def t5_rules(prefix: str) -> list[Rule]:
         ]
         for proj in "qkvo":
             rules += dense(
-                rf"{block}\.0\.SelfAttention\.{proj}", f"{dst}/self_attention/{proj}", bias=False
+                rf"{block}\.0\.SelfAttention\.{proj}",
+                f"{dst}/self_attention/{proj}",
+                bias=False,
+                in_axes=2 if proj == "o" else 1,
             )
         for proj in ("wi", "wi_0", "wi_1", "wo"):
             rules += dense(
@@ -143,6 +200,7 @@ def t5_rules(prefix: str) -> list[Rule]:
                     rf"{block}\.1\.EncDecAttention\.{proj}",
                     f"{dst}/cross_attention/{proj}",
                     bias=False,
+                    in_axes=2 if proj == "o" else 1,
                 )
     return rules
 
@@ -152,9 +210,15 @@ def vision_hf_rules() -> list[Rule]:
     layer = r"vision_model\.encoder\.layers\.(?P<layer>\d+)"
     dst = "vision/layers_{layer}"
     return [
-        Rule(r"vision_model\.embeddings\.class_embedding", "vision/embeddings/class_embedding"),
         Rule(
-            r"vision_model\.embeddings\.position_embedding", "vision/embeddings/position_embedding"
+            r"vision_model\.embeddings\.class_embedding",
+            "vision/embeddings/class_embedding",
+            source_shape=lambda shape: (1, 1, *shape),
+        ),
+        Rule(
+            r"vision_model\.embeddings\.position_embedding",
+            "vision/embeddings/position_embedding",
+            source_shape=leading_one,
         ),
         Rule(
             r"vision_model\.embeddings\.patch_embedding\.weight",
@@ -166,7 +230,7 @@ def vision_hf_rules() -> list[Rule]:
             "vision/embeddings/patch_embedding/bias",
         ),
         *dense(rf"{layer}\.self_attn\.qkv", f"{dst}/self_attn/qkv"),
-        *dense(rf"{layer}\.self_attn\.projection", f"{dst}/self_attn/projection"),
+        *dense(rf"{layer}\.self_attn\.projection", f"{dst}/self_attn/projection", in_axes=2),
         *norm(rf"{layer}\.layer_norm1", f"{dst}/layer_norm1"),
         *norm(rf"{layer}\.layer_norm2", f"{dst}/layer_norm2"),
         *dense(rf"{layer}\.mlp\.fc1", f"{dst}/mlp/fc1"),
@@ -204,7 +268,7 @@ def vision_lavis_rules() -> list[Rule]:
 def hf_image_rules() -> list[Rule]:
     """Everything up to the language projection, as HF names it (shared by every language model)."""
     return [
-        Rule(r"query_tokens", "qformer/query_tokens"),
+        Rule(r"query_tokens", "qformer/query_tokens", source_shape=leading_one),
         *vision_hf_rules(),
         *norm(r"qformer\.embeddings\.layernorm", "qformer/embeddings_layernorm"),
         *qformer_rules("qformer", "attention"),

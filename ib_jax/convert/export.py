@@ -1,0 +1,348 @@
+"""Our parameters -> a Hugging Face directory: the conversion tables run backwards.
+
+One table per format, the converter's own (`rules.HF_RULES`, `llama_rules.HF_RULES`,
+`blip2_rules.hf_blip2_rules`): each parameter path is matched against the rules' *targets*, the
+source key is the rule's pattern with the layer filled in, and `rules.to_torch` inverts the hook.
+Before anything is written, the exported keys and shapes are planned through the forward table
+(`core.plan`), so an export that the converter would not read back stops with its message.
+
+Formats:
+  instructblip  `InstructBlipForConditionalGeneration` (the instruction-aware model)
+  blip2         `Blip2ForConditionalGeneration` (a model trained with `instruction_aware=False`,
+                e.g. configs/blip2_stage2.py; HF's BLIP-2 has no Q-Former text side)
+
+`hf_config` is the inverse of `hf_config.model_config_from_hf`. `write_safetensors` writes sharded
+safetensors and their index tensor by tensor: it holds one converted tensor at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from ib_jax.convert import blip2_rules, core, llama_rules, readers, rules
+from ib_jax.models.configs import ModelConfig
+
+FORMATS = ("instructblip", "blip2")
+DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One of our parameters in the unscanned layout, read on demand."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One HF tensor: its key, torch shape, the parameter it comes from and how to convert it."""
+
+    key: str
+    shape: tuple[int, ...]
+    path: str
+    rule: rules.Rule
+    leaf: Leaf
+
+    def read(self, dtype: np.dtype) -> np.ndarray:
+        """The torch tensor's values as a C-contiguous array of `dtype`."""
+        array = rules.to_torch(self.rule, np.asarray(self.leaf.read()), self.shape)
+        return np.ascontiguousarray(array, dtype=dtype)
+
+
+def unscanned_leaves(params: dict[str, Any], scanned: bool) -> dict[str, Leaf]:
+    """{unscanned path: Leaf}; a scanned stack (`layers`/`groups`, leading axis L) is read one
+    layer at a time, so a stacked leaf is never copied whole."""
+    out = {}
+    for path, array in traverse_util.flatten_dict(params, sep="/").items():
+        parts = path.split("/")
+        stack = next((i for i, p in enumerate(parts) if p in ("layers", "groups")), None)
+        if not scanned or stack is None:
+            out[path] = Leaf(tuple(array.shape), np.dtype(array.dtype), lambda a=array: a)
+            continue
+        for i in range(array.shape[0]):
+            name = "/".join(parts[:stack] + [f"{parts[stack]}_{i}"] + parts[stack + 1 :])
+            out[name] = Leaf(
+                tuple(array.shape[1:]), np.dtype(array.dtype), lambda a=array, i=i: a[i]
+            )
+    return out
+
+
+def table(config: ModelConfig, fmt: str) -> tuple[list[rules.Rule], dict[str, str]]:
+    """The conversion table (and its aliases) of `fmt` for `config`'s language model."""
+    if fmt not in FORMATS:
+        raise ValueError(f"export format {fmt!r}: one of {', '.join(FORMATS)}")
+    if fmt == "instructblip":
+        if config.lm_type == "llama":
+            return llama_rules.HF_RULES, llama_rules.HF_ALIASES
+        return rules.HF_RULES, rules.HF_ALIASES
+    image = [r for r in blip2_rules.hf_blip2_rules() if not r.target.startswith("language_model/")]
+    if config.lm_type == "llama":
+        return [*image, *llama_rules.llama_rules("language_model")], {}
+    return [*image, *rules.t5_rules("language_model")], rules.HF_ALIASES
+
+
+def _target_regex(rule: rules.Rule) -> re.Pattern:
+    pattern = re.escape(rule.target)
+    for name in ("layer", "group", "sub"):
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
+    return re.compile(pattern)
+
+
+def _source_key(rule: rules.Rule, fields: dict[str, str], config: ModelConfig) -> str:
+    if "group" in fields:
+        freq = config.qformer.cross_attention_frequency
+        fields = {"layer": str(int(fields["group"]) * freq + int(fields["sub"]))}
+    key = rule.pattern
+    if "layer" in fields:
+        key = key.replace(r"(?P<layer>\d+)", fields["layer"])
+    key = re.sub(r"\\(.)", r"\1", key)
+    if re.search(r"[()\[\]|*+?^$]", key) or not re.fullmatch(rule.pattern, key):
+        raise core.ConversionError(f"rule {rule.pattern} -> {rule.target} cannot be run backwards")
+    return key
+
+
+def plan_export(config: ModelConfig, leaves: dict[str, Leaf], fmt: str) -> list[Tensor]:
+    """Every parameter matched to one HF key; raises one `ConversionError` listing all problems.
+
+    The result is checked against the forward direction: `core.plan` over the exported keys and
+    shapes must give back exactly our parameters."""
+    if fmt == "instructblip" and not config.instruction_aware:
+        raise core.ConversionError(
+            "this model was trained with instruction_aware=False: it has no Q-Former text side, "
+            "which InstructBlipForConditionalGeneration needs; export it with --format=blip2"
+        )
+    if fmt == "blip2" and config.instruction_aware:
+        raise core.ConversionError(
+            "Blip2ForConditionalGeneration has no Q-Former text input: an instruction-aware "
+            "model exports with --format=instructblip"
+        )
+    rule_table, aliases = table(config, fmt)
+    compiled = [(_target_regex(rule), rule) for rule in rule_table]
+    tensors: dict[str, Tensor] = {}
+    problems = []
+    for path, leaf in leaves.items():
+        found = [(m, rule) for regex, rule in compiled if (m := regex.fullmatch(path))]
+        if not found:
+            problems.append(f"parameter {path} {leaf.shape}: no {fmt} rule produces it")
+            continue
+        match, rule = found[0]
+        key = _source_key(rule, match.groupdict(), config)
+        shape = rules.torch_shape(rule, leaf.shape)
+        if key in tensors:
+            problems.append(f"parameters {tensors[key].path} and {path} both export to {key}")
+            continue
+        tensors[key] = Tensor(key, shape, path, rule, leaf)
+    if problems:
+        raise core.ConversionError(
+            f"{len(problems)} export problem(s):\n  " + "\n  ".join(problems)
+        )
+    _check_forward(config, list(tensors.values()), rule_table, aliases)
+    return list(tensors.values())
+
+
+def _check_forward(config, tensors: list[Tensor], rule_table, aliases) -> None:
+    """What the converter would make of the exported keys and shapes must be our parameters."""
+
+    def unread():
+        raise AssertionError("the forward check reads no tensor")
+
+    state = readers.LazyState(
+        {t.key: readers.Entry(t.shape, t.leaf.dtype, "(export)", t.key, unread) for t in tensors}
+    )
+    plan = core.plan(state, rule_table, dataclasses.replace(config, scan_layers=False), aliases)
+    wrong = [t.key for t in tensors if plan.assignments[t.path].key != t.key]
+    if wrong:
+        raise core.ConversionError(f"exported keys read back as other parameters: {wrong[:6]}")
+
+
+def _t5_text(t) -> dict[str, Any]:
+    if t.tie_word_embeddings != t.scale_decoder_outputs:
+        # transformers' T5 scales the decoder output by d_model**-0.5 exactly when it ties the head.
+        raise core.ConversionError(
+            f"text: tie_word_embeddings={t.tie_word_embeddings} with scale_decoder_outputs="
+            f"{t.scale_decoder_outputs} has no transformers T5 equivalent"
+        )
+    if t.is_gated_act:
+        # "gated-gelu" means the tanh form in transformers; exact GELU is "gelu_python" there.
+        act = {"gelu_new": "gelu", "gelu": "gelu_python"}.get(t.dense_act_fn, t.dense_act_fn)
+        proj = f"gated-{act}"
+    else:
+        proj = t.dense_act_fn
+    return dict(
+        model_type="t5",
+        vocab_size=t.vocab_size,
+        d_model=t.d_model,
+        d_kv=t.d_kv,
+        d_ff=t.d_ff,
+        num_layers=t.num_layers,
+        num_decoder_layers=t.num_decoder_layers,
+        num_heads=t.num_heads,
+        relative_attention_num_buckets=t.relative_attention_num_buckets,
+        relative_attention_max_distance=t.relative_attention_max_distance,
+        layer_norm_epsilon=t.layer_norm_epsilon,
+        feed_forward_proj=proj,
+        dense_act_fn=t.dense_act_fn,
+        is_gated_act=t.is_gated_act,
+        tie_word_embeddings=t.tie_word_embeddings,
+        scale_decoder_outputs=t.scale_decoder_outputs,
+        is_encoder_decoder=True,
+        pad_token_id=t.pad_token_id,
+        eos_token_id=t.eos_token_id,
+        decoder_start_token_id=t.decoder_start_token_id,
+    )
+
+
+def _llama_text(t) -> dict[str, Any]:
+    return dict(
+        model_type="llama",
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        head_dim=t.head_dim,
+        rms_norm_eps=t.rms_norm_eps,
+        rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta),
+        max_position_embeddings=t.max_position_embeddings,
+        hidden_act=t.hidden_act,
+        tie_word_embeddings=t.tie_word_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=t.bos_token_id,
+        eos_token_id=t.eos_token_id,
+        pad_token_id=t.pad_token_id,
+    )
+
+
+def hf_config(config: ModelConfig, fmt: str, image_token_index: int, dtype: str) -> dict[str, Any]:
+    """ModelConfig -> the `config.json` of `fmt` (the inverse of `model_config_from_hf`)."""
+    v, q = config.vision, config.qformer
+    blip2 = fmt == "blip2"
+    vision = dict(
+        model_type="blip_2_vision_model" if blip2 else "instructblip_vision_model",
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_hidden_layers=v.num_layers,
+        num_attention_heads=v.num_heads,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        layer_norm_eps=v.layer_norm_eps,
+        hidden_act=v.hidden_act,
+        qkv_bias=True,
+    )
+    qformer = dict(
+        model_type="blip_2_qformer" if blip2 else "instructblip_qformer",
+        vocab_size=q.vocab_size,
+        hidden_size=q.hidden_size,
+        intermediate_size=q.intermediate_size,
+        num_hidden_layers=q.num_layers,
+        num_attention_heads=q.num_heads,
+        max_position_embeddings=q.max_position_embeddings,
+        layer_norm_eps=q.layer_norm_eps,
+        cross_attention_frequency=q.cross_attention_frequency,
+        encoder_hidden_size=q.encoder_hidden_size,
+        hidden_act=q.hidden_act,
+    )
+    if blip2:
+        qformer["use_qformer_text_input"] = False
+    text = _llama_text(config.text) if config.lm_type == "llama" else _t5_text(config.text)
+    return dict(
+        architectures=[
+            "Blip2ForConditionalGeneration" if blip2 else "InstructBlipForConditionalGeneration"
+        ],
+        model_type="blip-2" if blip2 else "instructblip",
+        dtype=dtype,
+        num_query_tokens=config.num_query_tokens,
+        image_token_index=image_token_index,
+        use_decoder_only_language_model=config.lm_type == "llama",
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+    )
+
+
+@dataclasses.dataclass
+class ShardStats:
+    """What was written: shard files, bytes, tensors, and the largest tensor held at once."""
+
+    shards: list[str]
+    total_bytes: int
+    tensors: int
+    max_tensor_bytes: int
+
+
+def _shards(tensors: list[Tensor], itemsize: int, shard_bytes: int) -> list[list[Tensor]]:
+    shards: list[list[Tensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        nbytes = math.prod(tensor.shape) * itemsize
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += nbytes
+    return shards
+
+
+def _header(tensors: list[Tensor], code: str, itemsize: int) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for tensor in tensors:
+        end = offset + math.prod(tensor.shape) * itemsize
+        header[tensor.key] = dict(dtype=code, shape=list(tensor.shape), data_offsets=[offset, end])
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _dtype(name: str) -> np.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: one of {', '.join(DTYPES)}")
+    return readers._numpy_dtype(name)
+
+
+def write_safetensors(
+    directory: str, tensors: list[Tensor], dtype: str, shard_bytes: int
+) -> ShardStats:
+    """`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` in `directory`.
+
+    Each shard's header is written from the planned shapes, then its tensors one at a time; a
+    shard is written under a temporary name and renamed when complete."""
+    np_dtype = _dtype(dtype)
+    shards = _shards(tensors, np_dtype.itemsize, shard_bytes)
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    stats = ShardStats(names, 0, 0, 0)
+    weight_map = {}
+    for name, members in zip(names, shards):
+        path = os.path.join(directory, name)
+        with open(path + ".tmp", "wb") as f:
+            f.write(_header(members, DTYPES[dtype], np_dtype.itemsize))
+            for tensor in members:
+                array = tensor.read(np_dtype)
+                if array.shape != tensor.shape:
+                    raise core.ConversionError(
+                        f"{tensor.path} became {array.shape}, not {tensor.shape} ({tensor.key})"
+                    )
+                f.write(memoryview(array.reshape(-1).view(np.uint8)))
+                stats.max_tensor_bytes = max(stats.max_tensor_bytes, array.nbytes)
+                stats.total_bytes += array.nbytes
+                stats.tensors += 1
+                weight_map[tensor.key] = name
+        os.replace(path + ".tmp", path)
+    index = {"metadata": {"total_size": stats.total_bytes}, "weight_map": weight_map}
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+    return stats
