@@ -1,8 +1,18 @@
 """InstructBLIP Vicuna-13B (released architecture): EVA ViT-g + Q-Former + Vicuna-13B v1.1.
 
-Weights: convert the released checkpoint with `python -m ib_jax.convert` (LAVIS: the trimmed
-InstructBLIP file + `--vit` + `--language_model` Vicuna-13B v1.1) and point `config.init.pretrained`
-at the output. Data: as configs/instructblip_vicuna7b.py (the held-in mixture, Vicuna's text).
+Starting points (`config.init.pretrained`: a directory written by `python -m ib_jax.convert`):
+- The paper's: a BLIP-2 with Vicuna, never released: the paper first trained it (BLIP-2 stage 2,
+  configs/blip2_stage2.py) from the LAVIS stage-1 Q-Former. That stage-1 start converts with
+  `python -m ib_jax.convert --blip2=blip2_pretrained.pth --vit=eva_vit_g.pth
+  --language_model=vicuna-13b/ --config=configs/instructblip_vicuna13b.py --seed=0 --out=DIR`: the
+  Q-Former (with its text side, which stage 1 trains) and query tokens from
+  `blip2_pretrained.pth`, the ViT from EVA's file, Vicuna-13B v1.1 from its directory (its embedding
+  and head get the `[PAD]` row), the projection drawn fresh from `--seed` (instruction tuning from
+  it directly skips stage 2). Trained: the Q-Former, query tokens, projection and `ln_vision`
+  (`config.train.trainable`); ViT and LM frozen.
+- The released InstructBLIP (already instruction-tuned), to evaluate or fine-tune: convert it
+  (LAVIS: the trimmed InstructBLIP file + `--vit` + `--language_model` Vicuna-13B v1.1).
+Data: as configs/instructblip_vicuna7b.py (the held-in mixture, Vicuna's text).
 """
 
 import ml_collections
