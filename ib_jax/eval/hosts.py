@@ -8,6 +8,7 @@ process every function here is a plain call.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,12 +23,29 @@ class RemoteError(RuntimeError):
     """Another process failed at a point where all processes must agree; its message."""
 
 
+_barriers = itertools.count()
+
+
+def sync(what: str) -> None:
+    """Wait for every process at a coordination-service barrier (no-op with one process).
+
+    Called before collectives that processes may reach far apart (after a compile, after
+    process 0 computed a metric): XLA:CPU's Gloo gives up after 30 s, the barrier does not.
+    """
+    if jax.process_count() > 1:
+        from ib_jax import distributed
+
+        distributed.barrier(f"ib_jax_eval_{what}_{next(_barriers)}")
+
+
 def allgather_ints(values: list[int]) -> np.ndarray:
     """[P, len(values)] int32: every process's `values`, in process order (same length everywhere)."""
     local = np.asarray(values, np.int32)
     if jax.process_count() == 1:
         return local[None]
     from jax.experimental import multihost_utils
+
+    sync("allgather")
 
     return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
 
@@ -44,6 +62,7 @@ def allgather_json(value: Any) -> list[Any]:
     padded[: data.size] = data
     from jax.experimental import multihost_utils
 
+    sync("allgather")
     rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), width)
     return [json.loads(bytes(row[:size]).decode()) for row, size in zip(rows, sizes)]
 
@@ -85,4 +104,4 @@ def on_first(fn: Callable[[], T]) -> T:
     return outcome["value"]
 
 
-__all__ = ["RemoteError", "allgather_ints", "allgather_json", "raise_if_any", "on_first"]
+__all__ = ["RemoteError", "sync", "allgather_ints", "allgather_json", "raise_if_any", "on_first"]

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ib_jax import checkpoint, decode, sharding
 from ib_jax.batch import MODEL_INPUTS
-from ib_jax.eval import ranking
+from ib_jax.eval import hosts, ranking
 from ib_jax.models.configs import ModelConfig
 from ib_jax.models.instructblip import InstructBlip, init_params
 
@@ -134,21 +134,26 @@ class InferenceProgram:
         """Rows over data x fsdp; the other axes of any rank replicated."""
         return NamedSharding(self.mesh, PartitionSpec(sharding.BATCH_AXES))
 
-    def _jit(self, key: Any, fn: Any, num_replicated: int) -> Any:
-        """jit(fn)(params, inputs, labels or knobs and seed...) with explicit shardings, cached."""
-        if key not in self._compiled:
-            params = jax.tree_util.tree_map(lambda x: x.sharding, self.params)
-            rows, copy = self.batch_sharding, sharding.replicated(self.mesh)
-            extra = (rows,) if num_replicated == 0 else (copy,) * num_replicated
-            self._compiled[key] = jax.jit(
-                fn, in_shardings=(params, rows, *extra), out_shardings=(rows, rows)
-            )
-        return self._compiled[key]
+    def _jit(self, fn: Any, num_replicated: int) -> Any:
+        """jit(fn)(params, inputs, labels | knobs and seed) with explicit in/out shardings."""
+        params = jax.tree_util.tree_map(lambda x: x.sharding, self.params)
+        rows, copy = self.batch_sharding, sharding.replicated(self.mesh)
+        extra = (rows,) if num_replicated == 0 else (copy,) * num_replicated
+        return jax.jit(fn, in_shardings=(params, rows, *extra), out_shardings=(rows, rows))
 
-    def _run(self, fn: Any, batch: dict[str, Any], *args: Any) -> tuple[np.ndarray, ...]:
+    def _run(
+        self, key: Any, make: Any, batch: dict[str, Any], *args: Any
+    ) -> tuple[np.ndarray, ...]:
+        """Run the step `make()` jits (compiled once per key and shapes) on the global batch."""
         inputs = {k: np.asarray(batch[k]) for k in MODEL_INPUTS if batch.get(k) is not None}
+        inputs = sharding.global_batch(inputs, self.mesh)
+        key = (key, str(jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), (inputs, args))))
         with sharding.activate(self.mesh, self.rules):
-            outputs = fn(self.params, sharding.global_batch(inputs, self.mesh), *args)
+            if key not in self._compiled:
+                self._compiled[key] = make().lower(self.params, inputs, *args).compile()
+                # Processes finish compiling far apart; the step's first collective would not wait.
+                hosts.sync("compiled")
+            outputs = self._compiled[key](self.params, inputs, *args)
         return tuple(self._local(x) for x in outputs)
 
     def _local(self, x: jax.Array) -> np.ndarray:
@@ -200,13 +205,14 @@ class InferenceProgram:
             top_p=top_p,
         )
         search = decode.search_fn(self.model, settings)
-        fn = self._jit(
-            ("generate", settings),
-            lambda params, inputs, knobs, seed: search(params, inputs, knobs, jax.random.key(seed)),
-            num_replicated=2,
-        )
+
+        def step(params, inputs, knobs, seed):
+            return search(params, inputs, knobs, jax.random.key(seed))
+
         knobs = jax.tree_util.tree_map(self._replicated, knobs)
-        return self._run(fn, batch, knobs, self._replicated(np.uint32(seed)))
+        seed = self._replicated(np.uint32(seed))
+        make = lambda: self._jit(step, num_replicated=2)  # noqa: E731
+        return self._run(("generate", settings), make, batch, knobs, seed)
 
     def rank(
         self,
@@ -220,9 +226,9 @@ class InferenceProgram:
         [b] bool), as `ib_jax.eval.ranking.score_candidates`."""
         key = ("rank", bool(length_normalize), int(chunk_size))
         score = ranking.score_fn(self.model, bool(length_normalize), int(chunk_size))
-        fn = self._jit(key, score, num_replicated=0)
         labels = sharding.global_batch({"labels": np.asarray(labels, np.int32)}, self.mesh)
-        return self._run(fn, batch, labels["labels"])
+        make = lambda: self._jit(score, num_replicated=0)  # noqa: E731
+        return self._run(key, make, batch, labels["labels"])
 
 
 __all__ = [
