@@ -196,6 +196,7 @@ EXIT_STATUS: dict[str, tuple[int, str]] = {
     "ib_jax.train.data_feed.DataWorkerError": (6, "data worker died"),
     "ib_jax.train.trainer.NonFiniteLossError": (7, "training diverged"),
     "data_pipelines.preprocess.BadDataError": (4, "bad input data"),
+    "data_pipelines.formats.common.ParseError": (4, "bad annotation file"),
     "ib_jax.convert.core.ConversionError": (4, "bad pretrained checkpoint"),
     "builtins.FileNotFoundError": (4, "missing file"),
     "builtins.MemoryError": (8, "out of memory"),
@@ -215,8 +216,9 @@ def failure_class(error: BaseException) -> tuple[int, str]:
 
 
 def describe(error: BaseException) -> str:
-    """The error's own message, first line only (several for an InvalidRunError: one per
-    problem); the innermost cause's when the error has no message."""
+    """The error's own message, first line only (all of an InvalidRunError's: one per problem),
+    or the innermost cause's when the error has none; prefixed by the error's type only when
+    the failure class does not already say what it is (an unexpected error)."""
     message = str(error).strip()
     if type(error).__name__ == "InvalidRunError":
         return message
@@ -224,6 +226,8 @@ def describe(error: BaseException) -> str:
         error = error.__cause__ or error.__context__
         message = str(error).strip()
     first = message.splitlines()[0] if message else ""
+    if failure_class(error) != UNEXPECTED and first:
+        return first
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -262,10 +263,15 @@ def _mesh_and_batches(
             ml_collections.ConfigDict(dict(shape=dict(eval_mesh["shape"]))),
             ("eval.mesh.shape"),
         )
-    try:
-        shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(mesh_config, num_devices)))
-    except ValueError as error:
-        return [f"{field}: {str(error).removeprefix('config.')}"]
+    sizes = {axis: int(mesh_config.shape[axis]) for axis in sharding.MESH_AXES}
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if list(sizes.values()).count(-1) > 1:
+        return [f"{field}={sizes} may have one -1 entry"]
+    if -1 in sizes.values() and num_devices % known:
+        return [f"{field}={sizes}: {num_devices} devices do not split into groups of {known}"]
+    if -1 not in sizes.values() and known != num_devices:
+        return [f"{field}={sizes} needs {known} devices, {num_devices} are available"]
+    shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(mesh_config, num_devices)))
     shards = shape["data"] * shape["fsdp"]
     data = config["data"]
     if job == "eval":
