@@ -485,6 +485,7 @@ def test_config_init_names_a_blip2_start(sources):
 def test_a_few_steps_from_a_blip2_start_lower_the_loss(tmp_path):
     """configs/tiny.py's architecture as a BLIP-2 + BERT pair, converted with --config, trained
     through `config.init.pretrained`: the loss on a demo batch drops."""
+    import ml_collections
     from transformers import BertConfig, BertModel, Blip2Config, Blip2ForConditionalGeneration
 
     from data_pipelines import demo_data, train_pipeline
@@ -561,3 +562,20 @@ def test_a_few_steps_from_a_blip2_start_lower_the_loss(tmp_path):
     before, after = loss(initial), loss(trained)
     print(f"demo batch loss {before:.4f} -> {after:.4f}")
     assert after < before, (before, after)
+
+    # The trainer also starts from the sources themselves (config.init.blip2, no convert step),
+    # with the same parameters, and refuses two starting points at once.
+    from ib_jax.configs_util import model_config
+
+    sources_init = ml_collections.ConfigDict(
+        dict(pretrained="", blip2=str(tmp_path / "blip2"), bert=str(tmp_path / "bert"), seed=0)
+    )
+    layout = model_config(config)
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal,
+        trainer._initial_params(sources_init, layout),
+        trainer._initial_params(ml_collections.ConfigDict(dict(pretrained=out)), layout),
+    )
+    sources_init.pretrained = out
+    with pytest.raises(ValueError, match="name one starting point"):
+        trainer._initial_params(sources_init, layout)

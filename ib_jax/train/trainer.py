@@ -85,6 +85,22 @@ def _pretrained_params(path: str, model_config: ModelConfig) -> Any:
     return params
 
 
+def _initial_params(init: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
+    """Host parameters named by `config.init`: a converted/HF InstructBLIP (`pretrained`), or the
+    paper's start, a BLIP-2 checkpoint with BERT's text side (`blip2`, `bert`, `vit`,
+    `language_model`, `seed`: see ib_jax/convert/blip2.py)."""
+    if init.get("pretrained") and init.get("blip2"):
+        raise ValueError(
+            f"config.init.pretrained={init.pretrained!r} and config.init.blip2={init.blip2!r}: "
+            "name one starting point"
+        )
+    if init.get("pretrained"):
+        return _pretrained_params(init.pretrained, model_config)
+    from ib_jax.convert import blip2
+
+    return blip2.initial_params(init, model_config)
+
+
 class _Preemption:
     """SIGTERM sets a flag; the loop saves and returns at the next step boundary."""
 
@@ -200,9 +216,9 @@ def initial_state(
         )
         return state, cast_floating(frozen, tcfg.frozen_dtype)
 
-    if config.init.get("pretrained"):
+    if config.init.get("pretrained") or config.init.get("blip2"):
         params = jax.device_put(
-            _pretrained_params(config.init.pretrained, program.model.config),
+            _initial_params(config.init, program.model.config),
             program.param_shardings,
         )
         return jax.jit(make, out_shardings=out_shardings)(params)
