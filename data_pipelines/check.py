@@ -306,6 +306,9 @@ def main(argv: list[str]) -> None:
     checks = check_config(data_config, _SAMPLE.value)
     print(format_table(checks))
     problems = check_tokenizers(data_config)
+    from ib_jax import validate  # the run's start-up checks: tokenizers and lengths vs the model
+
+    problems += validate.problems(_CONFIG.value, job="data")
     max_bad = float(preprocess.setting(data_config, "max_bad_fraction"))
     mixture = mixture_bad_fraction(checks)
     if mixture > max_bad:

@@ -81,8 +81,8 @@ def problems(
         model_config = from_config_dict(config["model"])
     found: list[str] = []
     if model_config is not None:
-        if job != "plan":
-            found += _tokenizers(data, model_config)
+        if job != "plan":  # data_pipelines.check reports missing tokenizer files itself
+            found += _tokenizers(data, model_config, report_missing=job != "data")
         found += _lengths(data, model_config)
         found += _image(data, model_config)
         found += _pretrained(config, model_config)
@@ -104,10 +104,11 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
     return section.get(key, default) if hasattr(section, "get") else default
 
 
-def _tokenizers(data: Any, model: ModelConfig) -> list[str]:
+def _tokenizers(data: Any, model: ModelConfig, report_missing: bool = True) -> list[str]:
     from data_pipelines import text
 
-    found = []
+    found: list[str] = []
+    missing = found if report_missing else []
     lm_type = _get(data, "lm_type") or "t5"
     if lm_type != model.lm_type:
         found.append(
@@ -115,7 +116,7 @@ def _tokenizers(data: Any, model: ModelConfig) -> list[str]:
             f"{model.lm_type!r}"
         )
     vocab = _get(data, "qformer_vocab")
-    if vocab and _file_exists(vocab, "data.qformer_vocab", found):
+    if vocab and _file_exists(vocab, "data.qformer_vocab", missing):
         try:
             qformer = text.QFormerTokenizer(str(vocab))
         except ValueError as error:
@@ -127,7 +128,7 @@ def _tokenizers(data: Any, model: ModelConfig) -> list[str]:
                     f"[DEC]), more than model.qformer.vocab_size={model.qformer.vocab_size}"
                 )
     spm = _get(data, "lm_spm")
-    if spm and _file_exists(spm, "data.lm_spm", found):
+    if spm and _file_exists(spm, "data.lm_spm", missing):
         try:
             lm = text.LMTokenizer(str(spm), text.text_format(model.lm_type))
         except ValueError as error:

@@ -260,24 +260,21 @@ def plan(
     import flax.linen as nn
     import jax
 
-    from ib_jax import sharding
+    from ib_jax import sharding, validate
     from ib_jax.train import trainer
 
     topology = parse_topology(topology_name)
     label = label or (config if isinstance(config, str) else "config")
     config = load_planned_config(config, **overrides)
     devices = topology_devices(topology)
+    # The trainer's start-up checks (lengths, image size, mesh, batch split), before compiling.
+    if found := validate.problems(config, job="plan", num_devices=len(devices), process_count=1):
+        raise PlannerError("; ".join(found))
     per_chip = len(devices) // topology.num_chips
     hbm = topology.chip.hbm_bytes // per_chip
     mesh = sharding.make_mesh(config.mesh, devices=devices)
     rules = sharding.axis_rules(config.mesh)
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     accum = int(config.train.grad_accum_steps)
-    if config.data.global_batch_size % (batch_shards * accum):
-        raise PlannerError(
-            f"batch {config.data.global_batch_size} does not split into {accum} micro-batch(es) "
-            f"over data x fsdp = {batch_shards} devices; change --batch_size or --mesh"
-        )
     step_flops = train_step_flops(config)
     step_time = step_flops / (mfu * topology.chip.peak_flops * topology.num_chips)
     result = Plan(

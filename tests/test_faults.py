@@ -483,3 +483,31 @@ def test_an_inconsistent_run_stops_before_compiling_with_one_line_per_problem(da
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
     with open(os.path.join(workdir, "logs", "train.log")) as f:
         assert "InvalidRunError" in f.read()
+
+
+def test_planner_and_data_check_refuse_the_same_inconsistencies(data_root):
+    from launch import aot
+
+    config = _config(data_root, data__qformer_max_len=80)
+    message = "data.qformer_max_len=80 exceeds model.qformer.max_position_embeddings=64"
+    # The planner's compile-only TPU devices need libtpu: this machine's 8 devices stand in.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aot, "topology_devices", lambda topology: jax.devices())
+        with pytest.raises(aot.PlannerError, match=message):
+            aot.plan(config, "v5e-8")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_pipelines.check",
+            f"--config={REPO}/configs/tiny.py:root={data_root}",
+        ]
+        + ["--config.data.qformer_max_len=80", "--sample=1"],
+        env=dict(os.environ, PYTHONPATH=REPO),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"STOP: {message}" in done.stdout
