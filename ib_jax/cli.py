@@ -272,8 +272,13 @@ def guarded(job: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]],
                     path = None
             _log_failure(f"{job} failed ({what}, exit status {status})", error)
             where = f"; traceback in {path}" if path else ""
+            # The status ends the first line; an InvalidRunError's problems follow, one a line.
+            first, *rest = describe(error).split("\n")
             print(
-                f"{job}: {what}: {describe(error)} (exit status {status}{where})", file=sys.stderr
+                f"{job}: {what}: {first} (exit status {status}{where})",
+                *rest,
+                sep="\n",
+                file=sys.stderr,
             )
             if path is None:  # no log file to hold it: the traceback must not be lost
                 traceback.print_exception(error, file=sys.stderr)

@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from absl import logging as absl_logging
@@ -76,6 +77,7 @@ def root_logging():
             root.addHandler(handler)
     root.setLevel(level)
     cli._pending = None
+    cli._log_path = None
 
 
 def test_quiet_console_keeps_the_jobs_lines_and_files_the_rest(
@@ -117,3 +119,89 @@ def test_verbose_env_leaves_the_console_alone(root_logging, monkeypatch):
 def test_bucket_workdirs_log_locally():
     path = cli.log_file_path("gs://bucket/run", "evaluate")
     assert "://" not in path and path.endswith(os.path.join("ib_jax_logs", "evaluate.log"))
+
+
+def _errors():
+    """One error of each failure class, with the exit status and the console line it gets."""
+    from data_pipelines.preprocess import BadDataError
+    from ib_jax.checkpoint import UnreadableCheckpointError
+    from ib_jax.train.data_feed import DataWorkerError
+    from ib_jax.train.trainer import NonFiniteLossError
+    from ib_jax.validate import InvalidRunError
+
+    unreadable = UnreadableCheckpointError(8, "/w/checkpoints/8", "ValueError: OUT_OF_RANGE: x")
+    return [
+        (
+            InvalidRunError(["a=1 exceeds b=0", "c=2 is not d=3"]),
+            3,
+            "invalid configuration: "
+            "2 problem(s) with the run configuration:\n  a=1 exceeds b=0\n  c=2 is not d=3",
+        ),
+        (BadDataError("3 of 10 examples were bad"), 4, "bad input data: 3 of 10 examples were bad"),
+        (
+            FileNotFoundError("annotation file 'x.json' does not exist"),
+            4,
+            "missing file: annotation file 'x.json' does not exist",
+        ),
+        (unreadable, 5, f"unreadable checkpoint: {unreadable}"),
+        (DataWorkerError("data worker died"), 6, "data worker died: data worker died"),
+        (
+            NonFiniteLossError("non-finite loss nan at step 3"),
+            7,
+            "training diverged: non-finite loss nan at step 3",
+        ),
+        (
+            RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1.2G\nmore"),
+            8,
+            "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 1.2G",
+        ),
+        (KeyError("params"), 1, "unexpected error: KeyError: 'params'"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_a_failing_job_prints_one_line_logs_the_traceback_and_exits_by_class(
+    index, root_logging, tmp_path, capsys, monkeypatch
+):
+    error, status, line = _errors()[index]
+    monkeypatch.delenv(cli.VERBOSE_ENV, raising=False)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    cli.quiet_console()
+    path = cli.log_to_file(str(tmp_path), "train")
+    capsys.readouterr()  # the "library logs: PATH" line
+
+    def main(argv):
+        raise error
+
+    with pytest.raises(SystemExit) as exited:
+        cli.guarded("train", main)(["train"])
+    assert exited.value.code == status
+    console = capsys.readouterr().err
+    first, *rest = line.split("\n")
+    expected = [f"train: {first} (exit status {status}; traceback in {path})", *rest]
+    assert console == "\n".join(expected) + "\n"
+    with open(path) as f:
+        logged = f.read()
+    assert "Traceback (most recent call last)" in logged and type(error).__name__ in logged
+
+
+def test_background_thread_errors_go_to_the_log(root_logging, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(cli.VERBOSE_ENV, raising=False)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    cli.quiet_console()
+    path = cli.log_to_file(str(tmp_path), "train")
+    cli.guarded("train", lambda argv: None)(["train"])  # installs the thread hook
+
+    def fail():
+        raise OSError("disk full while writing checkpoints/8")
+
+    thread = threading.Thread(target=fail, name="async_save")
+    thread.start()
+    thread.join()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    console = capsys.readouterr().err
+    assert "Traceback" not in console
+    assert "background thread async_save failed: OSError: disk full" in console
+    with open(path) as f:
+        assert "Traceback (most recent call last)" in f.read()
