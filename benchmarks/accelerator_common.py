@@ -131,4 +131,7 @@ def eval_batch_size(config, requested: int = 0) -> int:
 def is_fp32(config) -> bool:
     """Whether the run config computes and stores everything in fp32 (the tiny model): then the
     two sides share weights and are checked to agree, instead of running mixed precision."""
-    return config.model.dtype == "float32" and config.train.frozen_dtype == "float32"
+    from ib_jax.models import precision
+
+    policy = precision.resolve(config.model, config.train)
+    return policy.compute == "float32" and policy.frozen == "float32"

@@ -173,6 +173,7 @@ def measure(
     and the outputs the agreement check needs are returned too."""
     import jax
 
+    from ib_jax.models import precision
     from ib_jax.models.configs import from_config_dict
     from ib_jax.train import flops
     from launch import aot
@@ -194,7 +195,9 @@ def measure(
         platform=device.platform,
         device_kind=device.device_kind,
         config=ac.CONFIGS[model_name],
-        dtype=dict(compute=config.model.dtype, frozen=config.train.frozen_dtype),
+        dtype=dict(
+            compute=precision.resolve(config.model).compute, frozen=precision.frozen_dtype(config)
+        ),
         lengths={k: int(config.data[k]) for k in aot.DEFAULT_LENGTHS},
         image_size=int(config.data.image_size),
         skipped=[],

@@ -73,7 +73,10 @@ def model(
     vision: dict, qformer: dict, text: dict, lm_type: str = "t5", **overrides
 ) -> ml_collections.ConfigDict:
     """`config.model`: the three towers' sizes plus the composition's defaults (32 instruction-
-    aware queries, bf16 compute on fp32 parameters, scanned layers, remat policy dots_no_batch)."""
+    aware queries, precision "bf16_mixed" (ib_jax/models/precision.py: frozen towers stored and
+    run in bf16, fp32 master weights for the trainable ones), scanned layers, remat policy
+    dots_no_batch). Overrides naming the old `dtype`/`param_dtype` fields without `precision`
+    keep those fields in charge (precision left empty)."""
     values = dict(
         lm_type=lm_type,
         vision=dict(vision),
@@ -81,11 +84,14 @@ def model(
         text=dict(text),
         num_query_tokens=32,
         instruction_aware=True,
-        dtype="bfloat16",
-        param_dtype="float32",
+        precision="bf16_mixed",
+        dtype="",  # "": from precision
+        param_dtype="",  # "": from precision
         scan_layers=True,
         remat_policy="dots_no_batch",
     )
+    if "precision" not in overrides and {"dtype", "param_dtype"} & set(overrides):
+        values["precision"] = ""
     values.update(overrides)
     return ml_collections.ConfigDict(values)
 
@@ -115,7 +121,7 @@ def train(**overrides) -> ml_collections.ConfigDict:
         grad_accum_steps=1,
         # Regexes over "/"-joined parameter paths; everything else is frozen (no gradient, no optimizer state).
         trainable=[r"^qformer/", r"^language_projection/", r"^vision/post_layernorm/"],
-        frozen_dtype="bfloat16",
+        frozen_dtype="",  # "": from config.model.precision (else bfloat16)
         log_every=50,
         seed=0,
         stop_after_steps=0,  # > 0: save and return after this many steps of this invocation (time-boxed jobs)

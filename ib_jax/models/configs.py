@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from ib_jax.models import precision
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -128,6 +130,8 @@ def from_config_dict(model: ml_collections.ConfigDict | dict) -> ModelConfig:
     """`config.model` (see configs/) -> ModelConfig."""
     model = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
     from ib_jax.models import families  # the registry imports the models, which import this
+
+    model = precision.resolve_model_fields(model)  # config.model.precision -> dtype, param_dtype
 
     text_cls = families.family(model.pop("lm_type", "t5")).config_cls
     model["vision"] = _build(VisionConfig, model.get("vision", {}))

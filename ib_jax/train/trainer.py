@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from data_pipelines import train_pipeline
 from ib_jax import checkpoint, distributed, sharding, validate
+from ib_jax.models import precision
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
 from ib_jax.train import data_feed, flops, resume
@@ -83,6 +84,18 @@ def _pretrained_params(path: str, model_config: ModelConfig) -> Any:
             f"config.init.pretrained={path} has another architecture than config.model"
         )
     return params
+
+
+def _host_cast(tree: Any, dtype: str) -> Any:
+    """Floating leaves to host numpy arrays of `dtype` (bf16 through ml_dtypes); others as they are."""
+
+    def cast(x: Any) -> Any:
+        """One leaf: fetched to the host and cast there if floating."""
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        return np.asarray(x).astype(jnp.dtype(dtype))
+
+    return jax.tree_util.tree_map(cast, tree)
 
 
 def _initial_params(init: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
@@ -176,7 +189,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
         ),
     )
     frozen = checkpoint.abstract_like(
-        cast_floating(sharding.unboxed(boxed_frozen), config.train.frozen_dtype),
+        cast_floating(sharding.unboxed(boxed_frozen), precision.frozen_dtype(config)),
         shard(boxed_frozen),
     )
     batch = {
@@ -203,25 +216,31 @@ def initial_state(
 
     One compiled program makes the whole state (compiles dominate small runs)."""
     tcfg = config.train
+    frozen_dtype = precision.frozen_dtype(config)
     shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
     out_shardings = (shardings_of(program.abstract_state), shardings_of(program.abstract_frozen))
 
-    def make(params: Any) -> tuple[TrainState, Any]:
-        """Full parameter tree -> (step-0 state, frozen params in their storage dtype)."""
-        trainable, frozen = split_params(params, tcfg.trainable)
-        state = TrainState(
+    def make_state(trainable: Any) -> TrainState:
+        """Trainable parameters -> the step-0 state (fresh optimizer moments)."""
+        return TrainState(
             step=jnp.zeros((), jnp.int32),
             trainable=trainable,
             opt_state=program.optimizer.init(trainable),
         )
-        return state, cast_floating(frozen, tcfg.frozen_dtype)
+
+    def make(params: Any) -> tuple[TrainState, Any]:
+        """Full parameter tree -> (step-0 state, frozen params in their storage dtype)."""
+        trainable, frozen = split_params(params, tcfg.trainable)
+        return make_state(trainable), cast_floating(frozen, frozen_dtype)
 
     if config.init.get("pretrained") or config.init.get("blip2"):
-        params = jax.device_put(
-            _initial_params(config.init, program.model.config),
-            program.param_shardings,
+        # The frozen towers are cast on the host: no fp32 copy of them ever reaches the devices.
+        trainable, frozen = split_params(
+            _initial_params(config.init, program.model.config), tcfg.trainable
         )
-        return jax.jit(make, out_shardings=out_shardings)(params)
+        frozen = jax.device_put(_host_cast(frozen, frozen_dtype), out_shardings[1])
+        trainable = jax.device_put(trainable, shardings_of(program.abstract_state.trainable))
+        return jax.jit(make_state, out_shardings=out_shardings[0])(trainable), frozen
     return jax.jit(lambda rng: make(nn.unbox(program.init(rng))), out_shardings=out_shardings)(
         jax.random.key(tcfg.seed)
     )
