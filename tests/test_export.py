@@ -228,3 +228,38 @@ def test_scanned_leaves_are_read_one_layer_at_a_time():
     leaf = leaves["vision/layers_1/fc/kernel"]
     assert leaf.shape == (2, 4)
     np.testing.assert_array_equal(np.asarray(leaf.read()), np.asarray(stacked[1]))
+
+
+def test_tied_unscaled_t5_head_is_written_out(tmp_path):
+    """A headless T5 without output scaling (transformers 5's save of FlanT5 with tied weights)
+    exports an lm_head of its own: transformers 4 would otherwise scale the tied logits."""
+    from safetensors.torch import save_file
+    from transformers import InstructBlipForConditionalGeneration
+
+    source = tmp_path / "tied"
+    reference.build("t5", seed=6).save_pretrained(source)
+    state = load_file(str(source / "model.safetensors"))
+    del state["language_model.lm_head.weight"]
+    save_file(state, str(source / "model.safetensors"), metadata={"format": "pt"})
+    hf_config = json.loads((source / "config.json").read_text())
+    hf_config["text_config"].update(tie_word_embeddings=True, scale_decoder_outputs=False)
+    (source / "config.json").write_text(json.dumps(hf_config))
+
+    converted, exported = str(tmp_path / "converted"), str(tmp_path / "exported")
+    assert convert_main(["--hf", str(source), "--out", converted]) == 0
+    assert (
+        export_main(["--checkpoint", converted, "--out", exported, "--image_token_index=127"]) == 0
+    )
+    written = _exported_state(exported)
+    head = written["language_model.lm_head.weight"]
+    assert torch.equal(head, state["language_model.shared.weight"])
+    text = json.loads(open(os.path.join(exported, "config.json")).read())["text_config"]
+    assert text["tie_word_embeddings"] is False and text["scale_decoder_outputs"] is False
+
+    batch = reference.to_hf(reference.inputs(seed=7))
+    logits = []
+    for directory in (str(source), exported):
+        model = InstructBlipForConditionalGeneration.from_pretrained(directory).eval()
+        with torch.no_grad():
+            logits.append(model(**batch).logits)
+    assert torch.equal(logits[0], logits[1])

@@ -147,8 +147,36 @@ def plan_export(config: ModelConfig, leaves: dict[str, Leaf], fmt: str) -> list[
         raise core.ConversionError(
             f"{len(problems)} export problem(s):\n  " + "\n  ".join(problems)
         )
+    if (
+        config.lm_type == "t5"
+        and config.text.tie_word_embeddings
+        and not _ties_t5_head(config.text)
+    ):
+        head = _t5_head_copy(leaves, compiled)
+        tensors[head.key] = head
+        config = dataclasses.replace(
+            config, text=dataclasses.replace(config.text, tie_word_embeddings=False)
+        )
     _check_forward(config, list(tensors.values()), rule_table, aliases)
     return list(tensors.values())
+
+
+def _ties_t5_head(text) -> bool:
+    """Whether the exported T5 reads its logits off the shared embedding. transformers 4 scales
+    the decoder output by d_model**-0.5 exactly when it ties the head (5 reads
+    `scale_decoder_outputs`), so a tied head without the scaling is written as an lm_head of its
+    own (`_t5_head_copy`), which both read alike."""
+    return text.tie_word_embeddings and text.scale_decoder_outputs
+
+
+def _t5_head_copy(leaves: dict[str, Leaf], compiled) -> Tensor:
+    """`language_model.lm_head.weight` holding the shared embedding [V, D]."""
+    shared = leaves["language_model/shared/embedding"]
+    path = "language_model/lm_head/kernel"
+    match, rule = next((m, r) for regex, r in compiled if (m := regex.fullmatch(path)))
+    kernel = Leaf(shared.shape[::-1], shared.dtype, lambda: np.asarray(shared.read()).T)
+    key = _source_key(rule, match.groupdict(), None)
+    return Tensor(key, rules.torch_shape(rule, kernel.shape), path, rule, kernel)
 
 
 def _check_forward(config, tensors: list[Tensor], rule_table, aliases) -> None:
@@ -167,12 +195,6 @@ def _check_forward(config, tensors: list[Tensor], rule_table, aliases) -> None:
 
 
 def _t5_text(t) -> dict[str, Any]:
-    if t.tie_word_embeddings != t.scale_decoder_outputs:
-        # transformers' T5 scales the decoder output by d_model**-0.5 exactly when it ties the head.
-        raise core.ConversionError(
-            f"text: tie_word_embeddings={t.tie_word_embeddings} with scale_decoder_outputs="
-            f"{t.scale_decoder_outputs} has no transformers T5 equivalent"
-        )
     if t.is_gated_act:
         # "gated-gelu" means the tanh form in transformers; exact GELU is "gelu_python" there.
         act = {"gelu_new": "gelu", "gelu": "gelu_python"}.get(t.dense_act_fn, t.dense_act_fn)
@@ -194,7 +216,8 @@ def _t5_text(t) -> dict[str, Any]:
         feed_forward_proj=proj,
         dense_act_fn=t.dense_act_fn,
         is_gated_act=t.is_gated_act,
-        tie_word_embeddings=t.tie_word_embeddings,
+        # Tied only when no lm_head is written (see `_ties_t5_head`); the scaling is explicit.
+        tie_word_embeddings=_ties_t5_head(t),
         scale_decoder_outputs=t.scale_decoder_outputs,
         is_encoder_decoder=True,
         pad_token_id=t.pad_token_id,
