@@ -19,6 +19,9 @@ from ib_jax.convert import api, blip2, core
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 BERT_VOCAB = 100  # the Q-Former's vocabulary is this + the [DEC] row
 
 

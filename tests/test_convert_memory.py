@@ -21,6 +21,9 @@ import ib_jax
 from ib_jax.convert import api, core, readers, write
 from tests import reference
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):

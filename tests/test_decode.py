@@ -15,6 +15,9 @@ import ib_jax
 from ib_jax import decode
 from tests import reference
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 EOS, PAD, MAX_NEW = 2, 0, 8
 
 

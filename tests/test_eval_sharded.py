@@ -176,6 +176,7 @@ def test_the_checkpoint_model_is_used_and_a_disagreeing_config_refused(data_root
     assert loaded.program.model.config.text.d_ff == 64
 
 
+@pytest.mark.reference
 def test_hf_directory_is_streamed_into_shardings(tmp_path):
     import ib_jax
     from tests import reference

@@ -5,11 +5,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ib_jax.batch import MODEL_INPUTS
 from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference
+
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
 
 CONFIG = ModelConfig(
     vision=VisionConfig(

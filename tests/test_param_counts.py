@@ -10,6 +10,9 @@ import torch
 from ib_jax.configs_util import load_config, model_config
 from ib_jax.convert.__main__ import describe
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 QFORMER = dict(vocab_size=30523)  # BERT-base + the [DEC] token; the rest are HF's defaults
 FLAN_T5 = dict(
     model_type="t5",

@@ -21,6 +21,9 @@ from ib_jax.models.instructblip import InstructBlip
 from tests import reference
 from tests.test_parity_t5 import _as_lavis_files
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 NQ = reference.NUM_QUERY_TOKENS
 PAD = 0  # the tiny reference's pad id; HF never attends to it
 

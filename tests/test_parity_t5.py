@@ -15,6 +15,9 @@ from ib_jax.convert import api, core
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):

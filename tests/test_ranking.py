@@ -8,6 +8,9 @@ import ib_jax
 from ib_jax.eval import ranking
 from tests import reference
 
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
