@@ -56,6 +56,11 @@ class UnreadableCheckpointError(RuntimeError):
         super().__init__(f"checkpoint step {step} at {path} is unreadable: {cause}")
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint that does not fit this run (another model, trainable set or number
+    of processes): not damage, so never set aside; the message names what differs."""
+
+
 def is_remote(path: str | epath.Path) -> bool:
     """Whether `path` is a bucket URL (gs://, s3://...), where files are objects: no append, no
     atomic rename."""
@@ -215,6 +220,56 @@ def save(
     return manager.save(step, args=args, force=force)
 
 
+def _path_name(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _shapes(tree: Any) -> list[tuple[str, tuple[int, ...]]]:
+    return [(_path_name(p), tuple(x.shape)) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def mismatches(manager: ocp.CheckpointManager, step: int, abstract: dict[str, Any]) -> list[str]:
+    """How the arrays saved at `step` differ from `abstract` ({item: tree of ShapeDtypeStruct}),
+    from Orbax's metadata alone: parameters by name, the optimizer state leaf by leaf."""
+    metadata = manager.item_metadata(step)
+    found = []
+    for item, tree in abstract.items():
+        stored, wanted = _shapes(metadata[item]), _shapes(tree)
+        if item == "params":
+            stored_by, wanted_by = dict(stored), dict(wanted)
+            for name in sorted(stored_by.keys() | wanted_by.keys()):
+                if stored_by.get(name) != wanted_by.get(name):
+                    found.append(
+                        f"params/{name} is {stored_by.get(name) or 'absent'} there, "
+                        f"{wanted_by.get(name) or 'absent'} in this run's model"
+                    )
+        elif len(stored) != len(wanted):
+            found.append(
+                f"{item} holds {len(stored)} arrays there, {len(wanted)} in this run "
+                "(config.train.trainable changed?)"
+            )
+        else:
+            found += [
+                f"{item}/{name} is {there} there, {here} in this run"
+                for (_, there), (name, here) in zip(stored, wanted)
+                if there != here
+            ]
+    return found
+
+
+def _iterator_mismatch(path: epath.Path) -> str | None:
+    """The data iterator states were saved by another number of processes."""
+    want = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    names = [p.name for p in (path / "data_iterator").iterdir()]
+    counts = sorted({n.split("-of-")[-1].removesuffix(".json") for n in names if "-of-" in n})
+    if want in names or not counts or str(jax.process_count()) in counts:
+        return None
+    return (
+        f"data_iterator/{want} does not exist: the step was saved by {counts[0]} processes, "
+        f"this job has {jax.process_count()} (a data order cannot move to another count)"
+    )
+
+
 def restore(
     manager: ocp.CheckpointManager,
     step: int,
@@ -226,17 +281,33 @@ def restore(
 
     `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; `None` skips an item (e.g.
     the data iterator when the number of processes changed). Returns {item: restored}. Raises
-    `UnreadableCheckpointError` when the step is incomplete or a restore fails.
+    `UnreadableCheckpointError` when the step is incomplete or a restore fails, and
+    `CheckpointMismatchError` when it is readable but saved for another model, trainable set or
+    number of processes.
     """
     items = {"params": ocp.args.StandardRestore(abstract_params)}
+    abstract = {"params": abstract_params}
     if abstract_opt_state is not None:
         items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+        abstract["opt_state"] = abstract_opt_state
     if data_iterator is not None:
         items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
     workdir = str(epath.Path(manager.directory).parent)
+    path = step_dir(workdir, step)
     problem = check_step(workdir, step, tuple(items))
     if problem:
-        raise UnreadableCheckpointError(step, step_dir(workdir, step), problem)
+        raise UnreadableCheckpointError(step, path, problem)
+    with reading(workdir, step):
+        found = mismatches(manager, step, abstract)
+    if data_iterator is not None and (problem := _iterator_mismatch(epath.Path(path))):
+        found.append(problem)
+    if found:
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        raise CheckpointMismatchError(
+            f"checkpoint step {step} at {path} does not fit this run: "
+            + "; ".join(found[:3])
+            + more
+        )
     with reading(workdir, step):
         return dict(manager.restore(step, args=ocp.args.Composite(**items)))
 
@@ -248,7 +319,8 @@ def restore_params(
 
     Without `abstract_params` the arrays are restored as Orbax saved them (on this host's default
     device); with it, onto its shapes, dtypes and shardings. Raises `UnreadableCheckpointError`
-    when the step is incomplete or a restore fails (an eval job records it and goes on).
+    when the step is incomplete or a restore fails (an eval job records it and goes on), and
+    `CheckpointMismatchError` when `abstract_params` is another model's.
     """
     manager = make_manager(workdir, read_only=True)
     try:
@@ -263,6 +335,17 @@ def restore_params(
             if abstract_params is not None
             else ocp.args.StandardRestore()
         )
+        with reading(workdir, step):
+            found = (
+                []
+                if abstract_params is None
+                else mismatches(manager, step, {"params": abstract_params})
+            )
+        if found:
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} at {step_dir(workdir, step)} does not fit the model: "
+                + "; ".join(found[:3])
+            )
         with reading(workdir, step):
             restored = manager.restore(
                 step, args=ocp.args.Composite(params=target, config=ocp.args.JsonRestore())

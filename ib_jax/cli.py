@@ -18,7 +18,8 @@ one line on the console (what failed and why, naming the path or field the error
 traceback in the job's log file, and an exit status per class of failure (`EXIT_STATUS`):
 
     1  unexpected error (a bug: the traceback in the log says where)
-    3  the configuration cannot run (ib_jax.validate: one line per problem)
+    3  the configuration cannot run (ib_jax.validate: one line per problem), or does not fit
+       the checkpoint it would resume from
     4  bad or missing input (a data/tokenizer/checkpoint file, too many bad examples)
     5  unreadable checkpoint (and config.checkpoint.on_unreadable=stop)
     6  a data worker process died
@@ -193,6 +194,7 @@ def log_to_file(workdir: str, job: str, process_index: int = 0, process_count: i
 EXIT_STATUS: dict[str, tuple[int, str]] = {
     "ib_jax.validate.InvalidRunError": (3, "invalid configuration"),
     "ib_jax.checkpoint.UnreadableCheckpointError": (5, "unreadable checkpoint"),
+    "ib_jax.checkpoint.CheckpointMismatchError": (3, "checkpoint does not fit the configuration"),
     "ib_jax.train.data_feed.DataWorkerError": (6, "data worker died"),
     "ib_jax.train.trainer.NonFiniteLossError": (7, "training diverged"),
     "data_pipelines.preprocess.BadDataError": (4, "bad input data"),

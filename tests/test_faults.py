@@ -511,3 +511,19 @@ def test_planner_and_data_check_refuse_the_same_inconsistencies(data_root):
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert f"STOP: {message}" in done.stdout
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_set_aside(data_root, reference, tmp_path):
+    workdir = str(tmp_path / "other_model")
+    shutil.copytree(reference, workdir)
+    os.remove(os.path.join(workdir, checkpoint.FINAL_MARKER))
+    config = _config(data_root)
+    config.model.text.d_ff = 96
+    with pytest.raises(checkpoint.CheckpointMismatchError) as raised:
+        trainer.train(config, workdir)
+    assert str(raised.value).startswith(
+        f"checkpoint step 8 at {workdir}/checkpoints/8 does not fit this run: "
+        "params/language_model/decoder/layers_0/mlp/wi_0/kernel is (32, 64) there, (32, 96) in "
+        "this run's model;"
+    )
+    assert checkpoint.finalized_steps(workdir) == [2, 4, 6, 8]  # nothing moved aside
