@@ -68,7 +68,9 @@ class DenseGeneral(nn.Module):
     """The one Dense of the project: contracts `axis` of the input, produces `features`.
 
     `kernel_axes` names every kernel dimension (contracted input dims first, then output dims);
-    `bias_axes` the output dims. Parameters are stored in `param_dtype` and cast to `dtype`.
+    `bias_axes` the output dims. Parameters are stored in `param_dtype` and cast to `dtype`;
+    `out_dtype` (default `dtype`) is the matmul's accumulation/output type: float32 for the LM
+    heads, so that bf16 logits are never rounded before the fp32 log-softmax.
     """
 
     features: int | Sequence[int]
@@ -80,6 +82,7 @@ class DenseGeneral(nn.Module):
     param_dtype: DType = jnp.float32
     kernel_init: Callable | None = None  # default: fan_in_init
     precision: Any = None
+    out_dtype: DType | None = None
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
@@ -102,7 +105,13 @@ class DenseGeneral(nn.Module):
         kernel = jnp.asarray(kernel, self.dtype)
         inputs = jnp.asarray(inputs, self.dtype)
         contract = (axis, tuple(range(len(axis))))
-        out = jax.lax.dot_general(inputs, kernel, (contract, ((), ())), precision=self.precision)
+        out = jax.lax.dot_general(
+            inputs,
+            kernel,
+            (contract, ((), ())),
+            precision=self.precision,
+            preferred_element_type=self.out_dtype,
+        )
         if self.use_bias:
             bias_axes = (
                 self.bias_axes if self.bias_axes is not None else self.kernel_axes[len(in_shape) :]
@@ -113,7 +122,7 @@ class DenseGeneral(nn.Module):
                 features,
                 self.param_dtype,
             )
-            out = out + jnp.asarray(bias, self.dtype)
+            out = out + jnp.asarray(bias, out.dtype)
         return out
 
 
@@ -140,8 +149,9 @@ class Embed(nn.Module):
         return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
 
     def attend(self, hidden: Array) -> Array:
-        """[..., D] -> [..., vocab]"""
-        return jnp.einsum("...d,vd->...v", hidden, jnp.asarray(self.embedding, self.dtype))
+        """[..., D] -> [..., vocab] float32 (bf16 inputs, fp32 accumulation and output)"""
+        embedding = jnp.asarray(self.embedding, self.dtype)
+        return jnp.einsum("...d,vd->...v", hidden, embedding, preferred_element_type=jnp.float32)
 
 
 class LayerNorm(nn.Module):

@@ -256,7 +256,12 @@ class Llama(nn.Module):
         )
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.DenseGeneral(
-                cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False, name="lm_head", **kw
+                cfg.vocab_size,
+                kernel_axes=("embed", "vocab"),
+                use_bias=False,
+                name="lm_head",
+                out_dtype=jnp.float32,  # logits stay fp32 for the log-softmax (precision.py)
+                **kw,
             )
 
     def embed(self, ids: Array) -> Array:

@@ -312,7 +312,12 @@ class T5(nn.Module):
         self.decoder = T5Stack(cfg, is_decoder=True, name="decoder", **stack)
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.DenseGeneral(
-                cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False, name="lm_head", **kw
+                cfg.vocab_size,
+                kernel_axes=("embed", "vocab"),
+                use_bias=False,
+                name="lm_head",
+                out_dtype=jnp.float32,  # logits stay fp32 for the log-softmax (precision.py)
+                **kw,
             )
 
     def embed(self, ids: Array) -> Array:
