@@ -274,8 +274,8 @@ def test_killed_data_worker_is_named_and_workers_are_stopped(data_root):
     finally:
         feed.close()
     message = str(raised.value)
-    assert f"(pid {worker.pid}) was killed by SIGKILL" in message
-    assert "data.worker_count=1" in message and message.startswith("data worker died")
+    assert message.startswith(f"data worker {worker.name} (pid {worker.pid}) was killed by SIGKILL")
+    assert "while preparing the batch for step" in message and "(data.worker_count=1)" in message
     assert not [
         p
         for p in multiprocessing.active_children()

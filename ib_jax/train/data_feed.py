@@ -56,13 +56,14 @@ class DataFeed:
             if not dead and "Worker process" not in str(error):
                 raise
             named = (
-                "; ".join(f"{p.name} (pid {p.pid}) {_how_it_ended(p.exitcode)}" for p in dead)
-                or f"a worker process {str(error).split('.')[0].lower()}"
+                "; ".join(
+                    f"data worker {p.name} (pid {p.pid}) {_how_it_ended(p.exitcode)}" for p in dead
+                )
+                or f"a data worker: {str(error).split('.')[0]}"
             )
             raise DataWorkerError(
-                f"data worker died while preparing the batch for step {step}: {named} "
-                f"(data.worker_count={self.worker_count}); restart the job to resume from the "
-                "last checkpoint"
+                f"{named} while preparing the batch for step {step} (data.worker_count="
+                f"{self.worker_count}); restart the job to resume from the last checkpoint"
             ) from error
         if self.worker_count:
             self._note_workers()
