@@ -254,6 +254,7 @@ def guarded(job: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]],
 
     @functools.wraps(main)
     def run(argv: list[str]) -> Any:
+        """`main(argv)`; an error becomes one line and an exit status."""
         threading.excepthook = _thread_failure
         try:
             return main(argv)

@@ -51,9 +51,11 @@ class _EpathRecordWriterFactory:
     """What tensorboardX's `register_writer_factory` expects: `open` and `directory_check`."""
 
     def open(self, path: str) -> EpathRecordWriter:
+        """The record writer of one event file."""
         return EpathRecordWriter(path)
 
     def directory_check(self, path: str) -> None:
+        """Make the log directory (a no-op on buckets, which have no directories)."""
         epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
