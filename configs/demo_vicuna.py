@@ -5,6 +5,10 @@ scratch on the rendered scenes, on CPU.
 and evaluates like `make demo` (configs/demo.py), with the decoder-only LM and its text
 conventions: `</s>` as BOS before the instruction, no EOS after it, `[PAD]` added after the
 demo SentencePiece model's pieces (data_pipelines/text.py, as LAVIS tokenizes for Vicuna).
+
+Measured (1,200 steps of 24, held-out images): VQA accuracy 0.957, multiple choice 0.977, CIDEr
+2.83; 10.8 CPU-minutes in all (17.6 min wall on the 2-core machine shared with other jobs, load
+~8). A training step costs 1.5x the T5 demo's, so the run should take ~7 min on a quiet machine.
 """
 
 import ml_collections
@@ -45,4 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = common.model(**model)
     # The LM tokenizer follows the model's family (a --config.model.lm_type override carries over).
     config.data.lm_type = config.model.get_ref("lm_type")
+    # The decoder-only demo learns faster than the T5 one (held-out VQA 0.99 after 2,000 steps,
+    # 0.957 after 1,200), and a step costs 1.5x: 1,200 steps keep the run within 10 minutes.
+    config.train.num_steps = 1200
     return config
