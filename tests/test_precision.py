@@ -181,3 +181,29 @@ def test_upcast_check_sees_an_fp32_compute_on_bf16_towers(tmp_path):
     )
     _, lowered = _lowered_step(config)
     assert len(_upcasts(lowered, 512 * 512)) >= 8
+
+
+def test_pretrained_start_places_frozen_towers_in_bf16(tmp_path):
+    """config.init.pretrained under bf16_mixed: the frozen towers arrive cast (on the host) and
+    sharded as the step expects, the trainable ones as fp32 master weights, values unchanged."""
+    from ib_jax.convert import api
+
+    config = _config(tmp_path, "bf16_mixed")
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
+    with sharding.activate(mesh, rules):
+        program = trainer.build_program(config, mesh, rules)
+        pretrained = jax.device_get(nn.unbox(program.init(jax.random.key(7))))
+        api.save_converted(str(tmp_path / "pretrained"), model_config(config), pretrained)
+        config.init.pretrained = str(tmp_path / "pretrained")
+        state, frozen = trainer.initial_state(config, program)
+    want_trainable, want_frozen = split_params(pretrained, config.train.trainable)
+    got = traverse_util.flatten_dict(frozen, sep="/")
+    specs = traverse_util.flatten_dict(program.abstract_frozen, sep="/")
+    for path, want in traverse_util.flatten_dict(want_frozen, sep="/").items():
+        assert got[path].dtype == jnp.bfloat16, path
+        assert got[path].sharding == specs[path].sharding, path
+        np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(want).astype(jnp.bfloat16))
+    got = traverse_util.flatten_dict(state.trainable, sep="/")
+    for path, want in traverse_util.flatten_dict(want_trainable, sep="/").items():
+        assert got[path].dtype == jnp.float32, path
+        np.testing.assert_array_equal(np.asarray(got[path]), want)
