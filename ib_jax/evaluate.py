@@ -377,5 +377,7 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    from ib_jax import cli
+
     _define_flags()
-    app.run(main)
+    app.run(cli.guarded("evaluate", main))  # one line + exit status per failure class
