@@ -3,6 +3,7 @@
     python -m launch.aot --config=configs/instructblip_flant5xxl.py --topology=v5p-128
     python -m launch.aot --config=configs/instructblip_vicuna13b.py --topology=v5e-64 --mesh=1,64,1
     python -m launch.aot --table            # the README table: four released models x topologies
+    python -m launch.aot --mode=eval ...    # the eval job's generation step instead (aot_eval.py)
 
 `jax.experimental.topologies` (needs the `libtpu` package; no TPU) gives compile-only devices of
 the slice; the mesh, shardings and jitted step are exactly the trainer's (`trainer.build_program`),
@@ -325,6 +326,7 @@ def define_flags() -> None:
     from absl import flags
 
     from ib_jax import cli
+    from launch import aot_eval
 
     cli.define_config_flag(required=False)
     flags.DEFINE_string("topology", None, "v5p-128, v4-32, v5e-64, v6e-256, or v5p:4x4x4")
@@ -349,6 +351,7 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "cache_dir", None, "with --table: one JSON per row; rows already there are not recompiled"
     )
+    aot_eval.define_flags()
     flags.adopt_module_key_flags(cli)
 
 
@@ -357,6 +360,8 @@ def main(argv: Sequence[str]) -> int:
     from absl import app, flags
 
     from ib_jax import cli
+    from launch import aot_eval
+    from launch.aot_report import EVAL_TABLE_HEADER, TABLE_HEADER
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {list(argv[1:])}", exitcode=2)
@@ -366,23 +371,31 @@ def main(argv: Sequence[str]) -> int:
     # (and fail, slowly) to open a TPU on this machine.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
+        evaluate = FLAGS.mode == "eval"
         if FLAGS.table:
             require_libtpu()
-            print(run_table(TABLE_RUNS, FLAGS.mfu, FLAGS.out, FLAGS.jobs, FLAGS.cache_dir))
+            runs, header = (
+                (aot_eval.TABLE_RUNS, EVAL_TABLE_HEADER) if evaluate else (TABLE_RUNS, TABLE_HEADER)
+            )
+            print(run_table(runs, FLAGS.mfu, FLAGS.out, FLAGS.jobs, FLAGS.cache_dir, header))
             return 0
         if FLAGS.config is None or not FLAGS.topology:
             raise app.UsageError("--config and --topology are required (or --table)", exitcode=2)
-        result = plan(
-            FLAGS.config,
-            FLAGS.topology,
-            label=cli.config_path(flags.FLAGS["config"]),
-            mfu=FLAGS.mfu,
-            batch_size=FLAGS.batch_size,
-            mesh=FLAGS.mesh,
-            grad_accum_steps=FLAGS.grad_accum_steps,
-            remat_policy=FLAGS.remat_policy,
-            lengths={k: FLAGS[k].value for k in DEFAULT_LENGTHS if FLAGS[k].value},
-        )
+        label = cli.config_path(flags.FLAGS["config"])
+        if evaluate:
+            result = aot_eval.plan_from_flags(FLAGS, label)
+        else:
+            result = plan(
+                FLAGS.config,
+                FLAGS.topology,
+                label=label,
+                mfu=FLAGS.mfu,
+                batch_size=FLAGS.batch_size,
+                mesh=FLAGS.mesh,
+                grad_accum_steps=FLAGS.grad_accum_steps,
+                remat_policy=FLAGS.remat_policy,
+                lengths={k: FLAGS[k].value for k in DEFAULT_LENGTHS if FLAGS[k].value},
+            )
     except PlannerError as e:
         print(f"launch.aot: {e}", file=sys.stderr)
         return 2

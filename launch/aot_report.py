@@ -46,6 +46,8 @@ class Plan:
     memory: dict[str, int] | None = None
     error: str | None = None  # XLA's message when the step does not fit / compile
     advice: list[str] = dataclasses.field(default_factory=list)
+    mode: str = "train"  # or "eval": the eval job's generation / ranking step (no FLOPs)
+    setting: str = ""  # eval: which step, in which dtypes
 
 
 def first_lines(text: str, n: int) -> str:
@@ -93,11 +95,16 @@ def _gib(n: int) -> str:
 def report(p: Plan) -> str:
     """The plan as a few lines of text: mesh, memory per device against HBM, FLOPs, advice."""
     mesh = "x".join(f"{k}={v}" for k, v in p.mesh.items())
+    step = (
+        f"eval step ({p.setting}), global batch {p.batch_size}"
+        if p.mode == "eval"
+        else f"global batch {p.batch_size}, grad_accum_steps {p.grad_accum_steps}, "
+        f"remat {p.remat_policy}"
+    )
     lines = [
         f"{p.config} on {p.topology} ({p.num_chips} chips, {p.num_devices} devices, "
         f"{_gib(p.hbm_per_device)} GiB HBM each)",
-        f"  mesh {mesh}, global batch {p.batch_size}, grad_accum_steps {p.grad_accum_steps}, "
-        f"remat {p.remat_policy}, lengths {p.lengths}; compiled in {p.compile_s:.0f} s",
+        f"  mesh {mesh}, {step}, lengths {p.lengths}; compiled in {p.compile_s:.0f} s",
     ]
     if p.memory:
         m = p.memory
@@ -112,10 +119,11 @@ def report(p: Plan) -> str:
             f"  DOES NOT FIT: XLA refused to compile it into {_gib(p.hbm_per_device)} GiB per device:"
         )
         lines += ["    " + line for line in (p.error or "").splitlines()]
-    lines.append(
-        f"  {p.step_flops / 1e15:.1f} PFLOP per step (analytic) -> {p.step_time_s:.2f} s per step "
-        f"at MFU {p.mfu:.0%} ({p.batch_size / p.step_time_s:.0f} examples/s)"
-    )
+    if p.mode == "train":
+        lines.append(
+            f"  {p.step_flops / 1e15:.1f} PFLOP per step (analytic) -> {p.step_time_s:.2f} s per "
+            f"step at MFU {p.mfu:.0%} ({p.batch_size / p.step_time_s:.0f} examples/s)"
+        )
     lines += [f"  try: {tip}" for tip in p.advice]
     return "\n".join(lines)
 
@@ -127,8 +135,14 @@ TABLE_HEADER = (
 )
 
 
+EVAL_TABLE_HEADER = (
+    "| model | topology | mesh (data,fsdp,tensor) | eval batch | step | per device GiB: arguments / "
+    "temporaries / total (of HBM) | fits | compile s (here) |\n|---|---|---|---|---|---|---|---|"
+)
+
+
 def table_row(p: Plan) -> str:
-    """The plan as one row under TABLE_HEADER (launch/AOT_RESULTS.md)."""
+    """The plan as one row under TABLE_HEADER (or EVAL_TABLE_HEADER; launch/AOT_RESULTS.md)."""
     name = os.path.splitext(os.path.basename(p.config.partition(":")[0]))[0].replace(
         "instructblip_", ""
     )
@@ -141,6 +155,11 @@ def table_row(p: Plan) -> str:
         )
     else:
         memory = f"XLA: out of memory ({_gib(p.hbm_per_device)})"
+    if p.mode == "eval":
+        return (
+            f"| {name} | {p.topology} | {mesh} | {p.batch_size} | {p.setting} | {memory} | "
+            f"{'yes' if p.fits else 'no'} | {p.compile_s:.0f} |"
+        )
     return (
         f"| {name} | {p.topology} | {mesh} | {p.batch_size} | {p.remat_policy} | {memory} | "
         f"{'yes' if p.fits else 'no'} | {p.step_flops / 1e15:.2f} | {p.step_time_s:.3f} @ {p.mfu:.0%} | "
@@ -163,12 +182,18 @@ TABLE_RUNS = [
 
 
 def _run_row(
-    config_path: str, topology: str, mesh: str | None, mfu: float, cache_dir: str | None
+    config_path: str,
+    topology: str,
+    mesh: str | None,
+    mfu: float,
+    cache_dir: str | None,
+    extra: Sequence[str] = (),
 ) -> str:
-    """One table row: from the cache, or from a `python -m launch.aot --json` run."""
+    """One table row: from the cache, or from a `python -m launch.aot --json [extra]` run."""
     cache = None
     if cache_dir:
         stem = f"{os.path.basename(config_path).removesuffix('.py')}_{topology}_{(mesh or 'config').replace(',', '_')}"
+        stem += "".join(f"_{flag.lstrip('-').replace('=', '_')}" for flag in extra)
         cache = os.path.join(cache_dir, stem + ".json")
         if os.path.exists(cache):
             with open(cache) as f:
@@ -181,6 +206,7 @@ def _run_row(
         f"--topology={topology}",
         f"--mfu={mfu}",
         "--json",
+        *extra,
     ] + ([f"--mesh={mesh}"] if mesh else [])
     print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -201,18 +227,25 @@ def _run_row(
 
 
 def run_table(
-    runs: Sequence[tuple[str, str, str | None]],
+    runs: Sequence[tuple],
     mfu: float,
     out: str | None,
     jobs: int = 1,
     cache_dir: str | None = None,
+    header: str = TABLE_HEADER,
 ) -> str:
-    """Each row in its own process (a failed or huge compile cannot take the others down)."""
+    """Each row in its own process (a failed or huge compile cannot take the others down).
+
+    A run is (config path, topology, mesh or None[, extra flags])."""
     import concurrent.futures
 
+    def row(run: tuple) -> str:
+        config_path, topology, mesh, *extra = run
+        return _run_row(config_path, topology, mesh, mfu, cache_dir, *extra)
+
     with concurrent.futures.ThreadPoolExecutor(max(jobs, 1)) as pool:
-        rows = list(pool.map(lambda run: _run_row(*run, mfu, cache_dir), runs))
-    text = TABLE_HEADER + "\n" + "\n".join(rows)
+        rows = list(pool.map(row, runs))
+    text = header + "\n" + "\n".join(rows)
     if out:
         with open(out, "w") as f:
             f.write(text + "\n")

@@ -30,8 +30,12 @@ from ib_jax.models.configs import ModelConfig
 from ib_jax.models.instructblip import InstructBlip, init_params
 
 
-def eval_mesh(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, tuple]:
-    """(mesh, logical axis rules) of the eval job (see the module docstring)."""
+def eval_mesh(
+    config: ml_collections.ConfigDict, devices: list | None = None
+) -> tuple[jax.sharding.Mesh, tuple]:
+    """(mesh, logical axis rules) of the eval job (see the module docstring) over `devices`
+    (default: all; the planner passes a TPU slice's compile-only devices)."""
+    devices = devices if devices is not None else jax.devices()
     train_mesh = config.get("mesh")
     override = (config.get("eval") or {}).get("mesh")
     if override:
@@ -47,12 +51,12 @@ def eval_mesh(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, tup
         mesh_config = train_mesh
     elif jax.process_count() == 1:
         one = ml_collections.ConfigDict(dict(shape=dict(data=1, fsdp=1, tensor=1), axis_rules=[]))
-        return sharding.make_mesh(one, jax.devices()[:1]), ()
+        return sharding.make_mesh(one, devices[:1]), ()
     else:
         raise ValueError(
             f"{jax.process_count()} processes need a mesh: set config.mesh or config.eval.mesh"
         )
-    return sharding.make_mesh(mesh_config), sharding.axis_rules(mesh_config)
+    return sharding.make_mesh(mesh_config, devices), sharding.axis_rules(mesh_config)
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
@@ -172,6 +176,32 @@ class InferenceProgram:
             value.shape, sharding.replicated(self.mesh), lambda index: value[index]
         )
 
+    def _generate_parts(self, *, seed: int = 0, **settings: Any) -> tuple[Any, Any, tuple]:
+        """(cache key, make the jitted step, its host arguments after params and inputs)."""
+        text = self.model.config.text
+        decode_settings = decode.DecodeSettings(
+            max_new_tokens=int(settings["max_new_tokens"]),
+            eos_token_id=int(text.eos_token_id),
+            pad_token_id=int(text.pad_token_id),
+            num_beams=int(settings.get("num_beams", 1)),
+            do_sample=bool(settings.get("do_sample", False)),
+        )
+        knobs = decode.make_knobs(
+            int(settings["max_new_tokens"]),
+            min_new_tokens=int(settings.get("min_new_tokens", 0)),
+            length_penalty=settings.get("length_penalty", 1.0),
+            repetition_penalty=settings.get("repetition_penalty", 1.0),
+            temperature=settings.get("temperature", 1.0),
+            top_p=settings.get("top_p", 1.0),
+        )
+        search = decode.search_fn(self.model, decode_settings)
+
+        def step(params, inputs, knobs, seed):
+            return search(params, inputs, knobs, jax.random.key(seed))
+
+        make = lambda: self._jit(step, num_replicated=2)  # noqa: E731
+        return ("generate", decode_settings), make, (knobs, np.uint32(seed))
+
     def generate(
         self,
         batch: dict[str, Any],
@@ -188,31 +218,24 @@ class InferenceProgram:
     ) -> tuple[np.ndarray, np.ndarray]:
         """This process's rows [b, ...] -> (tokens [b, max_new_tokens] int32, nonfinite [b] bool),
         as `ib_jax.decode.generate` (greedy, beam search or sampling with `seed`)."""
-        text = self.model.config.text
-        settings = decode.DecodeSettings(
-            max_new_tokens=int(max_new_tokens),
-            eos_token_id=int(text.eos_token_id),
-            pad_token_id=int(text.pad_token_id),
-            num_beams=int(num_beams),
-            do_sample=bool(do_sample),
-        )
-        knobs = decode.make_knobs(
-            int(max_new_tokens),
-            min_new_tokens=int(min_new_tokens),
+        key, make, host_args = self._generate_parts(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            num_beams=num_beams,
             length_penalty=length_penalty,
             repetition_penalty=repetition_penalty,
-            temperature=temperature,
+            do_sample=do_sample,
             top_p=top_p,
+            temperature=temperature,
+            seed=seed,
         )
-        search = decode.search_fn(self.model, settings)
+        args = jax.tree_util.tree_map(self._replicated, host_args)
+        return self._run(key, make, batch, *args)
 
-        def step(params, inputs, knobs, seed):
-            return search(params, inputs, knobs, jax.random.key(seed))
-
-        knobs = jax.tree_util.tree_map(self._replicated, knobs)
-        seed = self._replicated(np.uint32(seed))
-        make = lambda: self._jit(step, num_replicated=2)  # noqa: E731
-        return self._run(("generate", settings), make, batch, knobs, seed)
+    def _rank_parts(self, length_normalize: bool, chunk_size: int) -> tuple[Any, Any]:
+        score = ranking.score_fn(self.model, bool(length_normalize), int(chunk_size))
+        make = lambda: self._jit(score, num_replicated=0)  # noqa: E731
+        return ("rank", bool(length_normalize), int(chunk_size)), make
 
     def rank(
         self,
@@ -224,11 +247,34 @@ class InferenceProgram:
     ) -> tuple[np.ndarray, np.ndarray]:
         """This process's rows and candidate labels [b, C, L] -> (scores [b, C] float32, nonfinite
         [b] bool), as `ib_jax.eval.ranking.score_candidates`."""
-        key = ("rank", bool(length_normalize), int(chunk_size))
-        score = ranking.score_fn(self.model, bool(length_normalize), int(chunk_size))
+        key, make = self._rank_parts(length_normalize, chunk_size)
         labels = sharding.global_batch({"labels": np.asarray(labels, np.int32)}, self.mesh)
-        make = lambda: self._jit(score, num_replicated=0)  # noqa: E731
         return self._run(key, make, batch, labels["labels"])
+
+    def lower_generate(self, inputs: dict[str, Any], **settings: Any) -> Any:
+        """The generation step lowered for abstract global inputs (ShapeDtypeStructs with the
+        batch sharding), e.g. on compile-only devices (launch/aot_eval.py); `settings` as
+        `generate` takes them."""
+        _, make, host_args = self._generate_parts(**settings)
+        copy = sharding.replicated(self.mesh)
+        args = jax.tree_util.tree_map(
+            lambda v: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=copy),
+            host_args,
+        )
+        with sharding.activate(self.mesh, self.rules):
+            return make().lower(self.params, inputs, *args)
+
+    def lower_rank(
+        self,
+        inputs: dict[str, Any],
+        labels: Any,
+        length_normalize: bool = False,
+        chunk_size: int = 0,
+    ) -> Any:
+        """The ranking step lowered for abstract inputs and candidate labels [B, C, L] int32."""
+        _, make = self._rank_parts(length_normalize, chunk_size)
+        with sharding.activate(self.mesh, self.rules):
+            return make().lower(self.params, inputs, labels)
 
 
 __all__ = [
