@@ -200,6 +200,7 @@ EXIT_STATUS: dict[str, tuple[int, str]] = {
     "data_pipelines.preprocess.BadDataError": (4, "bad input data"),
     "data_pipelines.formats.common.ParseError": (4, "bad annotation file"),
     "ib_jax.convert.core.ConversionError": (4, "bad pretrained checkpoint"),
+    "ib_jax.convert.readers.CheckpointFileError": (4, "bad pretrained checkpoint"),
     "builtins.FileNotFoundError": (4, "missing file"),
     "builtins.MemoryError": (8, "out of memory"),
 }

@@ -355,10 +355,14 @@ def test_truncated_safetensors_file_names_file_and_tensor(hf_directory, tmp_path
     shutil.copytree(hf_directory, directory)
     path = os.path.join(directory, "model.safetensors")
     os.truncate(path, os.path.getsize(path) - 1000)
+    from ib_jax import cli
+    from ib_jax.convert.readers import CheckpointFileError
+
     with pytest.raises(
-        ValueError, match=rf"^{path}: tensor \S+ \(\d+(, \d+)*\) has a bad byte range"
-    ):
+        CheckpointFileError, match=rf"^{path}: tensor \S+ \(\d+(, \d+)*\) has a bad byte range"
+    ) as raised:
         ib_jax.load_pretrained(directory)
+    assert cli.failure_class(raised.value) == (4, "bad pretrained checkpoint")  # input, not a bug
 
 
 @pytest.mark.reference

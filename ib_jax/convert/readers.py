@@ -18,6 +18,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read as one: truncated, not the format, not a state dict.
+
+    The message names the file (and the tensor); the jobs report it as bad input, not as a bug."""
+
+
 # safetensors dtype names -> numpy (bfloat16 through ml_dtypes, as jax reads it).
 _SAFETENSORS_DTYPES = {
     "F64": "float64",
@@ -87,7 +94,7 @@ class LazyState:
     def add(self, key: str, entry: Entry) -> None:
         """Refuses a key given twice (say, a ViT inside a full checkpoint and again as --vit)."""
         if key in self.entries:
-            raise ValueError(
+            raise CheckpointFileError(
                 f"{key} is given twice: in {self.entries[key].file} and in {entry.file}"
             )
         self.entries[key] = entry
@@ -112,7 +119,9 @@ def read_safetensors(path: str) -> LazyState:
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         if not 0 < header_len <= size - 8:
-            raise ValueError(f"{path}: not a safetensors file (header length {header_len})")
+            raise CheckpointFileError(
+                f"{path}: not a safetensors file (header length {header_len})"
+            )
         header = json.loads(f.read(header_len))
     base = 8 + header_len
     entries = {}
@@ -120,12 +129,14 @@ def read_safetensors(path: str) -> LazyState:
         if key == "__metadata__":
             continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+            raise CheckpointFileError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
         dtype = _numpy_dtype(_SAFETENSORS_DTYPES[info["dtype"]])
         shape = tuple(info["shape"])
         start, end = info["data_offsets"]
         if end - start != int(np.prod(shape)) * dtype.itemsize or base + end > size:
-            raise ValueError(f"{path}: tensor {key} {shape} has a bad byte range (truncated?)")
+            raise CheckpointFileError(
+                f"{path}: tensor {key} {shape} has a bad byte range (truncated?)"
+            )
         entries[key] = Entry(
             shape,
             dtype,
@@ -174,10 +185,12 @@ def _load_torch(path: str) -> dict:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # LAVIS checkpoints wrap the state dict
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        raise CheckpointFileError(f"{path}: holds a {type(state).__name__}, not a state dict")
     for key, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{path}: entry {key!r} is a {type(tensor).__name__}, not a tensor")
+            raise CheckpointFileError(
+                f"{path}: entry {key!r} is a {type(tensor).__name__}, not a tensor"
+            )
     return state
 
 
