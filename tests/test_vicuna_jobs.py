@@ -71,3 +71,107 @@ def test_vicuna_resume_continues_with_the_same_losses(data_root, tmp_path):
     for step in range(1, 7):
         np.testing.assert_allclose(resumed[step], expected[step], rtol=1e-5, err_msg=f"step {step}")
     assert os.path.exists(os.path.join(interrupted, checkpoint.FINAL_MARKER))
+
+
+def _hf_vicuna(directory: str, image_token: int):
+    """A tiny re-randomized HF InstructBLIP-Vicuna with the demo tokenizers' ids, saved; returned."""
+    import sentencepiece
+    from transformers import InstructBlipForConditionalGeneration
+
+    from tests import reference
+
+    pieces = sentencepiece.SentencePieceProcessor(model_file=demo_data.DEMO_SPM)
+    end, pad = pieces.PieceToId("</s>"), pieces.GetPieceSize()
+    hf_config = reference.tiny_config(
+        "llama",
+        vocab_size=image_token + 1,  # [PAD] = #pieces, then the `<image>` placeholder
+        bos_token_id=end,
+        eos_token_id=end,
+        pad_token_id=pad,
+    )
+    hf_config.image_token_index = hf_config.image_token_id = image_token
+    hf_config.qformer_config.vocab_size = sum(1 for _ in open(demo_data.DEMO_VOCAB)) + 1  # [DEC]
+    hf_config._attn_implementation = "eager"
+    model = reference.randomize_(InstructBlipForConditionalGeneration(hf_config), seed=3)
+    model.save_pretrained(directory)
+    return model
+
+
+def _hf_generate(model, batch, image_token, settings, pad_id, eos_id):
+    """HF `generate` (greedy or beam) on an eval batch: `<image>` placeholders in front, left padding."""
+    import torch
+
+    ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+    queries = model.config.num_query_tokens
+    ids = np.concatenate([np.full((len(ids), queries), image_token), ids], 1)
+    mask = np.concatenate([np.ones((len(ids), queries), np.int64), mask], 1)
+    for row in range(len(ids)):
+        order = np.argsort(mask[row], kind="stable")  # pads first, token order kept
+        ids[row], mask[row] = ids[row][order], mask[row][order]
+    pixels = np.asarray(batch["pixel_values"], np.float32).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        out = model.generate(
+            pixel_values=torch.from_numpy(pixels.copy()),
+            qformer_input_ids=torch.from_numpy(batch["qformer_input_ids"].astype(np.int64)),
+            qformer_attention_mask=torch.from_numpy(
+                batch["qformer_attention_mask"].astype(np.int64)
+            ),
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens,
+            repetition_penalty=settings.repetition_penalty,
+            num_beams=settings.num_beams,
+            length_penalty=settings.length_penalty,
+            do_sample=False,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+    return out.numpy()[:, ids.shape[1] :]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "decoding",
+    [dict(num_beams=1), dict(num_beams=3, length_penalty=-1.0)],
+    ids=["greedy", "beam3"],
+)
+def test_eval_job_on_a_converted_hf_vicuna_generates_as_hf(data_root, tmp_path, decoding):
+    import json
+
+    from data_pipelines import eval_pipeline
+    from data_pipelines.text import LMTokenizer, text_format
+    from ib_jax import decode, evaluate
+
+    config = _config(data_root)
+    demo_data.ensure_from_config(config.data)
+    config.data.image_size = 28  # the reference model's vision tower
+    del config.model  # the checkpoint's model is evaluated
+    config.eval.datasets = ["demo_vqa"]
+    config.eval.overrides = {
+        "demo_vqa": dict(decoding, max_new_tokens=5, min_new_tokens=1, repetition_penalty=1.0)
+    }
+    tokenizer = LMTokenizer(config.data.lm_spm, text_format("llama"))
+    image_token = tokenizer.pad_id + 1
+    hf_dir = str(tmp_path / "hf_vicuna")
+    hf_model = _hf_vicuna(hf_dir, image_token)
+
+    results = evaluate.run(config, str(tmp_path / "run"), hf_dir)
+    assert results["demo_vqa"]["num_examples"] > 0
+    path = os.path.join(str(tmp_path / "run"), "eval", "predictions", "demo_vqa", "hf_vicuna.jsonl")
+    with open(path) as f:
+        ours = {row["id"]: row["prediction"] for row in map(json.loads, f)}
+
+    settings = evaluate._eval_settings(config, "demo_vqa")
+    expected = {}
+    for batch in eval_pipeline.build_eval_dataset(config.data, "demo_vqa", "eval"):
+        tokens = _hf_generate(
+            hf_model, batch, image_token, settings, tokenizer.pad_id, tokenizer.eos_id
+        )
+        texts = decode.decode_text(tokens, tokenizer, tokenizer.eos_id)
+        for row, text in enumerate(texts):
+            if batch["valid"][row]:
+                expected[batch["meta"]["id"][row]] = text
+    assert set(ours) == set(expected) and len(expected) == results["demo_vqa"]["num_examples"]
+    assert ours == expected
+    assert len(set(expected.values())) > 3  # not one degenerate output everywhere
