@@ -8,7 +8,7 @@ conversion function per direction: `from_config_dict` (ours) and `ib_jax.convert
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import ml_collections
 
@@ -49,6 +49,8 @@ class QFormerConfig:
 class T5Config:
     """FlanT5-XL by default; the `t5` LM family (ib_jax/models/t5.py)."""
 
+    family: ClassVar[str] = "t5"  # `config.model.lm_type`; the family itself: models/families.py
+
     vocab_size: int = 32128
     d_model: int = 2048
     d_kv: int = 64
@@ -73,6 +75,8 @@ class LlamaConfig:
     """Vicuna-7B v1.1 by default. The token ids are those of the tokenizer the released InstructBLIP
     checkpoints were trained with (LAVIS: LLaMA's SentencePiece with `</s>` as BOS, EOS and UNK, and
     `[PAD]` added as id 32000, hence the 32001-row vocabulary)."""
+
+    family: ClassVar[str] = "llama"
 
     vocab_size: int = 32001
     hidden_size: int = 4096
@@ -112,10 +116,13 @@ class ModelConfig:
 
     @property
     def lm_type(self) -> str:
-        """The language-model family's name (`config.model.lm_type`), from its registry."""
-        from ib_jax.models import families  # the registry imports the models, which import this
+        """The language-model family's name (`config.model.lm_type`)."""
+        return type(self.text).family
 
-        return families.family_of(self.text).name
+
+# The LM families' hyperparameter classes by name, so that a config dict is read without importing
+# the models; ib_jax/models/families.py pairs each with its module, FLOPs and text conventions.
+TEXT_CONFIGS: dict[str, type] = {cls.family: cls for cls in (T5Config, LlamaConfig)}
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
@@ -129,11 +136,14 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 def from_config_dict(model: ml_collections.ConfigDict | dict) -> ModelConfig:
     """`config.model` (see configs/) -> ModelConfig."""
     model = dict(model.to_dict() if isinstance(model, ml_collections.ConfigDict) else model)
-    from ib_jax.models import families  # the registry imports the models, which import this
-
     model = precision.resolve_model_fields(model)  # config.model.precision -> dtype, param_dtype
 
-    text_cls = families.family(model.pop("lm_type", "t5")).config_cls
+    lm_type = model.pop("lm_type", "t5")
+    if lm_type not in TEXT_CONFIGS:
+        raise ValueError(
+            f"config.model.lm_type must be one of {sorted(TEXT_CONFIGS)}, got {lm_type!r}"
+        )
+    text_cls = TEXT_CONFIGS[lm_type]
     model["vision"] = _build(VisionConfig, model.get("vision", {}))
     model["qformer"] = _build(QFormerConfig, model.get("qformer", {}))
     model["text"] = _build(text_cls, model.get("text", {}))

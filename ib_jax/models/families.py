@@ -14,9 +14,9 @@ from typing import Any
 
 import flax.linen as nn
 
-from data_pipelines.text import TextFormat
 from ib_jax.models import llama, t5
-from ib_jax.models.configs import LlamaConfig, T5Config
+from ib_jax.models.configs import TEXT_CONFIGS, LlamaConfig, T5Config
+from ib_jax.models.text_format import TextFormat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ FAMILIES: dict[str, LMFamily] = {
     family.name: family
     for family in (
         LMFamily(
-            name="t5",
+            name=T5Config.family,
             config_cls=T5Config,
             module_cls=t5.T5,
             width=lambda config: config.d_model,
@@ -92,7 +92,7 @@ FAMILIES: dict[str, LMFamily] = {
             text=TextFormat(),  # HF T5Tokenizer: `</s>` closes instruction and target; pad 0
         ),
         LMFamily(
-            name="llama",
+            name=LlamaConfig.family,
             config_cls=LlamaConfig,
             module_cls=llama.Llama,
             width=lambda config: config.hidden_size,
@@ -110,6 +110,10 @@ FAMILIES: dict[str, LMFamily] = {
         ),
     )
 }
+
+
+# Every LM config class has a family here, under the name it declares.
+assert {name: f.config_cls for name, f in FAMILIES.items()} == TEXT_CONFIGS, "families vs configs"
 
 
 def family(name: str) -> LMFamily:
