@@ -175,3 +175,17 @@ def test_eval_job_on_a_converted_hf_vicuna_generates_as_hf(data_root, tmp_path, 
     assert set(ours) == set(expected) and len(expected) == results["demo_vqa"]["num_examples"]
     assert ours == expected
     assert len(set(expected.values())) > 3  # not one degenerate output everywhere
+
+
+def test_every_lm_family_names_its_conversion_tables():
+    import importlib
+
+    from ib_jax.models import families
+
+    for family in families.FAMILIES.values():
+        tables = importlib.import_module(family.conversion)
+        for name in ("HF_RULES", "LAVIS_RULES"):
+            assert getattr(tables, name), f"{family.conversion}.{name}"
+        for name in ("HF_ALIASES", "HF_UNUSED", "LAVIS_ALIASES", "LAVIS_UNUSED"):
+            assert isinstance(getattr(tables, name), (dict, list)), f"{family.conversion}.{name}"
+        assert tables.LAVIS_PREFIX.endswith(".") and isinstance(tables.TIE_HEADLESS, bool)

@@ -10,18 +10,29 @@ directory (`write_converted`: bounded memory, for the command line).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
+from types import ModuleType
 from typing import Any
 
-from ib_jax.convert import core, readers, rules, write
+from ib_jax.convert import core, readers, write
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
+from ib_jax.models import families
 from ib_jax.models.configs import ModelConfig, from_config_dict, to_config_dict
 
 
+def family_rules(config: ModelConfig) -> ModuleType:
+    """The conversion tables of `config`'s LM family: the module its registry entry names
+    (`LMFamily.conversion`), holding HF_RULES/ALIASES/UNUSED, LAVIS_RULES/ALIASES/UNUSED,
+    LAVIS_PREFIX and TIE_HEADLESS."""
+    return importlib.import_module(families.family_of(config.text).conversion)
+
+
 def tie_if_headless(config: ModelConfig, state: readers.LazyState, head_key: str) -> ModelConfig:
-    """A T5 checkpoint without an lm_head key reads its logits off the shared embedding."""
-    if config.lm_type == "t5" and head_key not in state:
+    """A checkpoint without an lm_head key reads its logits off the shared embedding, where the
+    family allows it (T5)."""
+    if family_rules(config).TIE_HEADLESS and head_key not in state:
         return dataclasses.replace(
             config, text=dataclasses.replace(config.text, tie_word_embeddings=True)
         )
@@ -32,14 +43,9 @@ def plan_hf(directory: str, **overrides: Any) -> core.Plan:
     """A `save_pretrained` InstructBLIP directory -> its conversion plan."""
     config = model_config_from_hf(read_hf_config(directory), **overrides)
     state = readers.read_hf_directory(directory)
-    if config.lm_type == "llama":
-        from ib_jax.convert import llama_rules
-
-        table, aliases, unused = llama_rules.HF_RULES, llama_rules.HF_ALIASES, llama_rules.HF_UNUSED
-    else:
-        config = tie_if_headless(config, state, "language_model.lm_head.weight")
-        table, aliases, unused = rules.HF_RULES, rules.HF_ALIASES, []
-    return core.plan(state, table, config, aliases, unused)
+    tables = family_rules(config)
+    config = tie_if_headless(config, state, "language_model.lm_head.weight")
+    return core.plan(state, tables.HF_RULES, config, tables.HF_ALIASES, tables.HF_UNUSED)
 
 
 def plan_lavis(
@@ -51,24 +57,14 @@ def plan_lavis(
     """A LAVIS state dict; trimmed files get the frozen towers from `vit` (EVA ViT-g .pth, keys
     without the `visual_encoder.` prefix) and `language_model` (an HF T5/Vicuna directory or file)."""
     state = readers.read_any(checkpoint)
-    prefix = "t5_model." if config.lm_type == "t5" else "llm_model."
+    tables = family_rules(config)
     if vit is not None:
         state.update(readers.read_any(vit), prefix="visual_encoder.")
     if language_model is not None:
-        state.update(readers.read_any(language_model), prefix=prefix)
+        state.update(readers.read_any(language_model), prefix=tables.LAVIS_PREFIX)
     core.fuse_lavis_qkv_bias(state)
-    if config.lm_type == "llama":
-        from ib_jax.convert import llama_rules
-
-        table, aliases, unused = (
-            llama_rules.LAVIS_RULES,
-            llama_rules.LAVIS_ALIASES,
-            llama_rules.LAVIS_UNUSED,
-        )
-    else:
-        config = tie_if_headless(config, state, "t5_model.lm_head.weight")
-        table, aliases, unused = rules.LAVIS_RULES, rules.LAVIS_ALIASES, rules.LAVIS_UNUSED
-    return core.plan(state, table, config, aliases, unused)
+    config = tie_if_headless(config, state, tables.LAVIS_PREFIX + "lm_head.weight")
+    return core.plan(state, tables.LAVIS_RULES, config, tables.LAVIS_ALIASES, tables.LAVIS_UNUSED)
 
 
 def to_memory(plan: core.Plan) -> dict[str, Any]:

@@ -96,6 +96,11 @@ _ROTARY_BUFFERS = [
     r"(language_model|llm_model)\.model\.rotary_emb\.inv_freq",
 ]
 
+# The tables of the LLaMA family (`LMFamily.conversion` names this module); the head is never tied
+# (Vicuna has its own lm_head).
+LAVIS_PREFIX = "llm_model."
+TIE_HEADLESS = False
+
 HF_RULES: list[Rule] = [*rules.hf_image_rules(), *llama_rules("language_model")]
 HF_ALIASES: dict[str, str] = {}
 HF_UNUSED: list[str] = list(_ROTARY_BUFFERS)

@@ -287,7 +287,14 @@ def lavis_image_rules(projection: str) -> list[Rule]:
     ]
 
 
+# The tables of the T5 family (`LMFamily.conversion` names this module): HF and LAVIS rules,
+# aliases and unused keys, the LAVIS key prefix of the LM, and whether a checkpoint without an
+# lm_head key reads its logits off the shared embedding (T5's tied head).
+LAVIS_PREFIX = "t5_model."
+TIE_HEADLESS = True
+
 HF_RULES: list[Rule] = [*hf_image_rules(), *t5_rules("language_model")]
+HF_UNUSED: list[str] = []
 
 # Keys that exist in the files but carry no parameter of their own: tied copies and buffers.
 HF_ALIASES: dict[str, str] = {

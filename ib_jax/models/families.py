@@ -33,6 +33,8 @@ class LMFamily:
                    example (2 per multiply-accumulate).
     text:          the text conventions its checkpoints were trained with (the LM tokenizer's
                    special tokens, padding and truncation; data_pipelines/text.py).
+    conversion:    the module holding its checkpoint conversion tables (HF and LAVIS rules,
+                   aliases, unused keys, LAVIS key prefix; read by ib_jax/convert/api.py).
     """
 
     name: str
@@ -41,6 +43,7 @@ class LMFamily:
     width: Callable[[Any], int]
     forward_flops: Callable[[Any, int, int, int], float]
     text: TextFormat
+    conversion: str
 
 
 # FLOPs of one teacher-forced example (2 per multiply-accumulate; matmuls and attention).
@@ -90,6 +93,7 @@ FAMILIES: dict[str, LMFamily] = {
             width=lambda config: config.d_model,
             forward_flops=_t5_forward_flops,
             text=TextFormat(),  # HF T5Tokenizer: `</s>` closes instruction and target; pad 0
+            conversion="ib_jax.convert.rules",
         ),
         LMFamily(
             name=LlamaConfig.family,
@@ -107,6 +111,7 @@ FAMILIES: dict[str, LMFamily] = {
                 keep_target_eos=False,
                 candidate_eos=False,
             ),
+            conversion="ib_jax.convert.llama_rules",
         ),
     )
 }
