@@ -189,3 +189,64 @@ def test_every_lm_family_names_its_conversion_tables():
         for name in ("HF_ALIASES", "HF_UNUSED", "LAVIS_ALIASES", "LAVIS_UNUSED"):
             assert isinstance(getattr(tables, name), (dict, list)), f"{family.conversion}.{name}"
         assert tables.LAVIS_PREFIX.endswith(".") and isinstance(tables.TIE_HEADLESS, bool)
+
+
+@pytest.mark.reference
+def test_conversion_takes_the_tokenizer_ids_and_names_both_files(tmp_path, caplog):
+    """config.json (bos 1, eos 2, pad 0) vs the tokenizer saved as LAVIS configures it (`</s>` as
+    BOS, [PAD] added): the converted model gets the tokenizer's ids, as HF's own tokenizer loads
+    them, with one message naming both files and both values."""
+    import dataclasses
+    import logging
+
+    import sentencepiece
+    import transformers
+
+    from ib_jax.convert import api, tokenizer_ids
+    from tests import reference
+
+    spm_dir = tmp_path / "spm"
+    spm_dir.mkdir()
+    (spm_dir / "corpus.txt").write_text("\n".join(demo_data.demo_corpus() * 3))
+    sentencepiece.SentencePieceTrainer.Train(
+        input=str(spm_dir / "corpus.txt"),
+        model_prefix=str(spm_dir / "tokenizer"),
+        vocab_size=400,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    tok = transformers.LlamaTokenizer.from_pretrained(str(spm_dir))
+    for name, piece in (("pad", "[PAD]"), ("bos", "</s>"), ("eos", "</s>"), ("unk", "</s>")):
+        tok.add_special_tokens({f"{name}_token": piece})
+    hf_dir = str(tmp_path / "hf")
+    reference.build(
+        "llama", seed=0, bos_token_id=1, eos_token_id=2, pad_token_id=0
+    ).save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    loaded = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    want = (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id)
+    assert want[:2] == (2, 2) and want[2] not in (0, None)
+
+    with caplog.at_level(logging.WARNING, logger="ib_jax.convert.api"):
+        text = api.plan_hf(hf_dir).config.text
+    assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == want
+    messages = [r.getMessage() for r in caplog.records if "special-token ids" in r.getMessage()]
+    assert len(messages) == 1, messages
+    for part in (
+        "config.json text_config.bos_token_id is 1",
+        "tokenizer_config.json names bos_token '</s>', id 2",
+        "config.json text_config.pad_token_id is 0",
+        f"pad_token '[PAD]', id {want[2]}",
+        "`[PAD]` = 32000",
+    ):
+        assert part in messages[0], (part, messages[0])
+    assert "eos_token_id" not in messages[0]  # eos agrees
+    agreeing = dataclasses.replace(text, bos_token_id=2, eos_token_id=2, pad_token_id=want[2])
+    assert tokenizer_ids.reconcile(hf_dir, agreeing) == (agreeing, None)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import os
 from types import ModuleType
 from typing import Any
 
-from ib_jax.convert import core, readers, write
+from ib_jax.convert import core, readers, tokenizer_ids, write
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
 from ib_jax.models import families
 from ib_jax.models.configs import ModelConfig, from_config_dict, to_config_dict
+
+logger = logging.getLogger(__name__)
 
 
 def family_rules(config: ModelConfig) -> ModuleType:
@@ -42,6 +45,10 @@ def tie_if_headless(config: ModelConfig, state: readers.LazyState, head_key: str
 def plan_hf(directory: str, **overrides: Any) -> core.Plan:
     """A `save_pretrained` InstructBLIP directory -> its conversion plan."""
     config = model_config_from_hf(read_hf_config(directory), **overrides)
+    text, message = tokenizer_ids.reconcile(directory, config.text)
+    if message:
+        logger.warning("%s", message)
+        config = dataclasses.replace(config, text=text)
     state = readers.read_hf_directory(directory)
     tables = family_rules(config)
     config = tie_if_headless(config, state, "language_model.lm_head.weight")

@@ -85,6 +85,7 @@ def _llama(c: dict[str, Any]) -> LlamaConfig:
     # Token ids are read as saved. Beware: Vicuna-era config.json files carry ids that disagree with
     # the tokenizer the released models were trained with (LAVIS issue #509: bos 0 / eos 1 / pad -1);
     # that tokenizer's ids (2 / 2 / 32000) are LlamaConfig's defaults and configs/instructblip_vicuna*.py's.
+    # plan_hf then takes the ids the directory's tokenizer files give (convert/tokenizer_ids.py).
     return LlamaConfig(
         vocab_size=c.get("vocab_size", 32001),
         hidden_size=c.get("hidden_size", 4096),
