@@ -1,11 +1,16 @@
-"""Zero-shot evaluation on the paper's 13 held-out datasets (InstructBLIP Table 1), FlanT5-XL.
+"""Zero-shot evaluation on the paper's 13 held-out datasets (InstructBLIP Table 1), FlanT5-XL by
+default, or another of the paper's language models with `lm=`.
 
 `python -m ib_jax.evaluate --config=configs/eval_heldout.py --workdir=DIR --checkpoint=CONVERTED_DIR`
 `--config=configs/eval_heldout.py:root=/data`: every dataset is found under `root` in its
 published layout (data_pipelines/layouts.py; docs/DATASETS.md says what to download and where it
 goes). Options, comma-separated: `root=`, `datasets=a+b` (a subset), `frames=1` (video sets from
 pre-extracted frame folders), `<dataset>.<field>=V` (per-dataset override of ann_path,
-image_root or a parse option, e.g. `msrvtt_qa.answer_vocab_size=1000`).
+image_root or a parse option, e.g. `msrvtt_qa.answer_vocab_size=1000`), `lm=` one of LMS:
+flant5xl (default), flant5xxl, vicuna7b, vicuna13b (`vicuna` = vicuna7b). The Vicuna models read
+the LLaMA SentencePiece model `root/tokenizers/llama-tokenizer.model` (as
+configs/instructblip_vicuna7b.py) with LAVIS's Vicuna text layout and lengths; the model section
+must match the evaluated checkpoint (the eval job refuses one that disagrees).
 
 Prompts and decoding come from the dataset registry (data_pipelines/registry.py): QA beam 5, max
 10 new tokens, length penalty -1; captions beam 5, max 80, min 10; candidate ranking for
@@ -19,7 +24,7 @@ import os
 
 import ml_collections
 
-from configs import common, data_heldin
+from configs import common, data_heldin, instructblip_vicuna7b, instructblip_vicuna13b
 from data_pipelines import layouts
 
 HELD_OUT = (
@@ -53,23 +58,40 @@ OVERRIDES = {
 }
 
 
+# `lm=` -> (text config, LM family, SentencePiece file under root/tokenizers, text_max_len,
+# target_max_len). Vicuna's lengths are its training config's (LAVIS max_txt_len 128).
+LMS = {
+    "flant5xl": (common.FLAN_T5_XL, "t5", "flan-t5-spiece.model", 256, 32),
+    "flant5xxl": (common.FLAN_T5_XXL, "t5", "flan-t5-spiece.model", 256, 32),
+    "vicuna7b": (instructblip_vicuna7b.VICUNA_7B, "llama", "llama-tokenizer.model", 128, 128),
+    "vicuna13b": (instructblip_vicuna13b.VICUNA_13B, "llama", "llama-tokenizer.model", 128, 128),
+}
+LMS["vicuna"] = LMS["vicuna7b"]
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """FlanT5-XL on the held-out datasets under `root` (options in the module docstring)."""
+    """The `lm=` model (default FlanT5-XL) on the held-out datasets under `root` (options in the
+    module docstring)."""
     options, per_dataset = layouts.parse_arg(arg)
     root = options.get("root", "/path/to/eval_data")
     datasets = options["datasets"].split("+") if "datasets" in options else list(HELD_OUT)
+    lm = options.get("lm", "flant5xl")
+    if lm not in LMS:
+        raise ValueError(f"configs/eval_heldout.py: lm={lm!r} is not one of {sorted(LMS)}")
+    text, lm_type, spm_file, text_max_len, target_max_len = LMS[lm]
 
     config = ml_collections.ConfigDict()
-    config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, common.FLAN_T5_XL)
+    config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, dict(text), lm_type=lm_type)
     config.data = ml_collections.ConfigDict(
         dict(
             image_size=224,
             num_frames=4,
             qformer_max_len=256,
-            text_max_len=256,
-            target_max_len=32,
+            text_max_len=text_max_len,
+            target_max_len=target_max_len,
             qformer_vocab=os.path.join(root, "tokenizers/bert-base-uncased-vocab.txt"),
-            lm_spm=os.path.join(root, "tokenizers/flan-t5-spiece.model"),
+            lm_spm=os.path.join(root, "tokenizers", spm_file),
+            lm_type=lm_type,  # the LM tokenizer's text conventions (data_pipelines/text.py)
             global_batch_size=16,
             eval_batch_size=16,
             seed=0,

@@ -250,3 +250,37 @@ def test_conversion_takes_the_tokenizer_ids_and_names_both_files(tmp_path, caplo
     assert "eos_token_id" not in messages[0]  # eos agrees
     agreeing = dataclasses.replace(text, bos_token_id=2, eos_token_id=2, pad_token_id=want[2])
     assert tokenizer_ids.reconcile(hf_dir, agreeing) == (agreeing, None)
+
+
+@pytest.mark.parametrize(
+    "lm, train_config",
+    [
+        ("vicuna", "instructblip_vicuna7b"),
+        ("vicuna13b", "instructblip_vicuna13b"),
+        (None, "instructblip_flant5xl"),
+    ],
+)
+def test_heldout_config_evaluates_the_training_configs_model(lm, train_config):
+    """configs/eval_heldout.py:lm=... has the model its training config trains (the eval job
+    refuses a checkpoint whose architecture differs), that model's tokenizer and text layout."""
+    from ib_jax.eval import loading
+    from ib_jax.models.configs import from_config_dict
+
+    arg = "root=/data" + (f",lm={lm}" if lm else "")
+    config = load_config(os.path.join(REPO, f"configs/eval_heldout.py:{arg}"))
+    trained = load_config(os.path.join(REPO, f"configs/{train_config}.py"))
+    assert loading._architecture(from_config_dict(config.model)) == loading._architecture(
+        from_config_dict(trained.model)
+    )
+    # (the data default is t5: data_pipelines/preprocess.py)
+    assert config.data.lm_type == trained.data.get("lm_type", "t5") == config.model.lm_type
+    assert config.data.lm_spm.startswith("/data/tokenizers/")
+    if lm:
+        assert os.path.basename(config.data.lm_spm) == os.path.basename(trained.data.lm_spm)
+        assert (config.data.text_max_len, config.data.target_max_len) == (
+            trained.data.text_max_len,
+            trained.data.target_max_len,
+        )
+    assert len(config.eval.datasets) == 13
+    with pytest.raises(ValueError, match="lm='gpt'"):
+        load_config(os.path.join(REPO, "configs/eval_heldout.py:lm=gpt"))
