@@ -61,8 +61,8 @@ OVERRIDES = {
 # `lm=` -> (text config, LM family, SentencePiece file under root/tokenizers, text_max_len,
 # target_max_len). Vicuna's lengths are its training config's (LAVIS max_txt_len 128).
 LMS = {
-    "flant5xl": (common.FLAN_T5_XL, "t5", "flan-t5-spiece.model", 256, 32),
-    "flant5xxl": (common.FLAN_T5_XXL, "t5", "flan-t5-spiece.model", 256, 32),
+    "flant5xl": (common.FLAN_T5_XL, "t5", "spiece.model", 256, 32),
+    "flant5xxl": (common.FLAN_T5_XXL, "t5", "spiece.model", 256, 32),
     "vicuna7b": (instructblip_vicuna7b.VICUNA_7B, "llama", "llama-tokenizer.model", 128, 128),
     "vicuna13b": (instructblip_vicuna13b.VICUNA_13B, "llama", "llama-tokenizer.model", 128, 128),
 }
