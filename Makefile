@@ -53,7 +53,11 @@ test-reference: $(VENV)/.test
 	$(PY) -m pytest -n 2 -q tests
 
 # Tests marked `reference` need torch, which has no build for this lane's Python here.
+# ... after the demo config for a few steps through the real entry point (train, then its eval).
 test-newest: $(VENV_NEWEST)/.test
+	rm -rf workdirs/newest-demo
+	$(PY_NEWEST) -m ib_jax.train --config=configs/demo.py --workdir=workdirs/newest-demo \
+		--config.train.num_steps=20 --config.checkpoint.every_steps=10
 	$(PY_NEWEST) -m pytest -n 2 -q -m "not reference" tests
 
 test: lint test-reference test-newest
