@@ -43,7 +43,6 @@ _NOT_COPIED = re.compile(
     r"(config\.json|generation_config\.json|.*\.(safetensors|bin|pth|pt|msgpack|h5|ckpt)"
     r"|.*\.index\.json)"
 )
-_T5_IMAGE_TOKEN = 32100
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -122,13 +121,16 @@ def added_token_id(directory: str, content: str) -> int | None:
 
 def image_token_index(flag: int, tokenizer_dir: str | None, config) -> int:
     """See the module docstring; the id must be a row of the LM vocabulary."""
+    from ib_jax.convert import api
+
     vocab = config.text.vocab_size
     index, source = flag, "--image_token_index"
     if index < 0 and tokenizer_dir:
         found = added_token_id(tokenizer_dir, "<image>")
         index, source = (-1, "") if found is None else (found, f"<image> of {tokenizer_dir}")
-    if index < 0 and config.lm_type == "t5" and vocab > _T5_IMAGE_TOKEN:
-        index, source = _T5_IMAGE_TOKEN, "FlanT5's first padding row"
+    default = api.family_rules(config).IMAGE_TOKEN_INDEX  # FlanT5's first padding row
+    if index < 0 and default is not None and vocab > default:
+        index, source = default, f"the {config.lm_type} default {default}"
     if index < 0:
         raise ValueError(
             f"no row of the {vocab}-row LM vocabulary is known to be free for the <image> "

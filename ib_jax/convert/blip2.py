@@ -11,11 +11,13 @@ Three sources (see `blip2_rules` for why BERT is needed and what the `[DEC]` row
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import re
 from collections import defaultdict
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from flax import traverse_util
 
 from ib_jax.convert import blip2_rules, core, readers
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
+from ib_jax.models import families
 from ib_jax.models.configs import ModelConfig
 
 _WORDS = "Qformer.bert.embeddings.word_embeddings.weight"
@@ -68,12 +71,13 @@ def plan_blip2(
     if vit is not None:
         state.update(readers.read_any(vit), "visual_encoder.", f"EVA ViT {vit}")
     if language_model is not None:
-        prefix = "t5_model." if config.lm_type == "t5" else "llm_model."
+        prefix = _family_rules(config).LAVIS_PREFIX
         state.update(readers.read_any(language_model), prefix, f"language model {language_model}")
-    for prefix, flag in (
-        ("visual_encoder.", "--vit"),
-        (("t5_model.", "llm_model."), "--language_model"),
-    ):
+    lm_prefixes = tuple(
+        importlib.import_module(family.conversion).LAVIS_PREFIX
+        for family in families.FAMILIES.values()
+    )
+    for prefix, flag in (("visual_encoder.", "--vit"), (lm_prefixes, "--language_model")):
         if not any(key.startswith(prefix) for key in state):
             raise core.ConversionError(
                 f"{blip2} holds no {prefix if isinstance(prefix, str) else ' or '.join(prefix)}* "
@@ -94,7 +98,7 @@ def _check_stage(blip2: str, stage1: bool, projections: list[str], bert, config)
             )
         return
     projection = projections[0] if projections else "no *_proj.weight"
-    if config.lm_type != "t5" or projection != "t5_proj.weight":
+    if projection != _family_rules(config).LAVIS_STAGE2_PROJECTION:
         raise core.ConversionError(
             f"{blip2} is a BLIP-2 stage-2 checkpoint for another language model ({projection}; "
             f"no {_WORDS}): a {config.lm_type} initialisation starts from the stage-1 Q-Former "
@@ -160,21 +164,24 @@ def _plan_stage2(blip2, state, bert, config, seed) -> core.Plan:
 
 
 def _plan_stage1(state, config, seed) -> core.Plan:
-    from ib_jax.convert import llama_rules, rules
     from ib_jax.convert.api import tie_if_headless
 
-    lm_width = config.text.d_model if config.lm_type == "t5" else config.text.hidden_size
+    tables = _family_rules(config)
+    lm_width = families.family_of(config.text).width(config.text)
     width = config.qformer.hidden_size
     for name, shape in (("weight", (lm_width, width)), ("bias", (lm_width,))):
         state.add(f"{blip2_rules.FRESH_PROJECTION}.{name}", _fresh_linear(shape, width, seed))
     core.fuse_lavis_qkv_bias(state)
-    unused = list(blip2_rules.STAGE1_UNUSED)
-    if config.lm_type == "llama":
-        unused += llama_rules.LAVIS_UNUSED
-    else:
-        config = tie_if_headless(config, state, "t5_model.lm_head.weight")
-    aliases = rules.LAVIS_ALIASES if config.lm_type == "t5" else {}
-    return core.plan(state, blip2_rules.lavis_stage1_rules(config.lm_type), config, aliases, unused)
+    unused = [*blip2_rules.STAGE1_UNUSED, *tables.LAVIS_UNUSED]
+    config = tie_if_headless(config, state, tables.LAVIS_PREFIX + "lm_head.weight")
+    table = blip2_rules.lavis_stage1_rules(tables.LAVIS_LM_RULES)
+    return core.plan(state, table, config, tables.LAVIS_ALIASES, unused)
+
+
+def _family_rules(config: ModelConfig) -> ModuleType:
+    from ib_jax.convert.api import family_rules
+
+    return family_rules(config)
 
 
 def _fresh_linear(shape: tuple[int, ...], fan_in: int, seed: int) -> readers.Entry:

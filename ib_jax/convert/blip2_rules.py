@@ -121,12 +121,7 @@ def lavis_stage2_rules() -> list[Rule]:
     return [*rules.lavis_image_rules(r"t5_proj"), *rules.t5_rules("t5_model")]
 
 
-def lavis_stage1_rules(lm_type: str) -> list[Rule]:
-    """LAVIS stage 1 + a separate language model; the projection is freshly drawn."""
-    if lm_type == "llama":
-        from ib_jax.convert import llama_rules
-
-        language_model = llama_rules.llama_rules("llm_model", resize_vocab=True)
-    else:
-        language_model = rules.t5_rules("t5_model")
+def lavis_stage1_rules(language_model: list[Rule]) -> list[Rule]:
+    """LAVIS stage 1 + a separate language model (its family's `LAVIS_LM_RULES`); the projection
+    is freshly drawn."""
     return [*rules.lavis_image_rules(FRESH_PROJECTION.replace(".", r"\.")), *language_model]

@@ -1,10 +1,11 @@
 """Our parameters -> a Hugging Face directory: the conversion tables run backwards.
 
-One table per format, the converter's own (`rules.HF_RULES`, `llama_rules.HF_RULES`,
-`blip2_rules.hf_blip2_rules`): each parameter path is matched against the rules' *targets*, the
-source key is the rule's pattern with the layer filled in, and `rules.to_torch` inverts the hook.
-Before anything is written, the exported keys and shapes are planned through the forward table
-(`core.plan`), so an export that the converter would not read back stops with its message.
+One table per format, the converter's own (from the LM family's tables, `api.family_rules`:
+`HF_RULES`, or `blip2_rules.hf_blip2_rules`'s image side + `HF_LM_RULES`): each parameter path
+is matched against the rules' *targets*, the source key is the rule's pattern with the layer
+filled in, and `rules.to_torch` inverts the hook. Before anything is written, the exported keys
+and shapes are planned through the forward table (`core.plan`), so an export that the converter
+would not read back stops with its message.
 
 Formats:
   instructblip  `InstructBlipForConditionalGeneration` (the instruction-aware model)
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from ib_jax.convert import blip2_rules, core, llama_rules, readers, rules
+from ib_jax.convert import api, blip2_rules, core, readers, rules
 from ib_jax.models.configs import ModelConfig
 
 FORMATS = ("instructblip", "blip2")
@@ -82,14 +83,11 @@ def table(config: ModelConfig, fmt: str) -> tuple[list[rules.Rule], dict[str, st
     """The conversion table (and its aliases) of `fmt` for `config`'s language model."""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: one of {', '.join(FORMATS)}")
+    tables = api.family_rules(config)
     if fmt == "instructblip":
-        if config.lm_type == "llama":
-            return llama_rules.HF_RULES, llama_rules.HF_ALIASES
-        return rules.HF_RULES, rules.HF_ALIASES
+        return tables.HF_RULES, tables.HF_ALIASES
     image = [r for r in blip2_rules.hf_blip2_rules() if not r.target.startswith("language_model/")]
-    if config.lm_type == "llama":
-        return [*image, *llama_rules.llama_rules("language_model")], {}
-    return [*image, *rules.t5_rules("language_model")], rules.HF_ALIASES
+    return [*image, *tables.HF_LM_RULES], tables.HF_ALIASES
 
 
 def _target_regex(rule: rules.Rule) -> re.Pattern:
@@ -147,12 +145,8 @@ def plan_export(config: ModelConfig, leaves: dict[str, Leaf], fmt: str) -> list[
         raise core.ConversionError(
             f"{len(problems)} export problem(s):\n  " + "\n  ".join(problems)
         )
-    if (
-        config.lm_type == "t5"
-        and config.text.tie_word_embeddings
-        and not _ties_t5_head(config.text)
-    ):
-        head = _t5_head_copy(leaves, compiled)
+    if config.text.tie_word_embeddings and not api.family_rules(config).hf_ties_head(config.text):
+        head = _head_copy(leaves, compiled)
         tensors[head.key] = head
         config = dataclasses.replace(
             config, text=dataclasses.replace(config.text, tie_word_embeddings=False)
@@ -161,16 +155,9 @@ def plan_export(config: ModelConfig, leaves: dict[str, Leaf], fmt: str) -> list[
     return list(tensors.values())
 
 
-def _ties_t5_head(text) -> bool:
-    """Whether the exported T5 reads its logits off the shared embedding. transformers 4 scales
-    the decoder output by d_model**-0.5 exactly when it ties the head (5 reads
-    `scale_decoder_outputs`), so a tied head without the scaling is written as an lm_head of its
-    own (`_t5_head_copy`), which both read alike."""
-    return text.tie_word_embeddings and text.scale_decoder_outputs
-
-
-def _t5_head_copy(leaves: dict[str, Leaf], compiled) -> Tensor:
-    """`language_model.lm_head.weight` holding the shared embedding [V, D]."""
+def _head_copy(leaves: dict[str, Leaf], compiled) -> Tensor:
+    """`language_model.lm_head.weight` holding the shared embedding [V, D] (a tied T5 head that
+    HF would not read as tied: the family's `hf_ties_head`)."""
     shared = leaves["language_model/shared/embedding"]
     path = "language_model/lm_head/kernel"
     match, rule = next((m, r) for regex, r in compiled if (m := regex.fullmatch(path)))
@@ -192,61 +179,6 @@ def _check_forward(config, tensors: list[Tensor], rule_table, aliases) -> None:
     wrong = [t.key for t in tensors if plan.assignments[t.path].key != t.key]
     if wrong:
         raise core.ConversionError(f"exported keys read back as other parameters: {wrong[:6]}")
-
-
-def _t5_text(t) -> dict[str, Any]:
-    if t.is_gated_act:
-        # "gated-gelu" means the tanh form in transformers; exact GELU is "gelu_python" there.
-        act = {"gelu_new": "gelu", "gelu": "gelu_python"}.get(t.dense_act_fn, t.dense_act_fn)
-        proj = f"gated-{act}"
-    else:
-        proj = t.dense_act_fn
-    return dict(
-        model_type="t5",
-        vocab_size=t.vocab_size,
-        d_model=t.d_model,
-        d_kv=t.d_kv,
-        d_ff=t.d_ff,
-        num_layers=t.num_layers,
-        num_decoder_layers=t.num_decoder_layers,
-        num_heads=t.num_heads,
-        relative_attention_num_buckets=t.relative_attention_num_buckets,
-        relative_attention_max_distance=t.relative_attention_max_distance,
-        layer_norm_epsilon=t.layer_norm_epsilon,
-        feed_forward_proj=proj,
-        dense_act_fn=t.dense_act_fn,
-        is_gated_act=t.is_gated_act,
-        # Tied only when no lm_head is written (see `_ties_t5_head`); the scaling is explicit.
-        tie_word_embeddings=_ties_t5_head(t),
-        scale_decoder_outputs=t.scale_decoder_outputs,
-        is_encoder_decoder=True,
-        pad_token_id=t.pad_token_id,
-        eos_token_id=t.eos_token_id,
-        decoder_start_token_id=t.decoder_start_token_id,
-    )
-
-
-def _llama_text(t) -> dict[str, Any]:
-    return dict(
-        model_type="llama",
-        vocab_size=t.vocab_size,
-        hidden_size=t.hidden_size,
-        intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_layers,
-        num_attention_heads=t.num_heads,
-        num_key_value_heads=t.num_kv_heads,
-        head_dim=t.head_dim,
-        rms_norm_eps=t.rms_norm_eps,
-        rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta),
-        max_position_embeddings=t.max_position_embeddings,
-        hidden_act=t.hidden_act,
-        tie_word_embeddings=t.tie_word_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=t.bos_token_id,
-        eos_token_id=t.eos_token_id,
-        pad_token_id=t.pad_token_id,
-    )
 
 
 def hf_config(config: ModelConfig, fmt: str, image_token_index: int, dtype: str) -> dict[str, Any]:
@@ -280,7 +212,7 @@ def hf_config(config: ModelConfig, fmt: str, image_token_index: int, dtype: str)
     )
     if blip2:
         qformer["use_qformer_text_input"] = False
-    text = _llama_text(config.text) if config.lm_type == "llama" else _t5_text(config.text)
+    tables = api.family_rules(config)
     return dict(
         architectures=[
             "Blip2ForConditionalGeneration" if blip2 else "InstructBlipForConditionalGeneration"
@@ -289,10 +221,10 @@ def hf_config(config: ModelConfig, fmt: str, image_token_index: int, dtype: str)
         dtype=dtype,
         num_query_tokens=config.num_query_tokens,
         image_token_index=image_token_index,
-        use_decoder_only_language_model=config.lm_type == "llama",
+        use_decoder_only_language_model=tables.DECODER_ONLY,
         vision_config=vision,
         qformer_config=qformer,
-        text_config=text,
+        text_config=tables.hf_text_config(config.text),
     )
 
 

@@ -6,6 +6,8 @@ language model rows are LLaMA's (`LlamaForCausalLM` names, the same in HF and in
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ib_jax.convert import rules
@@ -100,14 +102,48 @@ _ROTARY_BUFFERS = [
 # (Vicuna has its own lm_head).
 LAVIS_PREFIX = "llm_model."
 TIE_HEADLESS = False
+DECODER_ONLY = True  # HF `use_decoder_only_language_model`
+# A Vicuna vocabulary has no spare row for `<image>`: the id must be given.
+IMAGE_TOKEN_INDEX: int | None = None
+# No BLIP-2-Vicuna was released: a Vicuna model starts from the stage-1 Q-Former checkpoint.
+LAVIS_STAGE2_PROJECTION: str | None = None
 
-HF_RULES: list[Rule] = [*rules.hf_image_rules(), *llama_rules("language_model")]
+HF_LM_RULES: list[Rule] = llama_rules("language_model")
+LAVIS_LM_RULES: list[Rule] = llama_rules("llm_model", resize_vocab=True)
+
+HF_RULES: list[Rule] = [*rules.hf_image_rules(), *HF_LM_RULES]
 HF_ALIASES: dict[str, str] = {}
 HF_UNUSED: list[str] = list(_ROTARY_BUFFERS)
 
-LAVIS_RULES: list[Rule] = [
-    *rules.lavis_image_rules(r"llm_proj"),
-    *llama_rules("llm_model", resize_vocab=True),
-]
+LAVIS_RULES: list[Rule] = [*rules.lavis_image_rules(r"llm_proj"), *LAVIS_LM_RULES]
 LAVIS_ALIASES: dict[str, str] = {}
 LAVIS_UNUSED: list[str] = [*rules.LAVIS_UNUSED, *_ROTARY_BUFFERS]
+
+
+def hf_ties_head(text) -> bool:
+    """Whether the exported LLaMA reads its logits off the input embedding (as configured)."""
+    return text.tie_word_embeddings
+
+
+def hf_text_config(t) -> dict[str, Any]:
+    """LlamaConfig -> HF `text_config` (the inverse of hf_config.py's `_llama`)."""
+    return dict(
+        model_type="llama",
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        head_dim=t.head_dim,
+        rms_norm_eps=t.rms_norm_eps,
+        rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta),
+        max_position_embeddings=t.max_position_embeddings,
+        hidden_act=t.hidden_act,
+        tie_word_embeddings=t.tie_word_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=t.bos_token_id,
+        eos_token_id=t.eos_token_id,
+        pad_token_id=t.pad_token_id,
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -289,11 +290,21 @@ def lavis_image_rules(projection: str) -> list[Rule]:
 
 # The tables of the T5 family (`LMFamily.conversion` names this module): HF and LAVIS rules,
 # aliases and unused keys, the LAVIS key prefix of the LM, and whether a checkpoint without an
-# lm_head key reads its logits off the shared embedding (T5's tied head).
+# lm_head key reads its logits off the shared embedding (T5's tied head). The same names exist in
+# every family's module (llama_rules.py).
 LAVIS_PREFIX = "t5_model."
 TIE_HEADLESS = True
+DECODER_ONLY = False  # HF `use_decoder_only_language_model`
+# The `<image>` row when no tokenizer says: HF's processor gives it 32100, the first of FlanT5's
+# padding rows past the tokenizer's 32100 pieces (used when the vocabulary is larger).
+IMAGE_TOKEN_INDEX: int | None = 32100
+# The projection key of a LAVIS BLIP-2 stage-2 checkpoint of this family (`blip2_t5`).
+LAVIS_STAGE2_PROJECTION: str | None = "t5_proj.weight"
 
-HF_RULES: list[Rule] = [*hf_image_rules(), *t5_rules("language_model")]
+HF_LM_RULES: list[Rule] = t5_rules("language_model")
+LAVIS_LM_RULES: list[Rule] = t5_rules("t5_model")
+
+HF_RULES: list[Rule] = [*hf_image_rules(), *HF_LM_RULES]
 HF_UNUSED: list[str] = []
 
 # Keys that exist in the files but carry no parameter of their own: tied copies and buffers.
@@ -301,7 +312,7 @@ HF_ALIASES: dict[str, str] = {
     r"language_model\.(encoder|decoder)\.embed_tokens\.weight": "language_model.shared.weight",
 }
 
-LAVIS_RULES: list[Rule] = [*lavis_image_rules(r"t5_proj"), *t5_rules("t5_model")]
+LAVIS_RULES: list[Rule] = [*lavis_image_rules(r"t5_proj"), *LAVIS_LM_RULES]
 
 LAVIS_ALIASES: dict[str, str] = {
     r"t5_model\.(encoder|decoder)\.embed_tokens\.weight": "t5_model.shared.weight",
@@ -317,3 +328,44 @@ LAVIS_UNUSED: list[str] = [
     r"visual_encoder\.fc_norm\..*",
     r"visual_encoder\.blocks\.(?P<layer>\d+)\..*",  # only when layer >= the configured depth
 ]
+
+
+def hf_ties_head(text) -> bool:
+    """Whether the exported T5 reads its logits off the shared embedding. transformers 4 scales
+    the decoder output by d_model**-0.5 exactly when it ties the head (5 reads
+    `scale_decoder_outputs`), so a tied head without the scaling is written as an lm_head of its
+    own (export.py's `_head_copy`), which both read alike."""
+    return text.tie_word_embeddings and text.scale_decoder_outputs
+
+
+def hf_text_config(t) -> dict[str, Any]:
+    """T5Config -> HF `text_config` (the inverse of hf_config.py's `_t5`)."""
+    if t.is_gated_act:
+        # "gated-gelu" means the tanh form in transformers; exact GELU is "gelu_python" there.
+        act = {"gelu_new": "gelu", "gelu": "gelu_python"}.get(t.dense_act_fn, t.dense_act_fn)
+        proj = f"gated-{act}"
+    else:
+        proj = t.dense_act_fn
+    return dict(
+        model_type="t5",
+        vocab_size=t.vocab_size,
+        d_model=t.d_model,
+        d_kv=t.d_kv,
+        d_ff=t.d_ff,
+        num_layers=t.num_layers,
+        num_decoder_layers=t.num_decoder_layers,
+        num_heads=t.num_heads,
+        relative_attention_num_buckets=t.relative_attention_num_buckets,
+        relative_attention_max_distance=t.relative_attention_max_distance,
+        layer_norm_epsilon=t.layer_norm_epsilon,
+        feed_forward_proj=proj,
+        dense_act_fn=t.dense_act_fn,
+        is_gated_act=t.is_gated_act,
+        # Tied only when no lm_head is written (see `hf_ties_head`); the scaling is explicit.
+        tie_word_embeddings=hf_ties_head(t),
+        scale_decoder_outputs=t.scale_decoder_outputs,
+        is_encoder_decoder=True,
+        pad_token_id=t.pad_token_id,
+        eos_token_id=t.eos_token_id,
+        decoder_start_token_id=t.decoder_start_token_id,
+    )
