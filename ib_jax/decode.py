@@ -44,7 +44,7 @@ from ib_jax.logits_processors import (
 
 Array = jax.Array
 Cache = Any
-Out = tuple[Array, Array]  # tokens [B, max_new_tokens] int32, nonfinite [B] bool (search_fn)
+Out = tuple[Array, Array]  # tokens [B, max_new_tokens], nonfinite [B]: NaN/inf while undecided
 _NEG = -1.0e9  # HF's "very large negative" for beam bookkeeping (not -inf: it must stay comparable)
 
 
@@ -215,7 +215,6 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
     logits = expand(logits)
     divisors = knobs.length_divisors
     top_mask = jnp.arange(keep) < beams
-    flat_offsets = (jnp.arange(batch_size) * beams)[:, None]
 
     def beam_step(state, logits):
         i = state["i"]  # tokens generated so far; this step writes position i
@@ -248,9 +247,13 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
         finished_scores, merged_index = jax.lax.top_k(merged_scores, beams)
         is_finished = _gather_beams(merged_done, merged_index)
 
-        # Reorder the cache and the repetition-penalty presence to the surviving beams.
-        flat_source = (_gather_beams(source_beam, next_index) + flat_offsets).reshape(-1)
-        reorder = lambda x: jnp.take(x, flat_source, axis=0)  # noqa: E731
+        # Surviving beams, gathered within each example: a batch-sharded cache is not all-gathered.
+        source = _gather_beams(source_beam, next_index)  # [B, K]
+
+        def reorder(x):
+            by_example = x.reshape((batch_size, beams) + x.shape[1:])
+            return _gather_beams(by_example, source).reshape(x.shape)
+
         next_tokens = running_seqs[:, :, i].reshape(-1)
         presence = (
             reorder(state["presence"]).at[jnp.arange(batch_size * beams), next_tokens].set(True)
@@ -316,8 +319,7 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
 
 
 def search_fn(model, settings: DecodeSettings) -> Callable[..., Out]:
-    """Un-jitted (params, batch, knobs, rng) -> (tokens, nonfinite: the row met NaN/inf logits while
-    its result could still change), for callers that jit with shardings (ib_jax/eval/program.py)."""
+    """Un-jitted (params, batch, knobs, rng) -> Out, for callers jitting with their shardings."""
     search = _beam_search if settings.num_beams > 1 else _greedy_or_sample
     return functools.partial(search, lm_calls(model), settings)
 
