@@ -269,11 +269,16 @@ def watch(
     last_progress = time.monotonic()
     while True:
         for step in _pending(workdir, outputs, unloadable):
+            error, loaded = None, None
             try:
                 loaded = load_model(config, workdir, step)
-            except Exception as error:
+            except Exception as e:  # recorded below, on every process alike
                 logger.exception("step %d: cannot be loaded", step)
-                outputs.write_failure("checkpoint", f"step_{step}", step, f"{error}")
+                error = e
+            try:
+                hosts.raise_if_any(error, f"load step {step}")
+            except Exception as e:
+                outputs.write_failure("checkpoint", f"step_{step}", step, f"{e}")
                 unloadable.add(step)
                 continue
             evaluate_checkpoint(config, loaded, outputs)
@@ -288,7 +293,8 @@ def watch(
             if not _pending(workdir, outputs, unloadable):
                 return evaluated_now
             continue
-        if time.monotonic() - last_progress > timeout_seconds:
+        idle = time.monotonic() - last_progress
+        if hosts.on_first(lambda idle=idle: idle > timeout_seconds):  # process 0's clock decides
             logger.warning("no new checkpoint for %.0f s; stopping", timeout_seconds)
             return evaluated_now
         time.sleep(poll_seconds)
