@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ib_jax import decode
-from ib_jax.eval import ranking
+from ib_jax.eval import ranking, runner
+from ib_jax.eval.runner import EvalResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +56,6 @@ class EvalSettings:
     length_normalize: bool = False  # rank: mean instead of sum of token log-probs
     candidate_max_len: int = 16  # rank: tokens per candidate, </s> included
     candidate_chunk: int = 0  # rank: candidates per decoder pass (0 = all)
-
-
-@dataclasses.dataclass
-class EvalResult:
-    """One dataset on one checkpoint: the metric with its counts, and one record per example."""
-
-    metrics: dict[str, float]  # score, extras, counts
-    predictions: list[dict[str, Any]]  # one JSON-able dict per example
 
 
 _REFERENCE_FIELD = {
@@ -143,8 +136,6 @@ class Evaluator(abc.ABC):
         `progress(n)` is called after each batch with its number of valid rows; more than
         `max_bad_fraction` of the examples with non-finite outputs fails the dataset.
         """
-        from ib_jax.eval import runner
-
         return runner.run(self, program, batches, progress, max_bad_fraction)
 
     def metric_input(self, record: dict[str, Any]) -> Any:

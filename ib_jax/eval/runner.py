@@ -17,6 +17,7 @@ fail the dataset, as does a metric that comes out non-finite.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,14 @@ from ib_jax.eval import hosts
 from ib_jax.eval import metrics as metrics_lib
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """One dataset on one checkpoint: the metric with its counts, and one record per example."""
+
+    metrics: dict[str, float]  # score, extras, counts
+    predictions: list[dict[str, Any]]  # one JSON-able dict per example
 
 
 class NonFiniteOutputError(FloatingPointError):
@@ -175,10 +184,8 @@ def run(
     batches: Iterable[dict[str, Any]],
     progress: Callable[[int], None] | None = None,
     max_bad_fraction: float = 1.0,
-) -> Any:
+) -> EvalResult:
     """Predict on every process, gather in the split's order, score on process 0 (EvalResult)."""
-    from ib_jax.eval.evaluators import EvalResult
-
     local = predict_records(evaluator, program, batches, progress)
     records = sorted((r for part in hosts.allgather_json(local) for r in part), key=_index)
     for record in records:
@@ -191,4 +198,4 @@ def _index(record: dict[str, Any]) -> int:
     return record["index"]
 
 
-__all__ = ["NonFiniteOutputError", "predict_records", "score", "run"]
+__all__ = ["EvalResult", "NonFiniteOutputError", "predict_records", "score", "run"]
