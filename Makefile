@@ -52,13 +52,15 @@ format: $(VENV)/.test
 test-reference: $(VENV)/.test
 	$(PY) -m pytest -n 2 -q tests
 
-# Tests marked `reference` need torch, which has no build for this lane's Python here.
+# Tests marked `reference` need torch, which has no build for this lane's Python here; those marked
+# `slow` (multi-process runs, the rehearsal, kill-and-resume: minutes each on 2 cores) run in the
+# reference lane only, to keep CI within its time.
 # ... after the demo config for a few steps through the real entry point (train, then its eval).
 test-newest: $(VENV_NEWEST)/.test
 	rm -rf workdirs/newest-demo
 	$(PY_NEWEST) -m ib_jax.train --config=configs/demo.py --workdir=workdirs/newest-demo \
 		--config.train.num_steps=20 --config.checkpoint.every_steps=10
-	$(PY_NEWEST) -m pytest -n 2 -q -m "not reference" tests
+	$(PY_NEWEST) -m pytest -n 2 -q -m "not reference and not slow" tests
 
 test: lint test-reference test-newest
 

@@ -14,6 +14,7 @@ import shutil
 
 import jax
 import ml_collections
+import pytest
 
 from data_pipelines import demo_data, eval_pipeline, sources
 from ib_jax import evaluate
@@ -63,6 +64,7 @@ def _outputs(workdir: str, tag: str) -> tuple[dict, dict]:
     return files, metrics
 
 
+@pytest.mark.slow  # several processes compile apart: minutes on 2 cores
 def test_two_processes_evaluate_like_one(tmp_path):
     root = str(tmp_path / "demo_data")
     config = run_config(root)

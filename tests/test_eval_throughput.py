@@ -4,9 +4,13 @@ sides compute the same thing (tokens, candidate scores); timings are not asserte
 import dataclasses
 
 import numpy as np
+import pytest
 
 from benchmarks import eval_throughput
 from benchmarks import run as bench
+
+# Needs the PyTorch reference (torch + transformers): the reference CI lane only.
+pytestmark = pytest.mark.reference
 
 
 def test_eval_throughput_runs_every_setting_and_both_sides_agree():

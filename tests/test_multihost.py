@@ -74,6 +74,7 @@ def _launch_two_processes(data_root, workdir):
         return {row["step"]: row["loss"] for row in map(json.loads, f)}
 
 
+@pytest.mark.slow  # several processes compile apart: minutes on 2 cores
 def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path):
     data_root, workdir = str(tmp_path / "demo_data"), str(tmp_path / "two_process")
     config = _config(data_root)
