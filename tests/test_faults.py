@@ -136,15 +136,19 @@ def _largest_file(directory):
 
 
 def _damage(workdir, step, item, how):
-    """Truncate or delete the largest array data file of one item of one step; returns it."""
-    path = _largest_file(
-        os.path.join(workdir, "checkpoints", str(step), item, "ocdbt.process_0", "d")
-    )
+    """Truncate the largest array data file of one item of one step, or delete its data files.
+
+    Deletion takes every data file (the per-process ones and the merged `d/` ones): which of
+    them the OCDBT manifest still references differs between Orbax/TensorStore stacks, and a
+    file nobody references can be deleted without harm."""
+    item_dir = os.path.join(workdir, "checkpoints", str(step), item)
     if how == "truncate":
+        path = _largest_file(os.path.join(item_dir, "ocdbt.process_0", "d"))
         os.truncate(path, 100)
-    else:
-        os.remove(path)
-    return path
+        return path
+    for data_dir in (os.path.join(item_dir, "d"), os.path.join(item_dir, "ocdbt.process_0", "d")):
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return item_dir
 
 
 # ---------------------------------------------------------------------------------------------
