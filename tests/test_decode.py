@@ -141,10 +141,7 @@ def llama_setup(tmp_path_factory):
     hf_model = reference.build("llama", seed=0)
     directory = tmp_path_factory.mktemp("hf_llama_decode")
     hf_model.save_pretrained(directory)
-    try:
-        model, params = ib_jax.load_pretrained(str(directory))
-    except Exception as error:  # the Vicuna converter is landing separately
-        pytest.skip(f"Vicuna conversion not available yet: {type(error).__name__}: {error}")
+    model, params = ib_jax.load_pretrained(str(directory))
     batch = reference.inputs(seed=1, batch=2)
     batch.pop("labels")
     return hf_model, model, params, batch
