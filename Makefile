@@ -52,7 +52,8 @@ format: $(VENV)/.test
 test-reference: $(VENV)/.test
 	$(PY) -m pytest -n 2 -q tests
 
-# Tests marked `reference` need torch, which has no build for this lane's Python here; those marked
+# Tests marked `reference` need torch: the CPU wheel on these machines is for Python 3.11 only (PyPI's
+# cp312 torch is the CUDA build, a 527 MB wheel plus GBs of CUDA libraries); those marked
 # `slow` (multi-process runs, the rehearsal, kill-and-resume: minutes each on 2 cores) run in the
 # reference lane only, to keep CI within its time.
 # ... after the demo config for a few steps through the real entry point (train, then its eval).
