@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ib_jax.models.configs import ModelConfig, T5Config
+from ib_jax.models.configs import ModelConfig
 
 IGNORE_INDEX = -100
 
@@ -37,94 +37,20 @@ def image_token(config: ModelConfig) -> int:
 def hf_config(config: ModelConfig):
     """Our ModelConfig -> an `InstructBlipConfig` with the same architecture, dropout 0.
 
-    The inverse of `ib_jax.convert.hf_config.model_config_from_hf` on the architecture fields
-    (tests/test_benchmarks.py checks the round trip)."""
+    The exporter's `config.json` (`ib_jax.convert.export.hf_config`, the inverse of
+    `model_config_from_hf`; tests/test_benchmarks.py checks the round trip) with dropout off, so
+    both sides of a timed training step compute the same thing."""
     from transformers import InstructBlipConfig
 
-    v, q, t = config.vision, config.qformer, config.text
-    vision = dict(
-        hidden_size=v.hidden_size,
-        intermediate_size=v.intermediate_size,
-        num_hidden_layers=v.num_layers,
-        num_attention_heads=v.num_heads,
-        image_size=v.image_size,
-        patch_size=v.patch_size,
-        layer_norm_eps=v.layer_norm_eps,
-        hidden_act=v.hidden_act,
-        attention_dropout=0.0,
-    )
-    qformer = dict(
-        vocab_size=q.vocab_size,
-        hidden_size=q.hidden_size,
-        intermediate_size=q.intermediate_size,
-        num_hidden_layers=q.num_layers,
-        num_attention_heads=q.num_heads,
-        max_position_embeddings=q.max_position_embeddings,
-        layer_norm_eps=q.layer_norm_eps,
-        cross_attention_frequency=q.cross_attention_frequency,
-        encoder_hidden_size=q.encoder_hidden_size,
-        hidden_act=q.hidden_act,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    if isinstance(t, T5Config):
-        text = _t5_text_config(t)
-    else:
-        text = dict(
-            model_type="llama",
-            vocab_size=t.vocab_size,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_layers,
-            num_attention_heads=t.num_heads,
-            num_key_value_heads=t.num_kv_heads,
-            rms_norm_eps=t.rms_norm_eps,
-            max_position_embeddings=t.max_position_embeddings,
-            hidden_act=t.hidden_act,
-            tie_word_embeddings=False,
-            bos_token_id=t.bos_token_id,
-            eos_token_id=t.eos_token_id,
-            pad_token_id=t.pad_token_id,
-            rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta),
-            attention_dropout=0.0,
-        )
-    return InstructBlipConfig(
-        vision_config=vision,
-        qformer_config=qformer,
-        text_config=text,
-        num_query_tokens=config.num_query_tokens,
-        image_token_index=image_token(config),
-    )
+    from ib_jax.convert.export import hf_config as exported_config
 
-
-def _t5_text_config(t: T5Config) -> dict[str, Any]:
-    # HF reads the activation from feed_forward_proj, and "gated-gelu" always means the tanh GELU.
-    act = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}.get(t.dense_act_fn, t.dense_act_fn)
-    if t.is_gated_act and t.dense_act_fn == "gelu":
-        raise ValueError(
-            "config.model.text: a gated exact-erf GELU (dense_act_fn='gelu') has no HF T5 spelling"
-        )
-    if t.tie_word_embeddings or t.scale_decoder_outputs:
-        raise ValueError("config.model.text: the reference builder supports untied T5 heads only")
-    return dict(
-        model_type="t5",
-        vocab_size=t.vocab_size,
-        d_model=t.d_model,
-        d_kv=t.d_kv,
-        d_ff=t.d_ff,
-        num_layers=t.num_layers,
-        num_decoder_layers=t.num_decoder_layers,
-        num_heads=t.num_heads,
-        relative_attention_num_buckets=t.relative_attention_num_buckets,
-        relative_attention_max_distance=t.relative_attention_max_distance,
-        layer_norm_epsilon=t.layer_norm_epsilon,
-        feed_forward_proj=("gated-" if t.is_gated_act else "") + act,
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        pad_token_id=t.pad_token_id,
-        eos_token_id=t.eos_token_id,
-        decoder_start_token_id=t.decoder_start_token_id,
-    )
+    values = exported_config(config, "instructblip", image_token(config), "float32")
+    values["vision_config"]["attention_dropout"] = 0.0
+    values["qformer_config"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    values["text_config"].update(dropout_rate=0.0, attention_dropout=0.0)  # T5's, LLaMA's
+    for key in ("architectures", "model_type", "dtype"):  # config.json bookkeeping
+        values.pop(key)
+    return InstructBlipConfig(**values)
 
 
 def _init_std(name: str, shape: tuple[int, ...], d_kv: int | None) -> tuple[float, float]:
