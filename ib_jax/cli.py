@@ -100,6 +100,9 @@ class _ConsoleFilter(logging.Filter):
             return record.levelno >= logging.INFO
         if record.name == "absl":
             return record.levelno >= logging.ERROR
+        if record.name == "asyncio" and "exception was never retrieved" in record.getMessage():
+            # The other reads of an Orbax restore that failed (see `_unraisable`).
+            return False
         return record.levelno >= logging.WARNING
 
 
@@ -247,6 +250,22 @@ def _thread_failure(args: threading.ExceptHookArgs) -> None:
     logger.warning("background thread %s failed: %s", name, describe(args.exc_value))
 
 
+def _unraisable(unraisable: Any) -> None:
+    """An exception nothing could raise (`sys.unraisablehook`): the traceback to the log.
+
+    When an Orbax restore fails (an unreadable checkpoint the job then falls back from), its
+    event loop closes while TensorStore reads are still in flight; each read that completes
+    later finds the loop closed, and TensorStore hands that `RuntimeError` here, one per array.
+    Those are expected and stay in the log; any other gets one line on the console too.
+    """
+    error, where = unraisable.exc_value, unraisable.object
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        logger.info("unraisable exception in %r", where, exc_info=error, extra={"file_only": True})
+        return
+    _log_failure(f"unraisable exception in {where!r}", error)
+    logger.warning("unraisable exception in %r: %s", where, describe(error))
+
+
 def guarded(job: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """`main` for `absl.app.run`, ending any error as the module docstring says.
 
@@ -257,6 +276,7 @@ def guarded(job: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]],
     def run(argv: list[str]) -> Any:
         """`main(argv)`; an error becomes one line and an exit status."""
         threading.excepthook = _thread_failure
+        sys.unraisablehook = _unraisable
         try:
             return main(argv)
         except SystemExit:

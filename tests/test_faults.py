@@ -138,16 +138,19 @@ def _largest_file(directory):
 def _damage(workdir, step, item, how):
     """Truncate the largest array data file of one item of one step, or delete its data files.
 
-    Deletion takes every data file (the per-process ones and the merged `d/` ones): which of
-    them the OCDBT manifest still references differs between Orbax/TensorStore stacks, and a
-    file nobody references can be deleted without harm."""
+    Both act on the per-process data files and on the merged `d/` ones: which of them the OCDBT
+    manifest references differs between runs and Orbax/TensorStore stacks (the merge may copy
+    the arrays into `d/`, leaving the per-process files unreferenced), and damage to a file
+    nobody reads harms nothing."""
     item_dir = os.path.join(workdir, "checkpoints", str(step), item)
-    if how == "truncate":
-        path = _largest_file(os.path.join(item_dir, "ocdbt.process_0", "d"))
-        os.truncate(path, 100)
-        return path
-    for data_dir in (os.path.join(item_dir, "d"), os.path.join(item_dir, "ocdbt.process_0", "d")):
-        shutil.rmtree(data_dir, ignore_errors=True)
+    data_dirs = [os.path.join(item_dir, "d"), os.path.join(item_dir, "ocdbt.process_0", "d")]
+    data_dirs = [d for d in data_dirs if os.path.isdir(d) and os.listdir(d)]
+    assert data_dirs, f"no OCDBT data files under {item_dir}"
+    for data_dir in data_dirs:
+        if how == "truncate":
+            os.truncate(_largest_file(data_dir), 100)
+        else:
+            shutil.rmtree(data_dir)
     return item_dir
 
 
