@@ -5,6 +5,8 @@ own filler; ours is the new tokens only with pad after EOS, so HF rows are norma
 EOS is set to a token the tiny model actually emits (2), so rows finish at different steps.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 
 import ib_jax
 from ib_jax import decode
+from ib_jax.batch import MODEL_INPUTS
 from tests import reference
 
 # Needs the PyTorch reference (torch + transformers): the reference CI lane only.
@@ -172,3 +175,47 @@ def test_vicuna_generation_matches_hf(llama_setup, kwargs):
     )
     assert (expected != EOS).all()  # no EOS in this draw, so no filler normalisation is needed
     np.testing.assert_array_equal(got, expected)
+
+
+def _transposes_in_decode_loop(model, params, batch, num_beams: int) -> list[str]:
+    """The shapes of the transposes XLA runs inside the compiled decode loop (its while bodies
+    and every computation they call)."""
+    settings = decode.DecodeSettings(
+        max_new_tokens=MAX_NEW, eos_token_id=EOS, pad_token_id=PAD, num_beams=num_beams
+    )
+    inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS if batch.get(k) is not None}
+    lowered = decode.compiled_generate(model, settings).lower(
+        params, inputs, decode.make_knobs(MAX_NEW), jax.random.key(0)
+    )
+    text = lowered.compile().as_text()
+    computations = {}
+    for block in re.split(r"\n(?=\S)", text):
+        name = re.match(r"(?:ENTRY )?%?([\w.\-]+)", block)
+        if name:
+            computations[name.group(1)] = block
+    called = r"(?:calls|body|condition|to_apply|branch_computations)=\{?%?([\w.\-]+)"
+    pending, in_loop = re.findall(r"body=%?([\w.\-]+)", text), set()
+    assert pending, "no decode loop found in the compiled program"
+    while pending:
+        name = pending.pop()
+        if name not in in_loop and name in computations:
+            in_loop.add(name)
+            pending += re.findall(called, computations[name])
+    return [
+        shape
+        for name in in_loop
+        for shape in re.findall(r"= (\S+) transpose\(", computations[name])
+    ]
+
+
+@pytest.mark.parametrize("lm", ["t5", "llama"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_decode_steps_read_the_caches_without_transposing_them(request, lm, num_beams):
+    """The self-attention caches and T5's projected encoder K/V are kept heads-first, the layout
+    the attention contracts over: kept as [B, L, H, Dh], XLA transposed every one of them whole at
+    every step (24% of a T5 beam step at the benchmark size, benchmarks/EVAL_RESULTS.md). What
+    may stay is T5's per-step position bias row ([H, 1, L])."""
+    _, model, params, batch = request.getfixturevalue("setup" if lm == "t5" else "llama_setup")
+    shapes = _transposes_in_decode_loop(model, params, batch, num_beams)
+    ranks = {shape: len(re.search(r"\[([\d,]*)\]", shape).group(1).split(",")) for shape in shapes}
+    assert [shape for shape, rank in ranks.items() if rank >= 4] == []  # none cache-shaped

@@ -225,26 +225,34 @@ def causal_mask_bias(length: int, dtype: DType = jnp.float32) -> Array:
 
 
 def dot_product_attention(
-    query: Array, key: Array, value: Array, bias: Array | None = None, scale: float | None = None
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    scale: float | None = None,
+    heads_first_kv: bool = False,
 ) -> Array:
     """The attention core shared by every model.
 
-    query [B, Q, H, Dh], key/value [B, K, H, Dh] (key/value heads may be fewer than query heads:
-    grouped-query attention repeats them), bias broadcastable to [B, H, Q, K] -> [B, Q, H, Dh].
-    Logits and softmax run in float32.
+    query [B, Q, H, Dh], key/value [B, K, H, Dh], or [B, H, K, Dh] with `heads_first_kv` (the
+    decode caches' layout, see `cached_key_value`); key/value heads may be fewer than query
+    heads (grouped-query attention repeats them); bias broadcastable to [B, H, Q, K]
+    -> [B, Q, H, Dh]. Logits and softmax run in float32.
     """
-    num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    head_axis = 1 if heads_first_kv else 2
+    num_heads, num_kv_heads = query.shape[2], key.shape[head_axis]
     if num_kv_heads != num_heads:
         repeats = num_heads // num_kv_heads
-        key = jnp.repeat(key, repeats, axis=2)
-        value = jnp.repeat(value, repeats, axis=2)
+        key = jnp.repeat(key, repeats, axis=head_axis)
+        value = jnp.repeat(value, repeats, axis=head_axis)
     if scale is not None:
         query = query * jnp.asarray(scale, query.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    kv = "bhkd" if heads_first_kv else "bkhd"
+    logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    return jnp.einsum(f"bhqk,{kv}->bqhd", weights, value)
 
 
 def cached_key_value(
@@ -257,17 +265,21 @@ def cached_key_value(
 ) -> tuple[Array, Array]:
     """The decode cache of a self-attention, shared by the T5 and LLaMA decoders.
 
-    key/value [B, T, H, Dh]. "prefill" writes the T prompt positions at slot 0 and returns them (the
-    prompt attends to itself); "step" writes one position at `position` and returns the whole cache
-    [B, max_decode_length, H, Dh] (the caller masks the slots not written yet).
+    key/value [B, T, H, Dh]. Without a `decode_mode` they are returned as they are. "prefill"
+    writes the T prompt positions at slot 0 and returns them (the prompt attends to itself);
+    "step" writes one position at `position` and returns the whole cache (the caller masks the
+    slots not written yet). Both return heads-first [B, H, T|max_decode_length, Dh]
+    (`dot_product_attention(..., heads_first_kv=True)`): that is the layout the attention
+    contracts over, and a cache kept as [B, L, H, Dh] was transposed whole at every step.
     """
     if decode_mode is None:
         return key, value
-    batch, _, heads, head_dim = key.shape
-    shape = (batch, max_decode_length, heads, head_dim)
+    key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
+    batch, heads, _, head_dim = key.shape
+    shape = (batch, heads, max_decode_length, head_dim)
     cached_key = module.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
     cached_value = module.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
-    start = (0, 0 if decode_mode == "prefill" else position, 0, 0)
+    start = (0, 0, 0 if decode_mode == "prefill" else position, 0)
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
     if decode_mode == "prefill":

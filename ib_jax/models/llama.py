@@ -9,7 +9,7 @@ pads moved to the end both give every real token the position it would have unpa
 Decoding (`decode_mode` of `LlamaDecoder`):
   None       teacher-forced, full sequence (training, scoring).
   "prefill"  the prompt; creates the 'cache' collection: per layer `cached_key`/`cached_value`
-             [B, max_length, Hkv, Dh] (rotated keys), and per example `key_mask` [B, max_length]
+             [B, Hkv, max_length, Dh] (rotated keys), and per example `key_mask` [B, max_length]
              (1 = a real token sits in that slot), `next_slot` [B] (where the next token is written;
              equal over the batch because prompts are laid out pads-first) and `next_position` [B]
              (its rotary position).
@@ -91,7 +91,14 @@ class LlamaAttention(nn.Module):
         key, value = layers.cached_key_value(
             self, key, value, self.decode_mode, self.max_decode_length, slot
         )
-        out = layers.dot_product_attention(query, key, value, bias=bias, scale=cfg.head_dim**-0.5)
+        out = layers.dot_product_attention(
+            query,
+            key,
+            value,
+            bias=bias,
+            scale=cfg.head_dim**-0.5,
+            heads_first_kv=self.decode_mode is not None,
+        )
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
         return layers.DenseGeneral(
             cfg.hidden_size,

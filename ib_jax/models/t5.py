@@ -112,7 +112,9 @@ class T5Attention(nn.Module):
             key, value = layers.cached_key_value(
                 self, key, value, self.decode_mode, self.max_decode_length, position
             )
-        out = layers.dot_product_attention(query, key, value, bias=bias)
+        out = layers.dot_product_attention(
+            query, key, value, bias=bias, heads_first_kv=self.decode_mode is not None
+        )
         out = layers.constrain(out, ("act_batch", "act_length", "act_heads", None))
         return layers.DenseGeneral(
             self.config.d_model,
@@ -127,7 +129,8 @@ class T5Attention(nn.Module):
     def _cross_key_value(self, kv_inputs: Array | None) -> tuple[Array, Array]:
         if self.decode_mode != "step":
             key, value = self._project("k", kv_inputs), self._project("v", kv_inputs)
-            if self.decode_mode == "prefill":
+            if self.decode_mode == "prefill":  # heads-first, as `layers.cached_key_value` keeps
+                key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
                 self.variable("cache", "cross_key", lambda: key)
                 self.variable("cache", "cross_value", lambda: value)
             return key, value
@@ -275,15 +278,11 @@ class T5Stack(nn.Module):
             max_decode_length=max_decode_length,
             **kw,
         )
-        if self.scan_layers:
-            x, _ = layer(cfg, name="layers", **layer_kw)(
+        names = ["layers"] if self.scan_layers else [f"layers_{i}" for i in range(num_layers)]
+        for name in names:  # one scanned stack, or the layers one by one
+            x, _ = layer(cfg, name=name, **layer_kw)(
                 x, self_bias, encoder_hidden, cross_bias, position
             )
-        else:
-            for i in range(num_layers):
-                x, _ = layer(cfg, name=f"layers_{i}", **layer_kw)(
-                    x, self_bias, encoder_hidden, cross_bias, position
-                )
         return layers.RMSNorm(cfg.layer_norm_epsilon, name="final_norm", **kw)(x)
 
 
