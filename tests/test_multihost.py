@@ -10,10 +10,12 @@ shards: it builds both per-process pipelines and concatenates their batches. Sam
 The checkpoint the two processes write must restore in one process onto the 8-device mesh
 (parameters and optimizer state), and continue with the 2-process run's losses. The data iterator
 state is per process (`data_iterator/process_<i>-of-<P>.json`), so it cannot be restored by a
-different number of processes: that is an error naming the missing file.
+different number of processes: that is an error naming the missing file. A newest checkpoint
+damaged afterwards is found unreadable by both processes, which agree to resume from the previous.
 """
 
 import concurrent.futures
+import glob
 import json
 import os
 
@@ -75,7 +77,9 @@ def _launch_two_processes(data_root, workdir):
 
 
 @pytest.mark.slow  # several processes compile apart: minutes on 2 cores
-def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path):
+def test_two_processes_match_one_process_checkpoint_restores_in_one_and_damage_falls_back(
+    tmp_path,
+):
     data_root, workdir = str(tmp_path / "demo_data"), str(tmp_path / "two_process")
     config = _config(data_root)
     demo_data.ensure_from_config(config.data)  # once, before the processes (they would race on it)
@@ -152,3 +156,30 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
             os.path.join(manager.directory, str(SAVE_EVERY), "data_iterator", "process_1-of-2.json")
         )
         manager.close()
+
+    # The newest checkpoint damaged after the run (a truncated array file in each process's OCDBT
+    # data and the merged one): both processes fail to restore it, agree, and resume from the
+    # previous one; process 0 moves the step aside; steps 3-4 train again to the same losses.
+    checkpoints = os.path.join(workdir, "checkpoints")
+    item = os.path.join(checkpoints, str(NUM_STEPS), "params")
+    for data_dir in glob.glob(os.path.join(item, "**", "d"), recursive=True):
+        files = [os.path.join(data_dir, name) for name in os.listdir(data_dir)]
+        if files:
+            os.truncate(max(files, key=os.path.getsize), 100)
+    os.remove(os.path.join(workdir, checkpoint.FINAL_MARKER))
+    resumed = _launch_two_processes(data_root, workdir)
+    for process in range(2):
+        with open(os.path.join(workdir, "logs", f"process_{process}.log")) as f:
+            log = f.read()
+        assert (
+            f"resumed from step {SAVE_EVERY}, the newest readable checkpoint "
+            f"(unreadable: {NUM_STEPS})" in log
+        ), log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+    moved = [name for name in os.listdir(checkpoints) if checkpoint.UNREADABLE_TAG in name]
+    assert [name.split(checkpoint.UNREADABLE_TAG)[0] for name in moved] == [str(NUM_STEPS)]
+    assert checkpoint.finalized_steps(workdir) == [SAVE_EVERY, NUM_STEPS]
+    for step in range(SAVE_EVERY + 1, NUM_STEPS + 1):
+        np.testing.assert_allclose(
+            resumed[step], losses_2p[step], rtol=1e-5, err_msg=f"step {step}"
+        )
