@@ -26,7 +26,6 @@ a setting misses the 2x target.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
@@ -242,14 +241,7 @@ def main(argv: list[str]) -> None:
     bc = dataclasses.replace(bc, warmup=1, repeats=FLAGS.repeats or (1 if FLAGS.tiny else 3))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     results = run(bc, threads, FLAGS.tiny, log, tuple(FLAGS.settings))
-    text = table(results)
-    print(text, flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
-    if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as f:
-            f.write(text + "\n")
+    bench.write_results(table(results), results, FLAGS.json, FLAGS.markdown)
 
 
 if __name__ == "__main__":

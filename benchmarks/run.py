@@ -461,13 +461,19 @@ def main(argv: list[str]) -> None:
         bc = dataclasses.replace(bc, repeats=FLAGS.repeats)
     sections = tuple(s for s in SECTIONS if s not in FLAGS.skip)
     res = run(bc, threads, sections=sections)
-    text = run_report.table(res)
+    write_results(run_report.table(res), res, FLAGS.json, FLAGS.markdown)
+
+
+def write_results(
+    text: str, results: dict[str, Any], json_path: str | None, markdown_path: str | None
+) -> None:
+    """Print the table `text`; write `results` as JSON and the table as markdown where asked."""
     print(text, flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-    if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
             f.write(text + "\n")
 
 
