@@ -6,6 +6,7 @@ the whole device's memory); `measure` returns the JSON-ready results.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -210,13 +211,7 @@ def measure(
     )
     program, params = train.pop("_program"), train.pop("_params")
     train["planner"] = _planner(config, train.pop("_compiled"))
-    shapes = flops.Shapes(
-        train["batch_size"],
-        int(config.data.image_size),
-        int(config.data.qformer_max_len),
-        int(config.data.text_max_len),
-        int(config.data.target_max_len),
-    )
+    shapes = dataclasses.replace(flops.Shapes.from_config(config), batch=train["batch_size"])
     train["analytic_flops"] = flops.train_step_flops(model_config, shapes)
     peak = flops.device_peak_flops(device.device_kind, config.train.get("peak_flops_per_device", 0))
     if peak is None:  # CPUs publish no peak: measure XLA's own fp32 matmul rate

@@ -12,6 +12,7 @@ fp32 on the weights our side wrote, for the agreement check.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import resource
 from collections.abc import Callable
 from typing import Any
@@ -184,13 +185,7 @@ def measure(
         ),
         log,
     )
-    shapes = flops.Shapes(
-        train["batch_size"],
-        int(config.data.image_size),
-        int(config.data.qformer_max_len),
-        int(config.data.text_max_len),
-        int(config.data.target_max_len),
-    )
+    shapes = dataclasses.replace(flops.Shapes.from_config(config), batch=train["batch_size"])
     train["analytic_flops"] = flops.train_step_flops(model_config, shapes)
     train["peak_flops_per_s"], train["peak_source"] = _peak_flops(device, device_kind)
     train["mfu"] = train["analytic_flops"] / train["step_time_s"] / train["peak_flops_per_s"]
