@@ -333,6 +333,40 @@ def compiled_generate(
     return jax.jit(lambda *args: search(*args)[0])
 
 
+def settings_and_knobs(
+    text_config: Any,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = False,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> tuple[DecodeSettings, Knobs]:
+    """One generation request as its static settings (one compile each) and its numeric knobs;
+    eos/pad default to the LM config's (`text_config`) ids."""
+    settings = DecodeSettings(
+        max_new_tokens=int(max_new_tokens),
+        num_beams=int(num_beams),
+        do_sample=bool(do_sample),
+        eos_token_id=int(text_config.eos_token_id if eos_token_id is None else eos_token_id),
+        pad_token_id=int(text_config.pad_token_id if pad_token_id is None else pad_token_id),
+    )
+    knobs = make_knobs(
+        int(max_new_tokens),
+        min_new_tokens=int(min_new_tokens),
+        length_penalty=length_penalty,
+        repetition_penalty=repetition_penalty,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    return settings, knobs
+
+
 def generate(
     model,
     params: Any,
@@ -355,21 +389,18 @@ def generate(
     Returns [B, max_new_tokens] int32: the new tokens only (no T5 start token), the EOS included,
     pad after it. eos/pad default to the LM config's ids.
     """
-    text = model.config.text
-    settings = DecodeSettings(
-        max_new_tokens=int(max_new_tokens),
-        num_beams=int(num_beams),
-        do_sample=bool(do_sample),
-        eos_token_id=int(text.eos_token_id if eos_token_id is None else eos_token_id),
-        pad_token_id=int(text.pad_token_id if pad_token_id is None else pad_token_id),
-    )
-    knobs = make_knobs(
-        int(max_new_tokens),
-        min_new_tokens=int(min_new_tokens),
+    settings, knobs = settings_and_knobs(
+        model.config.text,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        num_beams=num_beams,
         length_penalty=length_penalty,
         repetition_penalty=repetition_penalty,
-        temperature=temperature,
+        do_sample=do_sample,
         top_p=top_p,
+        temperature=temperature,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
     )
     if do_sample and rng is None:
         raise ValueError("do_sample=True needs an rng (jax.random.key)")
@@ -396,5 +427,6 @@ def decode_text(tokens: Array | np.ndarray, tokenizer, eos_token_id: int) -> lis
 
 __all__ = [
     *("DecodeSettings", "Knobs", "make_knobs", "LMCalls", "lm_calls", "compiled_generate"),
-    *("search_fn", "generate", "decode_text", "top_p_filter", "presence_mask"),
+    *("search_fn", "settings_and_knobs", "generate", "decode_text", "top_p_filter"),
+    "presence_mask",
 ]

@@ -178,22 +178,7 @@ class InferenceProgram:
 
     def _generate_parts(self, *, seed: int = 0, **settings: Any) -> tuple[Any, Any, tuple]:
         """(cache key, make the jitted step, its host arguments after params and inputs)."""
-        text = self.model.config.text
-        decode_settings = decode.DecodeSettings(
-            max_new_tokens=int(settings["max_new_tokens"]),
-            eos_token_id=int(text.eos_token_id),
-            pad_token_id=int(text.pad_token_id),
-            num_beams=int(settings.get("num_beams", 1)),
-            do_sample=bool(settings.get("do_sample", False)),
-        )
-        knobs = decode.make_knobs(
-            int(settings["max_new_tokens"]),
-            min_new_tokens=int(settings.get("min_new_tokens", 0)),
-            length_penalty=settings.get("length_penalty", 1.0),
-            repetition_penalty=settings.get("repetition_penalty", 1.0),
-            temperature=settings.get("temperature", 1.0),
-            top_p=settings.get("top_p", 1.0),
-        )
+        decode_settings, knobs = decode.settings_and_knobs(self.model.config.text, **settings)
         search = decode.search_fn(self.model, decode_settings)
 
         def step(params, inputs, knobs, seed):
