@@ -2,7 +2,7 @@
 
 `ExamplePreprocessor` fills an instruction template, decodes and resizes the image (or samples a
 clip's frames) and tokenizes instruction and target to the padded lengths of the data config.
-The batch keys are `ib_jax.batch.TRAIN_KEYS` / `MODEL_INPUTS` (docs/CONTRACTS.md).
+The batch keys are `ib_jax.contract.batch.TRAIN_KEYS` / `MODEL_INPUTS` (docs/CONTRACTS.md).
 
 `DATA_DEFAULTS` is the one table of optional data-config keys and their defaults; read a key with
 `setting(data_config, key)`. The keys without a default (image_size, the three max lengths,
@@ -24,6 +24,7 @@ from PIL import Image
 
 from data_pipelines import images, templates, text
 from data_pipelines.specs import DatasetSpec
+from ib_jax.contract.text import text_format
 
 BAD_KEY = "_bad"  # marker element: {"_bad": reason, "_dataset": name}
 DATASET_KEY = "_dataset"  # name of the dataset an element came from (stripped before batching)
@@ -129,8 +130,7 @@ class ExamplePreprocessor:
         self.target_max_len = int(data_config["target_max_len"])
         self.qformer_vocab = str(data_config["qformer_vocab"])
         self.lm_spm = str(data_config["lm_spm"])
-        # Resolved here, in the main process: workers get the plain TextFormat, not the registry.
-        self.lm_format = text.text_format(setting(data_config, "lm_type"))
+        self.lm_format = text_format(setting(data_config, "lm_type"))
         self._tokenizers = None
 
     def __getstate__(self):

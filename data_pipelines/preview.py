@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipelines import preprocess, train_pipeline
-from ib_jax.batch import IGNORE_INDEX
+from ib_jax.contract.batch import IGNORE_INDEX
 
 
 def preview_examples(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ib_jax.eval.metrics import METRICS
+from ib_jax.contract.metrics import METRIC_NAMES
 
 TASK_CATEGORIES = (
     "image_captioning",
@@ -22,8 +22,6 @@ TASK_CATEGORIES = (
     "image_classification",
     "llava_instruct",
 )
-# A spec's metric is a key of the evaluators' metric table, so the two cannot drift apart.
-METRIC_NAMES = tuple(METRICS)
 SPLITS = ("held_in", "held_out", "demo")
 EVAL_MODES = ("generate", "rank")
 
@@ -60,7 +58,7 @@ class DatasetSpec:
     format: str  # key into data_pipelines.formats.PARSERS
     num_train: int | None  # public training split size (see the registry's docstring)
     size_source: str  # where num_train comes from
-    metric: str  # key into ib_jax.eval.metrics.METRICS
+    metric: str  # one of ib_jax.contract.metrics.METRIC_NAMES
     eval_mode: str  # "generate" | "rank"
     eval_prompt: str  # zero-shot instruction; "{}" slots filled in the order documented
     decoding: Decoding

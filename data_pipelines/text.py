@@ -4,8 +4,8 @@
   as an added special token when the vocab lacks it (LAVIS `init_tokenizer`, HF
   `InstructBlipProcessor.qformer_tokenizer`). `[CLS] instruction [SEP]`, truncated from the LEFT so
   the end of the instruction (where the question is) survives, right-padded with [PAD]=0.
-- LM: SentencePiece, laid out by the LM family's `TextFormat` (declared in the LM registry,
-  ib_jax/models/families.py). T5: instruction ids + `</s>`, pad 0. Vicuna (LAVIS): `</s>` as BOS
+- LM: SentencePiece, laid out by the LM family's `TextFormat` (the contract's table,
+  ib_jax/contract/text.py). T5: instruction ids + `</s>`, pad 0. Vicuna (LAVIS): `</s>` as BOS
   before the instruction, no EOS after it, `[PAD]` added as the id after the model's pieces.
   Instructions are truncated from the LEFT; targets (ids + `</s>`) from the RIGHT; labels are -100
   at pads.
@@ -23,10 +23,9 @@ import sentencepiece as spm
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from ib_jax.batch import IGNORE_INDEX
-from ib_jax.models.text_format import TextFormat
+from ib_jax.contract.batch import IGNORE_INDEX
+from ib_jax.contract.text import TextFormat
 
-IGNORE_ID = IGNORE_INDEX  # labels that carry no loss (the batch contract's value)
 DEC_TOKEN = "[DEC]"
 
 
@@ -60,20 +59,11 @@ class QFormerTokenizer:
         return ids, mask
 
 
-def text_format(lm_type: str) -> TextFormat:
-    """The text conventions of the LM family named `lm_type` (`config.model.lm_type`)."""
-    # The registry imports the models (jax, flax); call this in the main process and hand the
-    # resulting TextFormat to the workers.
-    from ib_jax.models import families
-
-    return families.family(lm_type).text
-
-
 class LMTokenizer:
     """SentencePiece for the LM instruction, target and ranked candidates, laid out per TextFormat.
 
     Instruction: `[bos] ids [</s>]`, truncated from the LEFT (the question is at the end), padded
-    on the right. Target: ids + `</s>`, truncated from the RIGHT, IGNORE_ID at pads. With T5's
+    on the right. Target: ids + `</s>`, truncated from the RIGHT, IGNORE_INDEX at pads. With T5's
     format the ids equal HF `T5Tokenizer`'s; with Vicuna's, HF `LlamaTokenizer`'s as LAVIS
     configures it (tests/test_data_text.py).
     """
@@ -112,8 +102,8 @@ class LMTokenizer:
         return self._sp.EncodeAsIds(text)
 
     def decode(self, ids) -> str:
-        """ids -> text, skipping pads, IGNORE_ID, BOS/EOS and ids past the SentencePiece model."""
-        skip = {self.pad_id, self.eos_id, self.bos_id, IGNORE_ID}
+        """ids -> text, skipping pads, IGNORE_INDEX, BOS/EOS and ids past the SentencePiece model."""
+        skip = {self.pad_id, self.eos_id, self.bos_id, IGNORE_INDEX}
         return self._sp.DecodeIds(
             [int(i) for i in ids if int(i) not in skip and 0 <= int(i) < self.num_pieces]
         )
@@ -136,20 +126,20 @@ class LMTokenizer:
         return self._pad(ids, max_len, self.pad_id), mask
 
     def encode_target(self, text: str, max_len: int) -> np.ndarray:
-        """-> labels [max_len]: ids + `</s>`, right-truncated (see `keep_target_eos`), IGNORE_ID
+        """-> labels [max_len]: ids + `</s>`, right-truncated (see `keep_target_eos`), IGNORE_INDEX
         at pads."""
         if self.format.keep_target_eos:
             ids = self.ids(text)[: max_len - 1] + [self.eos_id]
         else:
             ids = (self.ids(text) + [self.eos_id])[:max_len]
-        return self._pad(ids, max_len, IGNORE_ID)
+        return self._pad(ids, max_len, IGNORE_INDEX)
 
     def encode_candidate(self, text: str, max_len: int) -> np.ndarray:
         """-> labels [max_len] of a ranked answer candidate: as a target, without `</s>` where the
-        format says so; IGNORE_ID at pads."""
+        format says so; IGNORE_INDEX at pads."""
         if self.format.candidate_eos:
             return self.encode_target(text, max_len)
-        return self._pad(self.ids(text)[:max_len], max_len, IGNORE_ID)
+        return self._pad(self.ids(text)[:max_len], max_len, IGNORE_INDEX)
 
     def check_model(self, text_config: Any) -> None:
         """Raise a clear error when these ids disagree with the LM config's (`ModelConfig.text`:

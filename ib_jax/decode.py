@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ib_jax.batch import MODEL_INPUTS
+from ib_jax.contract.batch import MODEL_INPUTS
 from ib_jax.logits_processors import (
     Knobs,
     apply_processors,

@@ -42,6 +42,7 @@ import ml_collections
 from etils import epath
 
 from ib_jax import checkpoint as checkpoint_lib
+from ib_jax.contract.text import text_format
 from ib_jax.eval import hosts
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def evaluate_checkpoint(
     # The evaluated model's LM family sets the text conventions, and its token ids must be the
     # tokenizer's.
     data_config.lm_type = model.config.lm_type
-    tokenizer = text.LMTokenizer(str(data_config.lm_spm), text.text_format(data_config.lm_type))
+    tokenizer = text.LMTokenizer(str(data_config.lm_spm), text_format(data_config.lm_type))
     tokenizer.check_model(model.config.text)
     results = {}
     for dataset in config.eval.datasets:

@@ -36,6 +36,7 @@ from typing import Any
 
 import ml_collections
 
+from ib_jax.contract.text import text_format
 from ib_jax.models.configs import ModelConfig, from_config_dict
 
 JOBS = ("train", "eval", "plan", "data")
@@ -130,7 +131,7 @@ def _tokenizers(data: Any, model: ModelConfig, report_missing: bool = True) -> l
     spm = _get(data, "lm_spm")
     if spm and _file_exists(spm, "data.lm_spm", missing):
         try:
-            lm = text.LMTokenizer(str(spm), text.text_format(model.lm_type))
+            lm = text.LMTokenizer(str(spm), text_format(model.lm_type))
         except ValueError as error:
             found.append(f"data.lm_spm: {error}")
         else:

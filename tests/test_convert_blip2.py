@@ -493,8 +493,8 @@ def test_a_few_steps_from_a_blip2_start_lower_the_loss(tmp_path):
 
     from data_pipelines import demo_data, train_pipeline
     from ib_jax import checkpoint
-    from ib_jax.batch import TRAIN_KEYS
     from ib_jax.configs_util import load_config
+    from ib_jax.contract.batch import TRAIN_KEYS
     from ib_jax.convert.__main__ import main
     from ib_jax.train import trainer
 

@@ -19,7 +19,7 @@ from data_pipelines import (
     sources,
     train_pipeline,
 )
-from ib_jax.batch import TRAIN_KEYS
+from ib_jax.contract.batch import TRAIN_KEYS
 
 
 @pytest.fixture(scope="module")

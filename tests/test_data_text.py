@@ -5,6 +5,7 @@ import pytest
 import sentencepiece as spm
 
 from data_pipelines import demo_data, text
+from ib_jax.contract.text import text_format
 
 transformers = pytest.importorskip("transformers")
 
@@ -181,7 +182,7 @@ VICUNA_TEXTS = TEXTS + ["two  spaces\tand tab\nnewline 12345 ☃"]
 
 @pytest.mark.parametrize("max_len", [6, 40])
 def test_vicuna_layout_equals_hf_llama_tokenizer_as_lavis_uses_it(llama_spm_dir, max_len):
-    ours = text.LMTokenizer(str(llama_spm_dir / "tokenizer.model"), text.text_format("llama"))
+    ours = text.LMTokenizer(str(llama_spm_dir / "tokenizer.model"), text_format("llama"))
     left = _lavis_llama_tokenizer(llama_spm_dir, "left")
     right = _lavis_llama_tokenizer(llama_spm_dir, "right")
     assert (ours.pad_id, ours.vocab_size) == (left.pad_token_id, len(left)) == (400, 401)
@@ -206,7 +207,7 @@ def test_vicuna_layout_equals_hf_llama_tokenizer_as_lavis_uses_it(llama_spm_dir,
 
 
 def test_t5_layout_is_unchanged_by_the_format_choice(spm_model):
-    default, t5 = text.LMTokenizer(spm_model), text.LMTokenizer(spm_model, text.text_format("t5"))
+    default, t5 = text.LMTokenizer(spm_model), text.LMTokenizer(spm_model, text_format("t5"))
     for sentence in TEXTS:
         assert default.encode_instruction(sentence, 12)[0].tolist() == (
             t5.encode_instruction(sentence, 12)[0].tolist()
@@ -222,7 +223,7 @@ def test_tokenizer_and_model_ids_must_agree(llama_spm_dir):
     path = str(llama_spm_dir / "tokenizer.model")
     with pytest.raises(ValueError, match="no pad piece"):
         text.LMTokenizer(path)  # T5's format needs the model's own pad piece; LLaMA's has none
-    ours = text.LMTokenizer(path, text.text_format("llama"))
+    ours = text.LMTokenizer(path, text_format("llama"))
     ours.check_model(LlamaConfig(vocab_size=401, bos_token_id=2, eos_token_id=2, pad_token_id=400))
     with pytest.raises(ValueError, match="pad_token_id is 32000"):
         ours.check_model(LlamaConfig(vocab_size=32001))

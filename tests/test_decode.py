@@ -15,7 +15,7 @@ import torch
 
 import ib_jax
 from ib_jax import decode
-from ib_jax.batch import MODEL_INPUTS
+from ib_jax.contract.batch import MODEL_INPUTS
 from tests import reference
 
 # Needs the PyTorch reference (torch + transformers): the reference CI lane only.

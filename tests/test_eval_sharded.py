@@ -14,6 +14,7 @@ from configs import demo_vicuna
 from data_pipelines import demo_data, eval_pipeline, sources, text
 from ib_jax import evaluate
 from ib_jax.configs_util import load_config
+from ib_jax.contract.text import text_format
 from ib_jax.eval import evaluators, loading, runner
 from ib_jax.eval import program as program_lib
 from ib_jax.models.configs import from_config_dict
@@ -213,7 +214,7 @@ def test_nonfinite_outputs_are_counted_not_scored(data_root, dataset):
         random_params(config), program_lib.abstract_params(model, mesh, rules)
     )
     program = program_lib.InferenceProgram(model, params, mesh, rules)
-    tokenizer = text.LMTokenizer(config.data.lm_spm, text.text_format("t5"))
+    tokenizer = text.LMTokenizer(config.data.lm_spm, text_format("t5"))
     overrides = dict(config.eval.overrides[dataset])
     evaluator = evaluators.make_evaluator(evaluators.settings_for(dataset, overrides), tokenizer)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ib_jax.batch import MODEL_INPUTS
+from ib_jax.contract.batch import MODEL_INPUTS
 from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference

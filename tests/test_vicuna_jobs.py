@@ -140,8 +140,9 @@ def test_eval_job_on_a_converted_hf_vicuna_generates_as_hf(data_root, tmp_path, 
     import json
 
     from data_pipelines import eval_pipeline
-    from data_pipelines.text import LMTokenizer, text_format
+    from data_pipelines.text import LMTokenizer
     from ib_jax import decode, evaluate
+    from ib_jax.contract.text import text_format
 
     config = _config(data_root)
     demo_data.ensure_from_config(config.data)

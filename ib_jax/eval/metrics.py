@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ib_jax.contract.metrics import METRIC_NAMES
 from ib_jax.eval.vqa_normalize import normalize_vqa_answer, process_punctuation
 
 # pycocoevalcap's own output is logged under its name: a library's line, not the job's.
@@ -268,6 +269,8 @@ METRICS: dict[str, Callable[[Sequence[Any], Sequence[Any]], MetricResult]] = {
     "mrr": mrr,
     "ivqa_accuracy": ivqa_accuracy,
 }
+# The contract names the metrics for the data side and the run configs; this table implements them.
+assert tuple(METRICS) == METRIC_NAMES, "ib_jax.eval.metrics.METRICS vs ib_jax.contract.metrics"
 
 
 def compute(

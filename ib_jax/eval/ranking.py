@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ib_jax.batch import IGNORE_INDEX, MODEL_INPUTS
+from ib_jax.contract.batch import IGNORE_INDEX, MODEL_INPUTS
 from ib_jax.models.lm import Context
 from ib_jax.models.losses import token_log_probs
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import flax.linen as nn
 
+from ib_jax.contract.text import TEXT_FORMATS, TextFormat
 from ib_jax.models import llama, t5
 from ib_jax.models.configs import TEXT_CONFIGS, LlamaConfig, T5Config
-from ib_jax.models.text_format import TextFormat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,8 @@ class LMFamily:
     forward_flops: (text config, prefix_len, text_len, target_len) -> FLOPs of one teacher-forced
                    example (2 per multiply-accumulate).
     text:          the text conventions its checkpoints were trained with (the LM tokenizer's
-                   special tokens, padding and truncation; data_pipelines/text.py).
+                   special tokens, padding and truncation): the contract's entry for this name
+                   (ib_jax/contract/text.py), which data_pipelines/text.py applies.
     conversion:    the module holding its checkpoint conversion tables (HF and LAVIS rules,
                    aliases, unused keys, LAVIS key prefix; read by ib_jax/convert/api.py).
     """
@@ -92,7 +93,7 @@ FAMILIES: dict[str, LMFamily] = {
             module_cls=t5.T5,
             width=lambda config: config.d_model,
             forward_flops=_t5_forward_flops,
-            text=TextFormat(),  # HF T5Tokenizer: `</s>` closes instruction and target; pad 0
+            text=TEXT_FORMATS[T5Config.family],
             conversion="ib_jax.convert.rules",
         ),
         LMFamily(
@@ -101,24 +102,17 @@ FAMILIES: dict[str, LMFamily] = {
             module_cls=llama.Llama,
             width=lambda config: config.hidden_size,
             forward_flops=_llama_forward_flops,
-            # Vicuna as LAVIS trains it (blip2_vicuna_instruct.py): `</s>` as BOS, the instruction
-            # without EOS, the target text + "</s>" truncated together, [PAD] added after the
-            # SentencePiece pieces, candidates ranked without `</s>`.
-            text=TextFormat(
-                bos_piece="</s>",
-                instruction_eos=False,
-                pad_piece="[PAD]",
-                keep_target_eos=False,
-                candidate_eos=False,
-            ),
+            text=TEXT_FORMATS[LlamaConfig.family],
             conversion="ib_jax.convert.llama_rules",
         ),
     )
 }
 
 
-# Every LM config class has a family here, under the name it declares.
+# Every LM config class has a family here, under the name it declares, and every family has its
+# text conventions in the contract (ib_jax/contract/text.py), which the data side reads.
 assert {name: f.config_cls for name, f in FAMILIES.items()} == TEXT_CONFIGS, "families vs configs"
+assert set(FAMILIES) == set(TEXT_FORMATS), "families vs the contract's text formats"
 
 
 def family(name: str) -> LMFamily:

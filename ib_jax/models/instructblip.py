@@ -119,7 +119,8 @@ class InstructBlip(nn.Module):
         attention_mask: Array | None,
         labels: Array | None = None,
     ) -> InstructBlipOutput:
-        """Teacher-forced forward (batch keys and shapes: ib_jax/batch.py, docs/CONTRACTS.md).
+        """Teacher-forced forward (batch keys and shapes: ib_jax/contract/batch.py,
+        docs/CONTRACTS.md).
 
         With labels [B, Lt]: logits [B, Lt, vocab] predicting them and the token-mean loss.
         Without: the LM's `prompt_logits` and no loss.
@@ -165,8 +166,8 @@ class InstructBlip(nn.Module):
 
 
 def init_params(model: InstructBlip, rng: Array, batch: dict[str, Any]) -> Any:
-    """Random parameters (boxed with logical axis metadata) for the batch's shapes (ib_jax/batch.py
-    keys; `labels` optional)."""
+    """Random parameters (boxed with logical axis metadata) for the batch's shapes
+    (ib_jax/contract/batch.py keys; `labels` optional)."""
     return model.init(
         rng,
         batch["pixel_values"],

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ib_jax.batch import IGNORE_INDEX
+from ib_jax.contract.batch import IGNORE_INDEX
 from ib_jax.models import layers
 from ib_jax.models.configs import LlamaConfig
 from ib_jax.models.lm import Context, Prefill

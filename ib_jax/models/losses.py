@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ib_jax.batch import IGNORE_INDEX
+from ib_jax.contract.batch import IGNORE_INDEX
 
 Array = jax.Array
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ib_jax.batch import IGNORE_INDEX
+from ib_jax.contract.batch import IGNORE_INDEX
 from ib_jax.models import layers
 from ib_jax.models.configs import T5Config
 from ib_jax.models.lm import Context, Prefill

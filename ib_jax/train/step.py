@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ib_jax.batch import TRAIN_KEYS
+from ib_jax.contract.batch import TRAIN_KEYS
 from ib_jax.models.instructblip import InstructBlip
 from ib_jax.train.state import TrainState, merge_params
 
