@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -50,7 +51,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def load_image(path: str) -> Image.Image:
     """Opens and fully decodes an image file (so truncation errors surface here), as RGB."""
     try:
-        with Image.open(path) as image:
+        # A bucket path (gs://..., your own data) is read through etils.epath.
+        source = io.BytesIO(epath.Path(path).read_bytes()) if "://" in str(path) else path
+        with Image.open(source) as image:
             image.load()
             return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

@@ -90,7 +90,9 @@ def sampling_weights(
             )
     raw = {}
     for name in names:
-        size = sizes.get(name, get(name).num_train)
+        # Not sizes.get(name, get(name)...): the default would be looked up (and fail) for
+        # a measured user dataset that is not in the registry.
+        size = sizes[name] if name in sizes else get(name).num_train
         if size is None or size <= 0:
             raise ValueError(
                 f"sampling_weights: dataset '{name}' has no training size "

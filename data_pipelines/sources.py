@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from data_pipelines import formats, registry
+from data_pipelines import formats, registry, user_data
 from data_pipelines.preprocess import DATA_DEFAULTS
 from data_pipelines.specs import DatasetSpec
 
@@ -38,7 +38,10 @@ def entry_name(entry: Mapping[str, Any]) -> str:
 
 
 def resolve_spec(entry: Mapping[str, Any]) -> DatasetSpec:
-    """The registry spec of a config entry (KeyError listing the known names if unknown)."""
+    """The registry spec of a config entry (KeyError listing the known names if unknown); the
+    user's own data (an entry with a `user` section) gets the spec of its task."""
+    if user_data.is_user(entry):
+        return user_data.spec(entry)
     return registry.get(entry_name(entry))
 
 

@@ -12,9 +12,10 @@ One module per dataset family, each with the table of the layouts it accepts (th
 released; LAVIS's JSON where LAVIS uses its own): `captions` (COCO Caption, NoCaps, Flickr30K,
 Web CapFilt, TextCaps), `vqa` (VQAv2, OK-VQA, A-OKVQA, GQA, VizWiz, TextVQA, OCR-VQA), `choice`
 (IconQA, ScienceQA, VSR, Hateful Memes), `dialog` (Visual Dialog, LLaVA-Instruct), `video`
-(MSVD-QA, MSRVTT-QA, iVQA). A new format: a function `fn(ann_path, image_root, report, **options)`
-in its family's module, decorated with `@register("name")` (`several_files=True` when it takes a
-list of annotation files).
+(MSVD-QA, MSRVTT-QA, iVQA), `user` (your own data: JSON Lines, JSON, CSV/TSV, Parquet, Hugging
+Face folders). A new format: a function `fn(ann_path, image_root, report, **options)` in its
+family's module, decorated with `@register("name")` (`several_files=True` when it takes a list of
+annotation files).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 # The family modules register their parsers into PARSERS on import.
-from data_pipelines.formats import captions, choice, dialog, video, vqa  # noqa: F401
+from data_pipelines.formats import captions, choice, dialog, user, video, vqa  # noqa: F401
 from data_pipelines.formats.common import (
     MAX_MESSAGES,
     PARSERS,
