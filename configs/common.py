@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ib_jax.contract import config as config_types
+
 # EVA ViT-g/14 as used by BLIP-2/InstructBLIP (39 of its 40 blocks), BERT-base Q-Former + [DEC].
 EVA_VIT_G = dict(
     hidden_size=1408,
@@ -107,34 +109,26 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
 
 
 def train(**overrides) -> ml_collections.ConfigDict:
-    """The paper's recipe: AdamW(0.9, 0.999), wd 0.05, warmup 1e-8 -> 1e-5 over 1000 steps, cosine to 0."""
-    values = dict(
-        num_steps=60_000,
-        warmup_steps=1_000,
-        warmup_init_lr=1e-8,
-        learning_rate=1e-5,
-        end_learning_rate=0.0,
-        weight_decay=0.05,
-        b1=0.9,
-        b2=0.999,
-        grad_clip_norm=0.0,
-        grad_accum_steps=1,
-        # Regexes over "/"-joined parameter paths; everything else is frozen (no gradient, no optimizer state).
-        trainable=[r"^qformer/", r"^language_projection/", r"^vision/post_layernorm/"],
-        frozen_dtype="",  # "": from config.model.precision (else bfloat16)
-        log_every=50,
-        seed=0,
-        stop_after_steps=0,  # > 0: save and return after this many steps of this invocation (time-boxed jobs)
-        peak_flops_per_device=0.0,  # for MFU where the device kind is not in ib_jax/train/flops.py
-    )
-    values.update(overrides)
-    return ml_collections.ConfigDict(values)
+    """`config.train`: the paper's recipe (defaults: ib_jax/contract/config.py `TrainConfig`)."""
+    return ml_collections.ConfigDict(config_types.defaults(config_types.TrainConfig, **overrides))
 
 
 def checkpoint(**overrides) -> ml_collections.ConfigDict:
-    """`config.checkpoint`: save every `every_steps`, keep the newest `keep`, write asynchronously;
-    `on_unreadable`: "fallback" (set a damaged newest checkpoint aside, resume from an older one)
-    or "stop" (ib_jax/train/resume.py)."""
-    values = dict(every_steps=2_000, keep=3, async_save=True, on_unreadable="fallback")
-    values.update(overrides)
+    """`config.checkpoint` (defaults: ib_jax/contract/config.py `CheckpointConfig`)."""
+    return ml_collections.ConfigDict(
+        config_types.defaults(config_types.CheckpointConfig, **overrides)
+    )
+
+
+def init(**overrides) -> ml_collections.ConfigDict:
+    """`config.init`: where step 0's parameters come from (`InitConfig`; all empty: random)."""
+    return ml_collections.ConfigDict(config_types.defaults(config_types.InitConfig, **overrides))
+
+
+def eval_job(**overrides) -> ml_collections.ConfigDict:
+    """`config.eval`: how the eval job runs (`EvalJobConfig`); the evaluations themselves are
+    declared in `config.evals` (configs/evals.py)."""
+    values = config_types.defaults(config_types.EvalJobConfig, **overrides)
+    if values["mesh"] is None:
+        values["mesh"] = ml_collections.config_dict.placeholder(dict)
     return ml_collections.ConfigDict(values)

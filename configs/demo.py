@@ -7,7 +7,7 @@ are printed at the end.
 
 import ml_collections
 
-from configs import common, data_demo
+from configs import common, data_demo, evals
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         scan_layers=False,
         remat_policy="none",
     )
-    config.init = ml_collections.ConfigDict(dict(pretrained=""))
+    config.init = common.init()
     config.data = data_demo.get_config(arg)
     config.data.global_batch_size = 24
     config.mesh = common.mesh(data=-1)
@@ -63,7 +63,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         log_every=50,
     )
     config.checkpoint = common.checkpoint(every_steps=400, keep=2)
-    config.eval = ml_collections.ConfigDict(
-        dict(datasets=["demo_vqa", "demo_mc", "demo_caption"], batch_size=32, after_training=True)
-    )
+    config.eval = common.eval_job(batch_size=32, after_training=True)
+    config.evals = evals.declare(["demo_vqa", "demo_mc", "demo_caption"])
     return config

@@ -12,19 +12,26 @@ the LLaMA SentencePiece model `root/tokenizers/llama-tokenizer.model` (as
 configs/instructblip_vicuna7b.py) with LAVIS's Vicuna text layout and lengths; the model section
 must match the evaluated checkpoint (the eval job refuses one that disagrees).
 
-Prompts and decoding come from the dataset registry (data_pipelines/registry.py): QA beam 5, max
-10 new tokens, length penalty -1; captions beam 5, max 80, min 10; candidate ranking for
+The evaluations are declared in `config.evals` (configs/evals.py: prompt, generate or rank,
+candidates, decoding and metric per dataset; docs/PROTOCOL.md gives their sources): QA beam 5,
+max 10 new tokens, length penalty -1; captions beam 5, max 80, min 10; candidate ranking for
 ScienceQA, IconQA (its multiple-choice-with-text subset, as the paper reports), MSVD/MSRVTT-QA
 (the training split's answer vocabulary, as ALPRO/LAVIS build it), Visual Dialog (100 options,
-MRR) and HatefulMemes (P("yes") vs "no", AUC). Video datasets sample 4 frames uniformly from the
-video file; the model encodes each and concatenates the per-frame query outputs (4 x 32 tokens).
+MRR), HatefulMemes (P("yes") vs "no", AUC) and VSR ("true" / "false"). Every field can be
+overridden: `--config.evals.gqa.prompt="Question: {question} Answer:"`. Video datasets sample 4
+frames uniformly from the video file; the model encodes each and concatenates the per-frame
+query outputs (4 x 32 tokens).
+
+The evaluated model is the checkpoint's (any architecture, converted or trained): the config has
+no model section. `model=1` adds the `lm=` model's released architecture, and the job then
+refuses a checkpoint that is another model (exit 3, naming the fields that differ).
 """
 
 import os
 
 import ml_collections
 
-from configs import common, data_heldin, instructblip_vicuna7b, instructblip_vicuna13b
+from configs import common, data_heldin, evals, instructblip_vicuna7b, instructblip_vicuna13b
 from data_pipelines import layouts
 
 HELD_OUT = (
@@ -42,21 +49,6 @@ HELD_OUT = (
     "visdial",
     "hateful_memes",
 )
-
-# Per-dataset settings beyond the registry (ib_jax.eval.evaluators.EvalSettings fields).
-OVERRIDES = {
-    # Fixed two-way choices, scored by likelihood; the first candidate is the positive class (AUC).
-    "hateful_memes": {"candidates": ["yes", "no"]},
-    # VSR's answer space is binary: rank "true" / "false" instead of free generation.
-    "vsr": {"eval_mode": "rank", "candidates": ["true", "false"]},
-    # Visual Dialog ranks 100 options per round: bounded memory with 20 candidates per decoder pass.
-    "visdial": {"candidate_chunk": 20},
-    # MSVD/MSRVTT-QA rank the training split's answer vocabulary (each record's `choices`, see
-    # data_pipelines/layouts.py EVAL_OPTIONS): ~2,000 candidates, scored 128 per decoder pass.
-    "msvd_qa": {"candidate_chunk": 128},
-    "msrvtt_qa": {"candidate_chunk": 128},
-}
-
 
 # `lm=` -> (text config, LM family, SentencePiece file under root/tokenizers, text_max_len,
 # target_max_len). Vicuna's lengths are its training config's (LAVIS max_txt_len 128).
@@ -81,7 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     text, lm_type, spm_file, text_max_len, target_max_len = LMS[lm]
 
     config = ml_collections.ConfigDict()
-    config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, dict(text), lm_type=lm_type)
+    if options.get("model", "0").lower() in ("1", "true", "yes"):
+        config.model = common.model(
+            common.EVA_VIT_G, common.QFORMER_BASE, dict(text), lm_type=lm_type
+        )
     config.data = ml_collections.ConfigDict(
         dict(
             image_size=224,
@@ -103,12 +98,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             eval_datasets=data_heldin.entries(datasets, "eval", root, options, per_dataset),
         )
     )
-    config.eval = ml_collections.ConfigDict(
-        dict(
-            datasets=datasets,
-            batch_size=16,
-            split="eval",
-            overrides={name: OVERRIDES.get(name, {}) for name in datasets},
-        )
-    )
+    config.eval = common.eval_job(batch_size=16)
+    config.evals = evals.declare(datasets)
     return config

@@ -16,7 +16,7 @@ Data: the paper's held-in mixture (configs/data_heldin.py).
 
 import ml_collections
 
-from configs import common, data_heldin
+from configs import common, data_heldin, evals
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,10 +28,14 @@ def flant5(arg: str | None, text: dict, batch_size: int) -> ml_collections.Confi
     """InstructBLIP with a FlanT5 LM of size `text`, the paper's `batch_size` unless `arg` says."""
     config = ml_collections.ConfigDict()
     config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, dict(text))
-    config.init = ml_collections.ConfigDict(dict(pretrained=""))
+    config.init = common.init()
     config.mesh = common.mesh(data=-1, fsdp=1, tensor=1)
     config.train = common.train()
     config.checkpoint = common.checkpoint()
     # A `batch=` in `arg` comes last, so it overrides the paper's size.
     config.data = data_heldin.get_config(f"batch={batch_size}" + (f",{arg}" if arg else ""))
+    # Evaluations of the data config's `eval=` entries (none by default), as configs/evals.py
+    # declares them.
+    config.eval = common.eval_job(batch_size=config.data.eval_batch_size)
+    config.evals = evals.declare([entry["name"] for entry in config.data.eval_datasets])
     return config

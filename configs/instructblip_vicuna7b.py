@@ -21,7 +21,7 @@ import os
 
 import ml_collections
 
-from configs import common, data_heldin
+from configs import common, data_heldin, evals
 
 # Vicuna v1.1 (LLaMA): RMSNorm 1e-6, rotary theta 1e4, SwiGLU, untied head. The vocabulary and the
 # token ids are those of LAVIS's tokenizer: LLaMA's 32000 + [PAD] (32000); </s> (2) is BOS and EOS.
@@ -74,11 +74,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`arg` goes to the data config (data_heldin: `root=...,batch=...`); default batch 128."""
     config = ml_collections.ConfigDict()
     config.model = common.model(common.EVA_VIT_G, common.QFORMER_BASE, VICUNA_7B, lm_type="llama")
-    config.init = ml_collections.ConfigDict(dict(pretrained=""))
+    config.init = common.init()
     config.mesh = common.mesh(data=-1, fsdp=1, tensor=1)
     config.train = common.train()
     config.checkpoint = common.checkpoint()
     config.data = heldin_data(arg, batch_size=128)  # the paper: 128 for the 7B models
     # The tokenizer follows the model's family (a --config.model.lm_type override carries over).
     config.data.lm_type = config.model.get_ref("lm_type")
+    config.eval = common.eval_job(batch_size=config.data.eval_batch_size)
+    config.evals = evals.declare([entry["name"] for entry in config.data.eval_datasets])
     return config

@@ -16,8 +16,8 @@ dataset flows through, not the scores.
 
 import ml_collections
 
-from configs import data_heldin, eval_heldout, tiny
-from data_pipelines import demo_data, layouts, registry
+from configs import common, data_heldin, eval_heldout, evals, tiny
+from data_pipelines import demo_data, layouts
 
 # Short decoding for every generated answer; ranking stays as configured.
 _FAST_DECODING = dict(num_beams=1, max_new_tokens=4, min_new_tokens=1)
@@ -53,12 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.num_steps = steps
     config.train.warmup_steps = 1
     config.checkpoint.every_steps = steps
-    names = evaluated.split("+")
-    overrides = {name: dict(eval_heldout.OVERRIDES.get(name, {})) for name in names}
-    for name in names:
-        if registry.get(name).eval_mode == "generate":
-            overrides[name].update(_FAST_DECODING)
-    config.eval = ml_collections.ConfigDict(
-        dict(datasets=names, batch_size=8, split="eval", after_training=False, overrides=overrides)
-    )
+    config.eval = common.eval_job(batch_size=8)
+    config.evals = evals.declare(evaluated.split("+"))
+    for evaluation in config.evals.values():
+        if evaluation.mode == "generate":
+            evaluation.update(_FAST_DECODING)
     return config

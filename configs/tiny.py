@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import common, data_demo
+from configs import common, data_demo, evals
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         scan_layers=False,
         remat_policy="none",
     )
-    config.init = ml_collections.ConfigDict(dict(pretrained=""))
+    config.init = common.init()
     config.data = data_demo.get_config(arg, num_train=64, num_eval=16)  # short test runs
     config.data.image_size = 32
     config.data.global_batch_size = 8
@@ -60,7 +60,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         frozen_dtype="float32",
     )
     config.checkpoint = common.checkpoint(every_steps=3, keep=5, async_save=True)
-    config.eval = ml_collections.ConfigDict(
-        dict(datasets=["demo_vqa"], batch_size=8, after_training=False)
-    )
+    config.eval = common.eval_job(batch_size=8)
+    config.evals = evals.declare(["demo_vqa"])
     return config

@@ -54,51 +54,63 @@ _TARGET_AS_REFERENCE = {
 }
 
 
-def eval_instruction(spec: DatasetSpec, record: Mapping[str, Any]) -> str:
-    """The dataset's zero-shot prompt (registry) filled from the record; slots in prompt order."""
-    prompt = spec.eval_prompt
+# The slots an evaluation's prompt may name (`config.evals.<name>.prompt`, configs/evals.py).
+PROMPT_SLOTS = ("question", "options", "ocr", "text", "dialog", "answer", "instruction")
+# The prompt of an eval split read without a declared evaluation: the record's own instruction.
+DEFAULT_PROMPT = "{instruction}"
+
+
+def ocr_text(record: Mapping[str, Any]) -> str:
+    """The OCR tokens of a record as the prompt's {ocr} slot shows them."""
+    return " ".join(record.get("ocr_tokens") or [])
+
+
+def _slots(spec: DatasetSpec, record: Mapping[str, Any]) -> dict[str, str]:
+    """Every prompt slot's text for one record."""
     if spec.task_category == "llava_instruct":  # LLaVA's own question, after the earlier turns
-        return templates.llava_instruction(record)
-    slots = prompt.count("{}")
-    if spec.ocr and slots == 0:  # OCR tokens in front, as in training (TextCaps)
-        tokens = record.get("ocr_tokens")
-        return f"OCR tokens: {' '.join(tokens)}. {prompt}" if tokens else prompt
-    question = record.get("question", "")
-    options = ", ".join(record.get("choices", []))
-    if spec.task_category == "image_question_generation":
-        answers = record.get("answers") or [
-            record.get("choices", [""])[record.get("answer_index", 0)]
-        ]
-        args = [answers[0]]
-    elif spec.task_category == "image_classification":
-        args = [record.get("text", "")]
-    elif spec.task_category == "visual_conversational_qa":
-        args = [" ".join(f"{q} {a}." for q, a in record.get("dialog", [])), question]
-    elif spec.ocr:
-        args = [" ".join(record.get("ocr_tokens", [])), question]
-    elif slots == 3:
-        args = [record.get("text", ""), question, options]
-    elif slots == 2:
-        args = [question, options]
+        instruction = templates.llava_instruction(record)
     else:
-        args = [question or record.get("text", "")]
-    if slots == 0:
-        return prompt
-    if len(args) != slots:
+        instruction = record.get("instruction") or record.get("question") or record.get("text", "")
+    answers = record.get("answers") or []
+    if not answers and record.get("choices"):
+        answers = [record["choices"][record.get("answer_index", 0)]]
+    return {
+        "question": record.get("question", ""),
+        "options": ", ".join(record.get("choices", [])),
+        "ocr": ocr_text(record),
+        "text": record.get("text", ""),
+        "dialog": " ".join(f"{q} {a}." for q, a in record.get("dialog", [])),
+        "answer": answers[0] if answers else "",
+        "instruction": instruction,
+    }
+
+
+def eval_instruction(prompt: str, spec: DatasetSpec, record: Mapping[str, Any]) -> str:
+    """An evaluation's prompt (named slots, PROMPT_SLOTS) filled from the record."""
+    try:
+        return prompt.format_map(_slots(spec, record))
+    except (KeyError, IndexError) as error:
         raise ValueError(
-            f"dataset {spec.name!r}: eval prompt {prompt!r} has {slots} slots; "
-            f"record {record.get('id', '?')!r} fills {len(args)}"
-        )
-    return prompt.format(*args)
+            f"eval prompt {prompt!r} of dataset {spec.name!r} names slot {error}; the slots are "
+            f"{{{'}, {'.join(PROMPT_SLOTS)}}}"
+        ) from None
 
 
 class _EvalExample:
     """Index -> (arrays, meta). Padding indices (>= the shard's size) repeat a real example with
     valid=0. Bad images become zeros with meta["error"], kept in the denominator (valid=1)."""
 
-    def __init__(self, data_config, spec, records: grain.MapDataset, pad_record: Mapping[str, Any]):
+    def __init__(
+        self,
+        data_config,
+        spec,
+        records: grain.MapDataset,
+        pad_record: Mapping[str, Any],
+        prompt: str,
+    ):
         self.pre = ExamplePreprocessor(data_config, spec, train=False)
         self.spec = spec
+        self.prompt = prompt
         self.records = records
         self.pad_record = pad_record  # a real record, so padding rows have well-formed arrays
 
@@ -120,7 +132,7 @@ class _EvalExample:
                 3,
             )
             pixels, meta["error"] = np.zeros(shape, np.float32), str(error)
-        instruction = eval_instruction(self.spec, record)
+        instruction = eval_instruction(self.prompt, self.spec, record)
         meta["instruction"] = instruction
         arrays = {
             "pixel_values": pixels,
@@ -158,6 +170,8 @@ def build_eval_dataset(
     *,
     process_index: int = 0,
     process_count: int = 1,
+    prompt: str = DEFAULT_PROMPT,
+    batch_size: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Every example of one eval split, once, in order, as padded batches.
 
@@ -166,13 +180,16 @@ def build_eval_dataset(
     host-side `meta` (lists of length B: id, question, answers, captions, choices, answer_index,
     label, instruction, dataset, error...). Every process yields the same number of batches
     (`ceil(ceil(N / process_count) / B)`), so collective eval steps stay in lockstep.
-    Batch size: `eval_batch_size` (default `global_batch_size`) // process_count.
+    Batch size: `batch_size`, else `eval_batch_size` (default `global_batch_size`), over
+    process_count. `prompt`: the evaluation's instruction with named slots (`eval_instruction`).
     """
     entry = find_eval_entry(data_config, dataset_name, split)
     spec = sources.resolve_spec(entry)
     max_bad_fraction = float(setting(data_config, "max_bad_fraction"))
     records = sources.load_records(entry, max_bad_fraction)
-    global_batch = setting(data_config, "eval_batch_size") or data_config["global_batch_size"]
+    global_batch = (
+        batch_size or setting(data_config, "eval_batch_size") or data_config["global_batch_size"]
+    )
     batch_size = local_batch_size(int(global_batch), process_count)
     per_process = math.ceil(len(records) / process_count)
     num_batches = math.ceil(per_process / batch_size)
@@ -180,7 +197,7 @@ def build_eval_dataset(
     # Indices past the shard's end are padding (valid=0); a shard may even be empty when there
     # are more processes than records, so the padding record comes from the whole split.
     indices = grain.MapDataset.range(num_batches * batch_size)
-    dataset = indices.map(_EvalExample(data_config, spec, shard, records[0])).batch(
+    dataset = indices.map(_EvalExample(data_config, spec, shard, records[0], prompt)).batch(
         batch_size, batch_fn=_eval_batch
     )
     stream = dataset.to_iter_dataset()

@@ -1,6 +1,7 @@
 """Per-dataset evaluators: batches of `data_pipelines.pipeline.build_eval_dataset` -> metric + predictions.
 
-Registry keyed by the registry's eval mode (`EVALUATORS["generate" | "rank"]`); the metric decides
+Keyed by the declared evaluation's mode (`EVALUATORS["generate" | "rank"]`, `config.evals.<name>.mode`,
+ib_jax/contract/config.py `Evaluation`); the metric decides
 how predictions and references are formed:
 
 | mode     | metric                         | prediction                       | reference (meta)          |
@@ -29,34 +30,15 @@ runs the batches on every process in lockstep and scores the whole split once.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from ib_jax import decode
+from ib_jax.contract.config import Evaluation
 from ib_jax.eval import ranking, runner
 from ib_jax.eval.runner import EvalResult
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """Everything an evaluator needs about one dataset (registry defaults + config overrides)."""
-
-    dataset: str
-    metric: str
-    eval_mode: str  # "generate" | "rank"
-    num_beams: int = 5
-    max_new_tokens: int = 10
-    min_new_tokens: int = 1
-    length_penalty: float = -1.0
-    repetition_penalty: float = 1.0
-    candidates: tuple[str, ...] = ()  # fixed candidate list (rank); empty = from the example
-    length_normalize: bool = False  # rank: mean instead of sum of token log-probs
-    candidate_max_len: int = 16  # rank: tokens per candidate, </s> included
-    candidate_chunk: int = 0  # rank: candidates per decoder pass (0 = all)
-
 
 _REFERENCE_FIELD = {
     ("generate", "vqa_accuracy"): "answers",
@@ -82,10 +64,10 @@ class Evaluator(abc.ABC):
     """Subclasses implement `predict(program, batch, rows, width) -> per-row predictions` (and
     `batch_width` when the step's shapes depend on the batch); `run` does the bookkeeping."""
 
-    def __init__(self, settings: EvalSettings, tokenizer: Any):
+    def __init__(self, settings: Evaluation, tokenizer: Any):
         self.settings = settings
         self.tokenizer = tokenizer  # LM tokenizer: .decode(ids), .encode_target(text, max_len)
-        key = (settings.eval_mode, settings.metric)
+        key = (settings.mode, settings.metric)
         if key not in _REFERENCE_FIELD:
             raise ValueError(
                 f"dataset {settings.dataset!r}: no evaluator for mode {key[0]!r} with metric "
@@ -238,53 +220,21 @@ class RankEvaluator(Evaluator):
 EVALUATORS: dict[str, type[Evaluator]] = {"generate": GenerateEvaluator, "rank": RankEvaluator}
 
 
-def make_evaluator(settings: EvalSettings, tokenizer: Any) -> Evaluator:
-    """The evaluator class of `settings.eval_mode`, for the dataset those settings describe."""
-    if settings.eval_mode not in EVALUATORS:
+def make_evaluator(settings: Evaluation, tokenizer: Any) -> Evaluator:
+    """The evaluator class of `settings.mode`, for the evaluation those settings declare."""
+    if settings.mode not in EVALUATORS:
         raise ValueError(
-            f"dataset {settings.dataset!r}: unknown eval mode {settings.eval_mode!r}; "
+            f"evaluation {settings.name!r}: unknown mode {settings.mode!r}; "
             f"known: {sorted(EVALUATORS)}"
         )
-    return EVALUATORS[settings.eval_mode](settings, tokenizer)
-
-
-def settings_for(
-    dataset: str, overrides: dict[str, Any] | None = None, registry_name: str | None = None
-) -> EvalSettings:
-    """Registry defaults (metric, mode, decoding) for `dataset`, then `overrides` (config)."""
-    from data_pipelines import registry
-
-    spec = registry.get(registry_name or dataset)
-    d = spec.decoding
-    values: dict[str, Any] = dict(
-        dataset=dataset,
-        metric=spec.metric,
-        eval_mode=spec.eval_mode,
-        num_beams=d.num_beams,
-        max_new_tokens=d.max_new_tokens,
-        min_new_tokens=d.min_new_tokens,
-        length_penalty=d.length_penalty,
-    )
-    overrides = dict(overrides or {})
-    known = {f.name for f in dataclasses.fields(EvalSettings)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(
-            f"eval overrides for {dataset!r}: unknown fields {unknown}; known: {sorted(known)}"
-        )
-    if "candidates" in overrides:
-        overrides["candidates"] = tuple(overrides["candidates"])
-    values.update(overrides)
-    return EvalSettings(**values)
+    return EVALUATORS[settings.mode](settings, tokenizer)
 
 
 __all__ = [
-    "EvalSettings",
     "EvalResult",
     "Evaluator",
     "GenerateEvaluator",
     "RankEvaluator",
     "EVALUATORS",
     "make_evaluator",
-    "settings_for",
 ]

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 
+import jax
 from absl import app, flags
 
-from ib_jax import cli
+from ib_jax import checkpoint, cli, distributed
+from ib_jax.contract.config import RunConfig
+from ib_jax.eval import job
+from ib_jax.train import trainer
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = cli.define_workdir_flag("checkpoints, metrics, logs and evaluation results go here")
@@ -25,29 +29,17 @@ def main(argv: list[str]) -> None:
     """Join the process group if there is one, train, then evaluate if the config asks."""
     del argv
     cli.quiet_console()
-    import jax
-
-    from ib_jax import checkpoint, distributed
-
     config, workdir = _CONFIG.value, _WORKDIR.value
+    run = RunConfig.from_config(config)  # every field known and typed before anything starts
     # Before any other jax call: initialize() must come first to form the process group.
     distributed.initialize(config)
     cli.log_to_file(workdir, "train", jax.process_index(), jax.process_count())
-
-    from ib_jax.train import trainer
-
     trainer.train(config, workdir)
     # Process 0 writes the marker after training: every process must see it before deciding to
     # evaluate, since the evaluation is one job across all of them.
     distributed.barrier("ib_jax_training_returned")
-    if (
-        checkpoint.training_done(workdir)
-        and config.get("eval")
-        and config.eval.get("after_training", False)
-    ):
-        from ib_jax import evaluate
-
-        results = evaluate.run(config, workdir)
+    if checkpoint.training_done(workdir) and run.eval.after_training and run.evals:
+        results = job.run(config, workdir)
         print("held-out evaluation of the final checkpoint:")
         print(json.dumps(results, indent=2, default=str))
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from ib_jax.contract.config import as_patterns
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -27,13 +29,15 @@ class TrainState:
     opt_state: Any
 
 
-def is_trainable(path: str, patterns: Sequence[str]) -> bool:
-    """Whether a "/"-joined parameter path matches any of the regexes (`re.search`)."""
-    return any(re.search(pattern, path) for pattern in patterns)
+def is_trainable(path: str, patterns: str | Sequence[str]) -> bool:
+    """Whether a "/"-joined parameter path matches any of the regexes (`re.search`); `patterns`
+    is a list or a comma-separated string (`--config.train.trainable=a,b`)."""
+    return any(re.search(pattern, path) for pattern in as_patterns(patterns))
 
 
-def split_params(params: Any, patterns: Sequence[str]) -> tuple[dict, dict]:
+def split_params(params: Any, patterns: str | Sequence[str]) -> tuple[dict, dict]:
     """Nested params -> (trainable, frozen) nested dicts, by regexes over "/"-joined paths."""
+    patterns = as_patterns(patterns)
     flat = traverse_util.flatten_dict(params, sep="/")
     trainable = {k: v for k, v in flat.items() if is_trainable(k, patterns)}
     if not trainable:
