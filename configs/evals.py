@@ -100,6 +100,24 @@ PROTOCOL: dict[str, dict] = {
     "demo_qg": dict(LONG, prompt=QG_PROMPT),
 }
 
+# Your own data (configs/finetune.py `task=`): the prompt is the training instruction, verbatim
+# ({instruction}); `vqa` scores exact match after VQA answer normalization (VQA accuracy would
+# cap a single reference answer at 1/3); `choice` ranks the row's choices.
+USER_TASKS: dict[str, dict] = {
+    "vqa": _qa("exact_match", "{instruction}"),
+    "caption": dict(CAPTION, prompt="{instruction}"),
+    "choice": _qa("accuracy", "{instruction}", "rank"),
+    "open": dict(LONG, prompt="{instruction}"),
+}
+
+
+def declare_user(name: str, task: str, **overrides) -> ml_collections.ConfigDict:
+    """`config.evals` entry for the user's dataset `name` evaluated as `task` (USER_TASKS)."""
+    if task not in USER_TASKS:
+        raise ValueError(f"task={task!r} is not one of {sorted(USER_TASKS)}")
+    row = config_types.defaults(config_types.Evaluation, **USER_TASKS[task], **overrides)
+    return ml_collections.ConfigDict({k: v for k, v in row.items() if k != "name"})
+
 
 def declare(names: list[str] | tuple[str, ...], **overrides) -> ml_collections.ConfigDict:
     """`config.evals` for the datasets `names` (their PROTOCOL rows), every field present so that

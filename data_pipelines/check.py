@@ -32,6 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipelines import eval_pipeline, formats, images, mixing, preprocess, sources, templates
+from ib_jax.contract.config import evaluations
 
 COLUMNS = (
     "dataset",
@@ -120,7 +121,12 @@ def _records(entry: Mapping[str, Any], result: DatasetCheck) -> Sequence[dict[st
 
 
 def _check_text(
-    records: Sequence[dict[str, Any]], entry: Mapping, train: bool, seed: int, result: DatasetCheck
+    records: Sequence[dict[str, Any]],
+    entry: Mapping,
+    train: bool,
+    seed: int,
+    result: DatasetCheck,
+    prompt: str = eval_pipeline.DEFAULT_PROMPT,
 ) -> set[int]:
     """Indices of the examples whose instruction cannot be filled (training or zero-shot)."""
     spec, failed = sources.resolve_spec(entry), set()
@@ -136,7 +142,7 @@ def _check_text(
                     rng=rng,
                 )
             else:
-                eval_pipeline.eval_instruction(spec, record)
+                eval_pipeline.eval_instruction(prompt, spec, record)
         except (KeyError, ValueError, TypeError, IndexError) as error:
             failed.add(index)
             _note(result, f"example {record.get('id', index)!r}: {error}")
@@ -144,9 +150,15 @@ def _check_text(
 
 
 def check_entry(
-    entry: Mapping[str, Any], data_config: Mapping[str, Any], *, train: bool, sample: int
+    entry: Mapping[str, Any],
+    data_config: Mapping[str, Any],
+    *,
+    train: bool,
+    sample: int,
+    prompt: str = eval_pipeline.DEFAULT_PROMPT,
 ) -> DatasetCheck:
-    """Parse, resolve, decode a sample and fill the instructions of one config entry."""
+    """Parse, resolve, decode a sample and fill the instructions of one config entry (an eval
+    entry's with `prompt`, its declared evaluation's)."""
     result = DatasetCheck(
         sources.entry_name(entry), "train" if train else entry.get("split", "eval")
     )
@@ -158,7 +170,7 @@ def check_entry(
         return result
     result.examples = len(records)
     seed = int(preprocess.setting(data_config, "seed"))
-    bad = _check_text(records, entry, train, seed, result)
+    bad = _check_text(records, entry, train, seed, result, prompt)
     result.malformed += len(bad)
     by_path: dict[str, list[int]] = {}
     for index, record in enumerate(records if "tfds" not in entry else ()):
@@ -230,9 +242,13 @@ def _judge(result: DatasetCheck, max_bad_fraction: float, train: bool) -> None:
             result.status = "faults"
 
 
-def check_config(data_config: Mapping[str, Any], sample: int = 32) -> list[DatasetCheck]:
+def check_config(
+    data_config: Mapping[str, Any], sample: int = 32, prompts: Mapping[str, str] | None = None
+) -> list[DatasetCheck]:
     """Every training and evaluation entry of a data config, judged against its
-    `max_bad_fraction`; training entries get their mixture weight."""
+    `max_bad_fraction`; training entries get their mixture weight; `prompts` {dataset: prompt}
+    are the declared evaluations' (the record's own instruction where none is declared)."""
+    prompts = prompts or {}
     max_bad = float(preprocess.setting(data_config, "max_bad_fraction"))
     train = [
         check_entry(e, data_config, train=True, sample=sample)
@@ -249,7 +265,13 @@ def check_config(data_config: Mapping[str, Any], sample: int = 32) -> list[Datas
         for c in train:
             c.weight = weights.get(c.name, 0.0)
     evals = [
-        check_entry(e, data_config, train=False, sample=sample)
+        check_entry(
+            e,
+            data_config,
+            train=False,
+            sample=sample,
+            prompt=prompts.get(e.get("name"), eval_pipeline.DEFAULT_PROMPT),
+        )
         for e in preprocess.setting(data_config, "eval_datasets")
     ]
     for c in train:
@@ -303,7 +325,8 @@ def main(argv: list[str]) -> None:
     """Prints the table; exits 1 when a dataset, the mixture or a tokenizer would stop a run."""
     del argv
     data_config = preprocess.data_section(_CONFIG.value)
-    checks = check_config(data_config, _SAMPLE.value)
+    prompts = {e.dataset: e.prompt for e in evaluations(_CONFIG.value)}
+    checks = check_config(data_config, _SAMPLE.value, prompts)
     print(format_table(checks))
     problems = check_tokenizers(data_config)
     from ib_jax import validate  # the run's start-up checks: tokenizers and lengths vs the model

@@ -13,9 +13,9 @@ QA, captions for captioning, rounds for dialogs); `size_source` says where the n
 It drives the sqrt(size) mixing weights; pass measured sizes to `sampling_weights` to override.
 `None` means no training split / not recorded (held-out sets are never mixed).
 
-Eval mode "rank" means the answer is restricted to candidates and chosen by LM likelihood
-(the paper's "vocabulary ranking": ScienceQA, IconQA, A-OKVQA MC, HatefulMemes, Visual Dialog,
-MSVD-QA, MSRVTT-QA); "generate" decodes freely with `decoding`.
+Data facts only: how a dataset is evaluated (prompt, generate or rank, decoding, metric) is
+declared by the run config that evaluates it (`config.evals`; the paper's protocol per dataset is
+configs/evals.py).
 
 The row type is `specs.DatasetSpec`; the rows are in `registry_table`. A new dataset: a parser in
 its family's module under `formats/`, then a row in `registry_table`.

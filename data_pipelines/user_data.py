@@ -5,10 +5,10 @@ A user entry is a data-config entry like the 26 datasets' (`name`, `split`, `ann
 `user={"task", "template"}`, from which `spec(entry)` builds its `DatasetSpec` (the registry rows
 are the paper's datasets; users' names must not collide with them).
 
-`task` picks the metric, eval mode and decoding (TASKS): `vqa` (exact match of the normalized
-answer, LAVIS's short-answer beam search), `caption` (CIDEr, caption decoding), `choice`
-(accuracy, the record's choices ranked by likelihood), `open` (free-form answers: CIDEr, long
-decoding). `template`: empty (the default) uses each row's instruction verbatim, in training and
+`task` (TASKS) picks what the data trains as: `vqa` (short answers), `caption`, `choice`
+(choices; the answer is one of them), `open` (free-form answers); how each task is evaluated
+(metric, generate or rank, decoding) is declared by the run config (configs/evals.py
+`USER_TASKS`). `template`: empty (the default) uses each row's instruction verbatim, in training and
 evaluation alike (with a conversation's earlier turns in front, as LLaVA's); a task category
 (data_pipelines/templates.py) samples the paper's templates for it in training and evaluates with
 that category's zero-shot prompt. In the verbatim mode the training target is the row's first
@@ -24,39 +24,26 @@ from typing import Any
 
 from data_pipelines import registry, templates
 from data_pipelines.formats import user
-from data_pipelines.specs import (
-    CAPTION_DECODING,
-    CAPTION_PROMPT,
-    LONG_DECODING,
-    MC_PROMPT,
-    QA_DECODING,
-    VQA_PROMPT,
-    DatasetSpec,
-    Decoding,
-)
+from data_pipelines.specs import DatasetSpec
+
+CAPTION_PROMPT = "A short image description:"  # a caption row's instruction when it has none
 
 VERBATIM = "llava_instruct"  # the category whose instruction is the row's own text
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What a kind of user data is scored with and how its answers are decoded."""
+    """What a kind of user data trains on (how it is evaluated: configs/evals.py USER_TASKS)."""
 
-    metric: str
-    eval_mode: str
-    decoding: Decoding
-    category: str  # the template family of `template=` (a default for the zero-shot prompt)
-    prompt: str  # the zero-shot prompt in template mode ("{}" slots as the registry's)
+    category: str  # the template family of `template=` (and of the default zero-shot prompt)
     short_answer: bool = True
 
 
 TASKS: dict[str, Task] = {
-    "vqa": Task("exact_match", "generate", QA_DECODING, "image_question_answering", VQA_PROMPT),
-    "caption": Task(
-        "cider", "generate", CAPTION_DECODING, "image_captioning", CAPTION_PROMPT, False
-    ),
-    "choice": Task("accuracy", "rank", QA_DECODING, "knowledge_grounded_image_qa", MC_PROMPT),
-    "open": Task("cider", "generate", LONG_DECODING, VERBATIM, "{}", False),
+    "vqa": Task("image_question_answering"),
+    "caption": Task("image_captioning", False),
+    "choice": Task("knowledge_grounded_image_qa"),
+    "open": Task(VERBATIM, False),
 }
 
 
@@ -82,9 +69,6 @@ def spec(entry: Mapping[str, Any]) -> DatasetSpec:
         raise ValueError(
             f"template={template!r} is not a task category: {sorted(templates.TEMPLATES)}"
         )
-    prompt = chosen.prompt if template and template != VERBATIM else "{}"
-    if template and "caption" in template:
-        prompt = CAPTION_PROMPT
     return DatasetSpec(
         name=str(entry["name"]),
         task_category=template or VERBATIM,
@@ -92,10 +76,6 @@ def spec(entry: Mapping[str, Any]) -> DatasetSpec:
         format="user",
         num_train=None,
         size_source="your data (measured when read)",
-        metric=chosen.metric,
-        eval_mode=chosen.eval_mode,
-        eval_prompt=prompt,
-        decoding=chosen.decoding,
         short_answer=chosen.short_answer,
     )
 
@@ -124,7 +104,7 @@ def entry(
     **parse_options: Any,
 ) -> dict[str, Any]:
     """The data-config entry of the user's files `paths` (a path, "+"-joined paths or a list)."""
-    chosen = task(task_name)
+    task(task_name)  # a clear error for an unknown task, before any file is read
     ann = user.split_paths(paths)
     if not ann:
         raise ValueError(f"dataset {name!r} ({split}): no annotation path given")
@@ -144,7 +124,7 @@ def entry(
         # image_root is only the folder the start-up checks expect to exist.
         image_root=first if os.path.isdir(first) else os.path.dirname(first),
         parse_options=options,
-        user=dict(task=task_name, template=template, metric=chosen.metric),
+        user=dict(task=task_name, template=template),
     )
     if multiplier is not None:
         result["multiplier"] = float(multiplier)
