@@ -1,22 +1,25 @@
-r"""Train or evaluate on a Cloud TPU VM slice: create (or reuse) it, copy this checkout, install, run.
+r"""Train or evaluate on a Cloud TPU slice: request it, copy this checkout, install, check, run, clean up.
 
-    python -m launch.tpu_pod --name=ib-xxl --zone=us-east5-a --accelerator=v5p-128 \
-        --config=configs/instructblip_flant5xxl.py --workdir=gs://my-bucket/runs/xxl [--dry-run]
-    python -m launch.tpu_pod --job=evaluate --watch --name=ib-eval --accelerator=v5e-16 ...
+    python -m launch.tpu_pod --name=ib-xxl --zone=us-east5-a --accelerator=v5p-128 --spot --watch \
+        --config=configs/instructblip_flant5xxl.py --workdir=gs://BUCKET/runs/xxl [--dry_run] [-- ...]
+    python -m launch.tpu_pod --job=evaluate --watch --name=ib-eval --zone=us-west4-a \
+        --accelerator=v5litepod-16 --config=configs/eval_heldout.py --workdir=gs://BUCKET/runs/xxl
 
-Steps (each a gcloud command, all printed by --dry-run and nothing run):
-  1. `tpu-vm describe`; if the slice does not exist, `tpu-vm create` (optionally --spot).
-  2. `git archive HEAD` of this checkout -> `tpu-vm scp --worker=all` -> unpack in ~/ib_jax.
-  3. On every worker: the interpreter the project is tested on (stock TPU VM images ship an older
-     Python), provisioned with uv (`pip install --user uv`, then `uv python install`), a venv with
-     the newest-stack lane's exact set (requirements.txt + constraints-newest.txt) and `jax[tpu]`
-     (its pinned jax picks the matching libtpu), and the project installed editable.
-  4. the same `python -m ib_jax.train ...` (or `ib_jax.evaluate`) on every worker (`tpu-vm ssh
-     --worker=all`), with `IB_JAX_DISTRIBUTED=auto`: jax finds the coordinator and process ids
-     from the TPU metadata.
-The workdir must be shared by all workers (a gs:// bucket): Orbax writes one checkpoint from all
-processes, and every worker resumes from it when the same command is run again. `--config` is a
-path passed on to the workers (relative to the repository), not loaded here.
+Sequence (every command is in launch/tpu_commands.py, each cited in launch/README.md):
+  1. slice: `queued-resources describe`; none -> `queued-resources create` (--spot, --best-effort
+     or --reserved); FAILED/SUSPENDED (or the node PREEMPTED) -> `delete --force`, create again;
+     poll until ACTIVE.
+  2. code: `git archive HEAD` -> `tpu-vm scp --worker=all` -> a fresh ~/ib_jax on every worker.
+  3. install (skipped by a worker whose venv is already built from the same pins).
+  4. stop stale processes holding the TPU, remove /tmp/libtpu_lockfile.
+  5. preflight (launch/tpu_preflight.py): devices per host, bucket read/write, disk.
+  6. the job on every worker (`IB_JAX_DISTRIBUTED=auto`: jax finds the coordinator and process
+     ids from the TPU metadata), detached by default (setsid nohup; logs to WORKDIR/launch_logs/).
+  7. `--watch`: poll until WORKDIR/TRAINING_DONE exists and the job has exited; a preempted slice
+     is recreated and the job relaunched (it resumes from its last checkpoint); a job that died
+     is relaunched up to --max_restarts times. Then the logs are collected and the slice deleted
+     (`--keep` keeps it). Without `--watch` a detached job is left running on its slice.
+`--dry_run` prints the commands of a launch on a fresh slice and runs none.
 """
 
 from __future__ import annotations
@@ -24,150 +27,195 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
 
-from launch.local import REPO
+from launch import tpu_commands as tc
+from launch.tpu_commands import JOBS, WORKER_PYTHON, Pod
 
-REMOTE_DIR = "ib_jax"
-ARCHIVE = "/tmp/ib_jax_code.tar.gz"
-JOBS = ("train", "evaluate")
-# The newest-stack CI lane's interpreter and exact package set (see the Makefile): what is tested.
-WORKER_PYTHON = "3.12"
-WORKER_CONSTRAINTS = "constraints-newest.txt"
-UV = "~/.local/bin/uv"
+WAITING = ("CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING")
+GONE = ("FAILED", "SUSPENDING", "SUSPENDED")  # the request must be deleted and made again
+NODE_GONE = ("PREEMPTED", "TERMINATED")
 
 
-@dataclasses.dataclass(frozen=True)
-class Pod:
-    """The slice and the training run on it (the command-line flags, see `define_flags`)."""
-
-    name: str
-    zone: str
-    config: str
-    workdir: str
-    project: str | None = None
-    accelerator: str = "v5p-128"
-    runtime_version: str = "v2-alpha-tpuv5"
-    spot: bool = False
-    python: str = WORKER_PYTHON
-    job: str = "train"
-    watch: bool = False
-    skip_install: bool = False
-    detach: bool = False
-    dry_run: bool = False
-    overrides: tuple[str, ...] = ()  # more ib_jax.train flags, e.g. --config.train.num_steps=10
+class LaunchError(RuntimeError):
+    """A step failed (its command is in the message)."""
 
 
-def _gcloud_tpu(verb: str, name: str, flags: Pod, *extra: str) -> list[str]:
-    """`gcloud compute tpus tpu-vm VERB NAME --zone=... [--project=...] EXTRA...`."""
-    command = ["gcloud", "compute", "tpus", "tpu-vm", verb, name, f"--zone={flags.zone}"]
-    if flags.project:
-        command.append(f"--project={flags.project}")
-    return command + list(extra)
+class Shell:
+    """Runs (or, dry, prints) commands; a dry run answers as a fresh slice would."""
+
+    def __init__(self, dry_run: bool, sleep=time.sleep):
+        self.dry_run = dry_run
+        self.sleep = (lambda seconds: None) if dry_run else sleep
+        self._dry_described = False
+
+    def __call__(self, argv: list[str], *, capture: bool = False, check: bool = True):
+        """The command's (exit status, stdout if captured)."""
+        print("+ " + " ".join(shlex.quote(a) for a in argv), flush=True)
+        if self.dry_run:
+            return self._dry_answer(argv)
+        done = subprocess.run(argv, text=True, stdout=subprocess.PIPE if capture else None)
+        if check and done.returncode != 0:
+            raise LaunchError(f"exit status {done.returncode}: {shlex.join(argv)[:300]}")
+        return done.returncode, (done.stdout or "").strip()
+
+    def _dry_answer(self, argv: list[str]) -> tuple[int, str]:
+        if "queued-resources" in argv and "describe" in argv:
+            state, self._dry_described = ("ACTIVE" if self._dry_described else ""), True
+            return (0, state) if state else (1, "")
+        if "describe" in argv:
+            return 0, "READY"
+        if any(a.startswith("--command=pgrep") for a in argv):
+            return 1, ""  # the job has exited ...
+        return 0, ""  # ... and written its done marker
 
 
-def _on_all_workers(flags: Pod, script: str) -> list[str]:
-    """Run a shell line on every worker of the slice."""
-    return _gcloud_tpu("ssh", flags.name, flags, "--worker=all", f"--command={script}")
+@dataclasses.dataclass
+class Launcher:
+    """One launch of `pod`'s job, through `shell`."""
 
+    pod: Pod
+    shell: Shell
 
-def job_command(flags: Pod) -> str:
-    """The shell line every worker runs (the same on all of them): the train or eval job."""
-    args = [
-        "python",
-        "-m",
-        f"ib_jax.{flags.job}",
-        f"--config={flags.config}",
-        f"--workdir={flags.workdir}",
-        *(["--watch"] if flags.watch else []),
-        *flags.overrides,
-    ]
-    line = f"cd ~/{REMOTE_DIR} && IB_JAX_DISTRIBUTED=auto .venv/bin/" + " ".join(
-        shlex.quote(a) for a in args
-    )
-    if flags.detach:  # survive the ssh session: logs in ~/ib_jax/<job>.log on each worker
-        line = f"cd ~/{REMOTE_DIR} && nohup bash -c {shlex.quote(line)} > {flags.job}.log 2>&1 &"
-    return line
+    def log(self, message: str) -> None:
+        print(f"tpu_pod {self.pod.name}: {message}", flush=True)
 
+    def state(self) -> str:
+        """The queued resource's state ('' when there is none), or PREEMPTED/TERMINATED when the
+        request is ACTIVE but its node is gone."""
+        status, state = self.shell(tc.describe_queued_resource(self.pod), capture=True, check=False)
+        if status != 0:
+            return ""
+        if state == "ACTIVE":
+            _, node = self.shell(tc.describe_node(self.pod), capture=True, check=False)
+            if node in NODE_GONE:
+                return node
+        return state
 
-def install_command(flags: Pod) -> str:
-    """Unpack the code and build `.venv` on a worker, whatever Python its image ships.
+    def ensure_slice(self) -> None:
+        """Create the slice if needed, replace a failed/preempted one, wait until it is ACTIVE."""
+        state = self.state()
+        while state != "ACTIVE":
+            if state in GONE + NODE_GONE:
+                self.log(f"slice is {state}: deleting it to request a new one")
+                self.shell(tc.delete_queued_resource(self.pod))
+                state = ""
+            if not state:
+                self.shell(tc.create_queued_resource(self.pod))
+            elif state not in WAITING:
+                raise LaunchError(f"queued resource {self.pod.name} is in state {state!r}")
+            else:
+                self.log(f"slice is {state}, waiting")
+                self.shell.sleep(self.pod.poll_s)
+            state = self.state()
 
-    uv installs a standalone CPython of the tested version (no system package manager, no root),
-    and resolves the same exact set the newest-stack CI lane tests, plus `jax[tpu]`: the jax pin
-    in the constraints selects the libtpu release built for it.
-    """
-    venv_python = ".venv/bin/python"
-    return " && ".join(
-        [
-            f"mkdir -p ~/{REMOTE_DIR}",
-            f"tar -xzf ~/{ARCHIVE.rsplit('/', 1)[1]} -C ~/{REMOTE_DIR}",
-            f"cd ~/{REMOTE_DIR}",
-            "python3 -m pip install --user -q uv",
-            f"{UV} python install {flags.python}",
-            f"{UV} venv --python {flags.python} .venv",
-            f"{UV} pip install --python {venv_python} -r requirements.txt "
-            f"-c {WORKER_CONSTRAINTS} 'jax[tpu]'",
-            f"{UV} pip install --python {venv_python} --no-deps -e .",
-        ]
-    )
+    def prepare_and_start(self) -> int:
+        """Code, install, stale processes, preflight, start; the start's exit status."""
+        for argv in tc.copy_code(self.pod):
+            self.shell(argv)
+        if not self.pod.skip_install:
+            self.shell(tc.on_all_workers(self.pod, tc.install_script(self.pod)))
+        self.shell(tc.on_all_workers(self.pod, tc.stop_script()))
+        if self.pod.preflight:
+            status, _ = self.shell(
+                tc.on_all_workers(self.pod, tc.preflight_script(self.pod)), check=False
+            )
+            if status != 0:
+                raise LaunchError("preflight failed on a worker (its lines are above)")
+        status, _ = self.shell(tc.on_all_workers(self.pod, tc.start_script(self.pod)), check=False)
+        return status
 
+    def job_running(self) -> bool:
+        status, _ = self.shell(
+            tc.on_all_workers(self.pod, tc.running_script()), capture=True, check=False
+        )
+        return status == 0
 
-def commands(flags: Pod) -> dict[str, list[list[str]]]:
-    """Named steps -> the commands they run, in order."""
-    create = _gcloud_tpu(
-        "create",
-        flags.name,
-        flags,
-        f"--accelerator-type={flags.accelerator}",
-        f"--version={flags.runtime_version}",
-        *(["--spot"] if flags.spot else []),
-    )
-    return {
-        "describe": [_gcloud_tpu("describe", flags.name, flags, "--format=value(state)")],
-        "create": [create],
-        "copy": [
-            ["git", "-C", REPO, "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
-            _gcloud_tpu("scp", ARCHIVE, flags, f"{flags.name}:~/", "--worker=all"),
-        ],
-        "install": [_on_all_workers(flags, install_command(flags))],
-        "run": [_on_all_workers(flags, job_command(flags))],
-    }
+    def done(self) -> bool:
+        status, _ = self.shell(tc.done_marker(self.pod), capture=True, check=False)
+        return status == 0
 
+    def wait(self) -> str:
+        """Poll a detached job until it is 'done', 'preempted' or has 'died'."""
+        while True:
+            self.shell.sleep(self.pod.poll_s)
+            state = self.state()
+            if state != "ACTIVE":
+                return "preempted"
+            if not self.job_running():
+                return "done" if self.done() else "died"
 
-def _run(command: list[str], dry_run: bool, check: bool = True) -> int:
-    """Print the command, then run it unless `dry_run`; its exit status."""
-    print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
-    if dry_run:
-        return 0
-    return subprocess.run(command, check=check).returncode
+    def finish(self) -> None:
+        """Collect every worker's logs into the workdir; delete the slice unless --keep."""
+        self.shell(tc.on_all_workers(self.pod, tc.collect_script(self.pod)), check=False)
+        if self.pod.keep:
+            self.log(
+                "kept (--keep); delete it with: " + shlex.join(tc.delete_queued_resource(self.pod))
+            )
+        else:
+            self.shell(tc.delete_queued_resource(self.pod))
+
+    def run(self) -> int:
+        """The whole launch (module docstring); 0 when the job finished or was left running."""
+        restarts = 0
+        while True:
+            self.ensure_slice()
+            status = self.prepare_and_start()
+            if not self.pod.detach:  # attached: the job ran to its end inside the ssh session
+                self.finish()
+                return status
+            if not self.pod.watch:
+                self.log(f"started, detached; console: {tc.console_log(self.pod)} on each worker")
+                return status
+            outcome = self.wait()
+            self.log(f"job {outcome}")
+            if outcome == "done":
+                self.finish()
+                return 0
+            if outcome == "died":
+                self.shell(tc.on_all_workers(self.pod, tc.collect_script(self.pod)), check=False)
+                restarts += 1
+                if restarts > self.pod.max_restarts:
+                    self.log(f"died {restarts} times (--max_restarts={self.pod.max_restarts})")
+                    return 1
 
 
 def define_flags() -> None:
     """The launcher's flags; called only when it runs as a program (see `ib_jax.cli`)."""
     from absl import flags
 
-    flags.DEFINE_string("name", None, "TPU VM name (reused when it exists)", required=True)
+    flags.DEFINE_string("name", None, "queued resource and TPU VM name", required=True)
     flags.DEFINE_string("zone", None, "GCP zone of the slice", required=True)
     flags.DEFINE_string("project", None, "GCP project (default: gcloud's)")
-    flags.DEFINE_string("accelerator", "v5p-128", "accelerator type when creating, e.g. v5p-128")
-    flags.DEFINE_string("runtime_version", "v2-alpha-tpuv5", "TPU VM software version")
-    flags.DEFINE_bool("spot", False, "create a Spot slice")
+    flags.DEFINE_string("accelerator", "v5p-128", "v4-N, v5litepod-N (or v5e-N), v5p-N, v6e-N")
+    flags.DEFINE_string("runtime_version", "", "TPU VM software version (default: per generation)")
+    flags.DEFINE_bool("spot", False, "request Spot capacity (preemptible)")
+    flags.DEFINE_bool("best_effort", False, "request best-effort capacity (gcloud alpha)")
+    flags.DEFINE_bool("reserved", False, "use the project's reservation")
     flags.DEFINE_string("python", WORKER_PYTHON, "Python version uv installs on the workers")
     flags.DEFINE_enum("job", "train", JOBS, "which job every worker runs")
-    flags.DEFINE_bool("watch", False, "evaluate: every new checkpoint until training is done")
+    flags.DEFINE_bool("watch", False, "relaunch until WORKDIR/TRAINING_DONE, then clean up")
+    flags.DEFINE_bool("keep", False, "keep the slice when the job is done")
+    flags.DEFINE_bool("detach", True, "run the job under setsid nohup (--nodetach: over ssh)")
+    flags.DEFINE_bool("skip_install", False, "do not build the venv (the code is still copied)")
+    flags.DEFINE_bool("preflight", True, "check devices, bucket and disk before the job")
+    flags.DEFINE_float("min_disk_gb", 20.0, "preflight: free disk each worker needs")
+    flags.DEFINE_float("poll_s", 60.0, "seconds between state checks")
+    flags.DEFINE_integer(
+        "max_restarts", 3, "--watch: relaunches of a job that died (not preempted)"
+    )
     flags.DEFINE_string(
         "config", None, "configs/*.py[:arg], relative to the repository", required=True
     )
     flags.DEFINE_string("workdir", None, "shared by all workers: gs://bucket/path", required=True)
-    flags.DEFINE_bool("skip_install", False, "code and venv already on the workers")
-    flags.DEFINE_bool("detach", False, "run training under nohup, return at once")
     flags.DEFINE_bool("dry_run", False, "print every command, run none")
     flags.DEFINE_alias("dry-run", "dry_run")
 
 
 def main(argv: Sequence[str]) -> int:
-    """Create or reuse the slice, install, run the job; `argv[1:]` (after `--`) go to the job."""
+    """Launch; `argv[1:]` (after `--`) go to the job."""
     from absl import app, flags
 
     values = flags.FLAGS
@@ -179,26 +227,17 @@ def main(argv: Sequence[str]) -> int:
         raise app.UsageError(
             f"--workdir={pod.workdir}: the workers need a shared gs:// workdir", exitcode=2
         )
-    return run(pod)
-
-
-def run(flags: Pod) -> int:
-    """Print (dry run) or run every step for `flags`; the job's exit status."""
-    steps = commands(flags)
-    if flags.dry_run:
-        print("# create the slice only if `describe` fails:")
-        for name in ("describe", "create", "copy", "install", "run"):
-            if flags.skip_install and name in ("copy", "install"):
-                continue
-            for command in steps[name]:
-                _run(command, dry_run=True)
-        return 0
-    if _run(steps["describe"][0], dry_run=False, check=False) != 0:
-        _run(steps["create"][0], dry_run=False)
-    if not flags.skip_install:
-        for command in steps["copy"] + steps["install"]:
-            _run(command, dry_run=False)
-    return _run(steps["run"][0], dry_run=False, check=False)
+    if pod.spot + pod.best_effort + pod.reserved > 1:
+        raise app.UsageError("--spot, --best_effort and --reserved exclude each other", exitcode=2)
+    try:
+        tc.parse_accelerator(pod.accelerator)
+    except ValueError as error:
+        raise app.UsageError(str(error), exitcode=2) from None
+    try:
+        return Launcher(pod, Shell(pod.dry_run)).run()
+    except LaunchError as error:
+        print(f"tpu_pod {pod.name}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
