@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import shlex
 import subprocess
 import sys
 
@@ -138,39 +137,3 @@ def test_planner_without_libtpu_says_how_to_get_it():
     assert done.returncode == 2 and "pip install" in done.stderr and "libtpu" in done.stderr, (
         done.stderr[-2000:]
     )
-
-
-def test_slurm_dry_run_uses_the_first_host_as_coordinator():
-    env = dict(
-        os.environ,
-        SLURM_JOB_NODELIST="gpu[003-006]",
-        SLURM_NTASKS="4",
-        DRY_RUN="1",
-        PATH="/usr/bin:/bin",
-    )
-    done = subprocess.run(
-        [
-            "bash",
-            "launch/slurm_gpu.sh",
-            "configs/instructblip_vicuna7b.py",
-            "/shared/v7b",
-            "--config.train.num_steps=10",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    first, command = done.stdout.splitlines()[:2]
-    assert first == "IB_JAX_COORDINATOR=gpu003:12355 IB_JAX_NUM_PROCESSES=4"
-    srun = shlex.split(command)
-    assert srun[:3] == ["srun", "--ntasks=4", "--ntasks-per-node=1"]
-    assert srun[-5:] == [
-        "-m",
-        "ib_jax.train",
-        "--config=configs/instructblip_vicuna7b.py",
-        "--workdir=/shared/v7b",
-        "--config.train.num_steps=10",
-    ]

@@ -66,7 +66,15 @@ def _state() -> str:
 
 
 def _record(tool: str, argv: list[str]) -> None:
-    line = json.dumps({"tool": tool, "argv": argv, "worker": os.environ.get("FAKE_WORKER")})
+    # SRUN_CPUS_PER_TASK: what srun (Slurm >= 22.05) takes its CPUs per task from.
+    line = json.dumps(
+        {
+            "tool": tool,
+            "argv": argv,
+            "worker": os.environ.get("FAKE_WORKER"),
+            "srun_cpus_per_task": os.environ.get("SRUN_CPUS_PER_TASK"),
+        }
+    )
     with open(os.path.join(_state(), "calls.jsonl"), "a") as f:
         f.write(line + "\n")
 
@@ -169,9 +177,46 @@ def main() -> int:
         if argv[:2] == ["show", "hostnames"]:
             print("\n".join(argv[2].split(",")))
         return 0
-    return (
-        0  # sbatch, srun (see tests/test_launch_slurm.py for the srun that runs tasks), job-python
-    )
+    if tool == "srun":
+        return srun(argv)
+    return 0  # sbatch, job-python
+
+
+def srun(argv: list[str]) -> int:
+    """Start --ntasks copies of the command at once, each with the variables srun gives a task
+    (SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID, SLURM_STEP_*); all "nodes" are this machine."""
+    command = argv[next(i for i, a in enumerate(argv) if not a.startswith("--")) :]
+    ntasks = int(_flag(argv, "ntasks", "1"))
+    per_node = int(_flag(argv, "ntasks-per-node", str(ntasks)))
+    nodes = os.environ["SLURM_JOB_NODELIST"].split(",")
+    output = _flag(argv, "output")
+    procs = []
+    for task in range(ntasks):
+        env = dict(
+            os.environ,
+            SLURM_PROCID=str(task),
+            SLURM_LOCALID=str(task % per_node),
+            SLURM_NODEID=str(task // per_node),
+            SLURMD_NODENAME=nodes[task // per_node],
+            SLURM_STEP_NODELIST=os.environ["SLURM_JOB_NODELIST"],
+            SLURM_STEP_NUM_NODES=str(len(nodes)),
+            SLURM_NTASKS=str(ntasks),
+            SLURM_CPUS_PER_TASK=_flag(argv, "cpus-per-task", "1"),
+        )
+        log = None
+        if output:
+            path = output.replace("%j", os.environ.get("SLURM_JOB_ID", "0"))
+            log = open(path.replace("%t", str(task)), "a")  # closed below
+        proc = subprocess.Popen(
+            command, env=env, cwd=_flag(argv, "chdir"), stdout=log, stderr=subprocess.STDOUT
+        )
+        procs.append((proc, log))
+    status = 0
+    for proc, log in procs:
+        status = max(status, proc.wait())
+        if log:
+            log.close()
+    return status
 
 
 if __name__ == "__main__":
