@@ -8,8 +8,6 @@ import shlex
 import subprocess
 import sys
 
-import pytest
-
 from launch.local import free_port
 from tests.fake_tools import fakes
 
