@@ -19,9 +19,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import flax.linen as nn
+import jax
 import ml_collections
+from absl import flags
 
-from launch import aot
+from ib_jax.eval import program as program_lib
+from ib_jax.models.configs import from_config_dict
+from ib_jax.models.instructblip import InstructBlip
+from launch.aot_common import (
+    DEFAULT_LENGTHS,
+    PlannerError,
+    load_planned_config,
+    memory_of,
+    parse_topology,
+    topology_devices,
+)
 from launch.aot_report import Plan, first_lines
 
 SETTINGS = {
@@ -64,7 +77,7 @@ def eval_config(
     eval_dtype: str | None = None,
 ) -> ml_collections.ConfigDict:
     """The run config with the planner's flags applied to its eval side (mesh, batch, dtypes)."""
-    config = aot.load_planned_config(config, mesh=mesh)
+    config = load_planned_config(config, mesh=mesh)
     evaluation = config.get("eval") or ml_collections.ConfigDict()
     config.eval = evaluation
     if mesh:  # the flag wins over an eval-specific mesh
@@ -104,25 +117,18 @@ def plan_eval(
     eval_dtype: str | None = None,
 ) -> Plan:
     """Compile the eval job's step for `config` on the slice `topology_name`; memory and advice."""
-    import flax.linen as nn
-    import jax
-
-    from ib_jax.eval import program as program_lib
-    from ib_jax.models.configs import from_config_dict
-    from ib_jax.models.instructblip import InstructBlip
-
     if setting not in SETTINGS:
-        raise aot.PlannerError(f"--setting={setting!r}: expected one of {sorted(SETTINGS)}")
-    topology = aot.parse_topology(topology_name)
+        raise PlannerError(f"--setting={setting!r}: expected one of {sorted(SETTINGS)}")
+    topology = parse_topology(topology_name)
     label = label or (config if isinstance(config, str) else "config")
     config = eval_config(config, mesh=mesh, batch_size=batch_size, eval_dtype=eval_dtype)
-    devices = aot.topology_devices(topology)
+    devices = topology_devices(topology)
     hbm = topology.chip.hbm_bytes // (len(devices) // topology.num_chips)
     eval_mesh, rules = program_lib.eval_mesh(config, devices)
     batch = int(config.eval.batch_size)
     shards = eval_mesh.shape["data"] * eval_mesh.shape["fsdp"]
     if batch % shards:
-        raise aot.PlannerError(
+        raise PlannerError(
             f"eval batch {batch} does not split over data x fsdp = {shards} devices; "
             "change --batch_size or --mesh"
         )
@@ -136,7 +142,7 @@ def plan_eval(
         batch_size=batch,
         grad_accum_steps=1,
         remat_policy="none",
-        lengths={k: int(config.data[k]) for k in aot.DEFAULT_LENGTHS},
+        lengths={k: int(config.data[k]) for k in DEFAULT_LENGTHS},
         hbm_per_device=hbm,
         fits=False,
         compile_s=0.0,
@@ -171,7 +177,7 @@ def plan_eval(
         result.advice = eval_advice(result, model.config.param_dtype)
         return result
     result.compile_s = time.perf_counter() - start
-    memory = aot.memory_of(compiled)
+    memory = memory_of(compiled)
     result.memory, result.fits = memory, memory["total"] <= hbm
     result.advice = eval_advice(result, model.config.param_dtype)
     return result
@@ -197,8 +203,6 @@ def eval_advice(p: Plan, param_dtype: str) -> list[str]:
 
 def define_flags() -> None:
     """The eval mode's own flags (`launch.aot.define_flags` calls this)."""
-    from absl import flags
-
     flags.DEFINE_enum("mode", "train", ["train", "eval"], "plan the train step or the eval step")
     flags.DEFINE_enum("setting", "captions", sorted(SETTINGS), "eval mode: the step to compile")
     flags.DEFINE_string(

@@ -9,13 +9,14 @@ import sys
 import pytest
 
 from launch import aot
+from launch.aot_report import GiB
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_topology_names():
     v5p = aot.parse_topology("v5p-128")
-    assert (v5p.spec, v5p.num_chips, v5p.chip.hbm_bytes) == ("v5p:4x4x4", 64, 95 * aot.GiB)
+    assert (v5p.spec, v5p.num_chips, v5p.chip.hbm_bytes) == ("v5p:4x4x4", 64, 95 * GiB)
     assert aot.parse_topology("v4-32").spec == "v4:2x2x4"  # v4/v5p names count TensorCores
     assert aot.parse_topology("v5e-64").spec == "v5e:8x8"  # v5e/v6e names count chips
     assert aot.parse_topology("v6e-256").num_chips == 256
@@ -58,19 +59,19 @@ def test_advice_names_the_knobs_when_it_does_not_fit():
         grad_accum_steps=1,
         remat_policy="none",
         lengths={},
-        hbm_per_device=16 * aot.GiB,
+        hbm_per_device=16 * GiB,
         fits=False,
         compile_s=0,
         step_flops=1.0,
         mfu=0.4,
         step_time_s=1.0,
         memory=dict(
-            arguments=20 * aot.GiB,
+            arguments=20 * GiB,
             outputs=0,
             aliased=0,
-            temporaries=4 * aot.GiB,
+            temporaries=4 * GiB,
             code=0,
-            total=24 * aot.GiB,
+            total=24 * GiB,
         ),
     )
     tips = " ".join(aot.advice(plan))
@@ -115,7 +116,7 @@ def test_planner_compiles_tiny_for_a_tpu_topology():
         and plan["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
     )
     memory = plan["memory"]
-    assert 0 < memory["arguments"] < 16 * aot.GiB and memory["total"] >= memory["arguments"]
+    assert 0 < memory["arguments"] < 16 * GiB and memory["total"] >= memory["arguments"]
     assert memory["aliased"] > 0  # the donated train state is reused for the new one
 
 

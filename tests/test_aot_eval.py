@@ -24,7 +24,7 @@ def _plan(**overrides) -> aot_report.Plan:
         grad_accum_steps=1,
         remat_policy="none",
         lengths={},
-        hbm_per_device=16 * aot.GiB,
+        hbm_per_device=16 * aot_report.GiB,
         fits=False,
         compile_s=0,
         step_flops=0.0,
@@ -80,4 +80,4 @@ def test_planner_compiles_the_eval_step_for_a_tpu_topology(setting):
     assert plan["fits"] and plan["mode"] == "eval" and plan["setting"].startswith(setting)
     assert plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2} and plan["batch_size"] == 8
     memory = plan["memory"]
-    assert 0 < memory["arguments"] < aot.GiB and memory["total"] >= memory["arguments"]
+    assert 0 < memory["arguments"] < aot_report.GiB and memory["total"] >= memory["arguments"]
