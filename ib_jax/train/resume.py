@@ -54,6 +54,17 @@ def policy(config: ml_collections.ConfigDict) -> str:
     return value
 
 
+def finished_step(workdir: str, num_steps: int) -> int | None:
+    """The newest checkpoint's step if it is at or past `num_steps` and looks whole (judged
+    without reading arrays, see `checkpoint.check_step`); None when there is training left.
+
+    A rerun of a finished run then stops before anything is built or compiled."""
+    steps = checkpoint.finalized_steps(workdir)
+    if not steps or steps[-1] < num_steps or checkpoint.check_step(workdir, steps[-1]):
+        return None
+    return steps[-1]
+
+
 def _all_processes_ok(ok: bool) -> bool:
     if jax.process_count() == 1:
         return ok

@@ -31,9 +31,8 @@ from ib_jax import checkpoint, distributed, sharding, validate
 from ib_jax.models import precision
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
-from ib_jax.train import data_feed, flops, resume
+from ib_jax.train import data_feed, flops, metrics_writer, resume
 from ib_jax.train import optimizer as optim
-from ib_jax.train.metrics_writer import MetricsWriter
 from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
 from ib_jax.train.step import make_train_step
 
@@ -254,6 +253,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     validate.check(config, job="train", workdir=workdir)
     resume.policy(config)  # a misspelt policy fails now, not when a checkpoint is damaged
     tcfg = config.train
+    if (done := resume.finished_step(workdir, tcfg.num_steps)) is not None:
+        logger.info(
+            "already at step %d of %d: nothing to train in %s", done, tcfg.num_steps, workdir
+        )
+        if jax.process_index() == 0 and not checkpoint.training_done(workdir):
+            checkpoint.mark_training_done(workdir)
+        return metrics_writer.last_metrics(workdir)
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     dataset = train_pipeline.build_train_dataset(
         config.data, process_index=jax.process_index(), process_count=jax.process_count()
@@ -287,7 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         ).compile()
         logger.info("train step compiled in %.1f s", time.perf_counter() - started)
         distributed.barrier("ib_jax_train_step_compiled")
-        writer = MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
+        writer = metrics_writer.MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
         cleanup.callback(writer.close)
         preemption = _Preemption()
         cleanup.callback(preemption.restore)
@@ -311,7 +317,7 @@ def _loop(
     feed: data_feed.DataFeed,
     mesh: Mesh,
     manager: Any,
-    writer: MetricsWriter,
+    writer: metrics_writer.MetricsWriter,
     preemption: _Preemption,
     start: int,
 ) -> tuple[dict[str, float], bool]:
