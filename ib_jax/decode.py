@@ -3,7 +3,9 @@
 Semantics follow Hugging Face `GenerationMixin.generate` (transformers v5) token for token:
 
 - logits processors in HF's order (ib_jax/logits_processors.py): repetition penalty over every
-  token of the sequence (the T5 start token, or a decoder-only prompt, included), min-new-tokens
+  token of the sequence (the T5 start token, or a decoder-only prompt, included, as HF's
+  InstructBLIP passes the prompt as `input_ids`; `penalize_prompt=False` leaves the prompt out, as
+  LAVIS's Vicuna model, which generates from `inputs_embeds` alone), min-new-tokens
   (EOS -> -inf while fewer than `min_new_tokens` tokens were generated), then for sampling
   temperature and top-p (`TopPLogitsWarper`, min_tokens_to_keep=1).
 - greedy / sampling (`_sample`): processors act on raw logits; finished rows emit `pad`.
@@ -17,7 +19,8 @@ Semantics follow Hugging Face `GenerationMixin.generate` (transformers v5) token
 The whole decode (encoder, prefill, `lax.while_loop` over steps, early exit when all rows are
 done) is one jitted function per (model, DecodeSettings), cached; DecodeSettings holds what fixes
 shapes and control flow (max_new_tokens, num_beams, do_sample, eos, pad), while the numeric knobs
-(min_new_tokens, length_penalty, repetition_penalty, temperature, top_p) are traced, so an eval
+(min_new_tokens, length_penalty, repetition_penalty, temperature, top_p, penalize_prompt) are
+traced, so an eval
 job with per-dataset overrides compiles once per shape, not once per override. The model is reached
 through `InstructBlip.prefill` and `InstructBlip.step` only (any LM family; ib_jax/models/lm.py).
 """
@@ -37,10 +40,14 @@ from ib_jax.contract.batch import MODEL_INPUTS
 from ib_jax.logits_processors import (
     Knobs,
     apply_processors,
+    lavis_lengths,
     make_knobs,
     presence_mask,
+    seen_presence,
     top_p_filter,
 )
+from ib_jax.models import families
+from ib_jax.models.instructblip import InstructBlip
 
 Array = jax.Array
 Cache = Any
@@ -95,8 +102,6 @@ class LMCalls(NamedTuple):
 
 def lm_calls(model) -> LMCalls:
     """`InstructBlip.prefill` / `InstructBlip.step` as pure functions of the parameters."""
-    from ib_jax.models import families
-    from ib_jax.models.instructblip import InstructBlip
 
     def start(params, batch, max_new_tokens):
         prefill, variables = model.apply(
@@ -132,7 +137,7 @@ def _greedy_or_sample(
     steps = settings.max_new_tokens
     logits, cache, context, context_mask = lm.start(params, batch, steps)
     batch_size, vocab = logits.shape
-    presence = presence_mask(context, context_mask, vocab)
+    presence = seen_presence(context, context_mask, vocab, knobs)
 
     def choose(logits, presence, i, rng):
         scores = apply_processors(
@@ -289,7 +294,7 @@ def _beam_search(lm: LMCalls, settings: DecodeSettings, params, batch, knobs: Kn
         finished_scores=jnp.full((batch_size, beams), _NEG, jnp.float32),
         is_finished=jnp.zeros((batch_size, beams), bool),
         improvable=jnp.ones((batch_size,), bool),
-        presence=expand(presence_mask(context, context_mask, vocab)),
+        presence=expand(seen_presence(context, context_mask, vocab, knobs)),
         cache=cache,
         go_on=jnp.bool_(True),
         nonfinite=jnp.zeros((batch_size,), bool),
@@ -344,6 +349,7 @@ def settings_and_knobs(
     do_sample: bool = False,
     top_p: float = 1.0,
     temperature: float = 1.0,
+    penalize_prompt: bool = True,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
 ) -> tuple[DecodeSettings, Knobs]:
@@ -363,6 +369,7 @@ def settings_and_knobs(
         repetition_penalty=repetition_penalty,
         temperature=temperature,
         top_p=top_p,
+        penalize_prompt=penalize_prompt,
     )
     return settings, knobs
 
@@ -380,6 +387,7 @@ def generate(
     do_sample: bool = False,
     top_p: float = 1.0,
     temperature: float = 1.0,
+    penalize_prompt: bool = True,
     rng: Array | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
@@ -387,7 +395,8 @@ def generate(
     """Generate for a batch (CONTRACTS.md keys; extra keys such as "valid"/"meta" are ignored).
 
     Returns [B, max_new_tokens] int32: the new tokens only (no T5 start token), the EOS included,
-    pad after it. eos/pad default to the LM config's ids.
+    pad after it. eos/pad default to the LM config's ids. Lengths count new tokens; a LAVIS
+    `max_len`/`min_len` pair converts with `lavis_lengths`.
     """
     settings, knobs = settings_and_knobs(
         model.config.text,
@@ -399,6 +408,7 @@ def generate(
         do_sample=do_sample,
         top_p=top_p,
         temperature=temperature,
+        penalize_prompt=penalize_prompt,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
     )
@@ -428,5 +438,6 @@ def decode_text(tokens: Array | np.ndarray, tokenizer, eos_token_id: int) -> lis
 __all__ = [
     *("DecodeSettings", "Knobs", "make_knobs", "LMCalls", "lm_calls", "compiled_generate"),
     *("search_fn", "settings_and_knobs", "generate", "decode_text", "top_p_filter"),
+    "lavis_lengths",
     "presence_mask",
 ]

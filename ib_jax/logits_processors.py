@@ -27,6 +27,12 @@ class Knobs(NamedTuple):
     repetition_penalty: Array  # float32 ()
     temperature: Array  # float32 ()
     top_p: Array  # float32 ()
+    # bool (): whether the tokens the LM has already seen (`Prefill.seen_ids`: a decoder-only
+    # prompt, or T5's decoder start token) count for the repetition penalty. HF `generate` counts
+    # whatever is in `input_ids`: HF's InstructBLIP passes the decoder-only prompt there (True);
+    # LAVIS's Vicuna model generates from `inputs_embeds` alone, so its penalty covers the
+    # generated tokens only (False). T5's prompt is on the encoder side either way.
+    penalize_prompt: Array
 
 
 def make_knobs(
@@ -37,9 +43,11 @@ def make_knobs(
     repetition_penalty: float = 1.0,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    penalize_prompt: bool = True,
 ) -> Knobs:
     """The numeric generation settings as arrays; `length_divisors[n]` = n ** length_penalty
-    divides a beam's summed log-probability once it holds n generated tokens."""
+    divides a beam's summed log-probability once it holds n generated tokens (HF's beam scorer:
+    n counts the new tokens, the EOS included, neither the T5 start token nor a prompt)."""
     if repetition_penalty <= 0 or temperature <= 0 or not 0 < top_p <= 1 or min_new_tokens < 0:
         raise ValueError(
             "need repetition_penalty > 0, temperature > 0, 0 < top_p <= 1, min_new_tokens >= 0;"
@@ -52,7 +60,32 @@ def make_knobs(
         np.float32(repetition_penalty),
         np.float32(temperature),
         np.float32(top_p),
+        np.bool_(penalize_prompt),
     )
+
+
+def lavis_lengths(max_len: int, min_len: int, *, encoder_decoder: bool) -> tuple[int, int]:
+    """LAVIS's `generate(max_length=max_len, min_length=min_len)` as (max_new_tokens,
+    min_new_tokens), the lengths `generate` here takes.
+
+    HF's `min_length` counts the whole sequence in `input_ids` (MinLengthLogitsProcessor:
+    EOS blocked while `input_ids.shape[-1] < min_length`). FlanT5 (`blip2_t5_instruct.generate`
+    passes `max_new_tokens=max_length, min_length=min_length`): the decoder ids start with the
+    start token, so min_len counts it. Vicuna (`blip2_vicuna_instruct.generate` passes
+    `max_length=max_length, min_length=min_length` with `inputs_embeds` only): HF 4.28-4.33
+    (LAVIS requires >= 4.28, pins 4.33.2) start `input_ids` at `[[bos_token_id]]`
+    (`_maybe_initialize_input_ids_for_generation`), so both lengths count that placeholder.
+    """
+    if max_len < 1 or min_len < 0:
+        raise ValueError(f"need max_len >= 1 and min_len >= 0, got {max_len}, {min_len}")
+    max_new = max_len if encoder_decoder else max_len - 1
+    return max_new, max(min_len - 1, 0)
+
+
+def seen_presence(ids: Array, mask: Array, vocab_size: int, knobs: Knobs) -> Array:
+    """[N, S] seen ids (+ mask) -> [N, V] bool: the tokens the repetition penalty starts from
+    (none of them when `knobs.penalize_prompt` is off)."""
+    return presence_mask(ids, jnp.where(knobs.penalize_prompt, mask, 0), vocab_size)
 
 
 def presence_mask(ids: Array, mask: Array, vocab_size: int) -> Array:

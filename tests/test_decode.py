@@ -219,3 +219,138 @@ def test_decode_steps_read_the_caches_without_transposing_them(request, lm, num_
     shapes = _transposes_in_decode_loop(model, params, batch, num_beams)
     ranks = {shape: len(re.search(r"\[([\d,]*)\]", shape).group(1).split(",")) for shape in shapes}
     assert [shape for shape, rank in ranks.items() if rank >= 4] == []  # none cache-shaped
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation protocol's settings (docs/PROTOCOL.md): LAVIS's repetition penalty 1.5 with beam
+# search, its length penalties (T5 -1, Vicuna 0, captions 1) and its min_length, whose count HF
+# starts at the T5 decoder start token.
+# ---------------------------------------------------------------------------------------------
+
+
+def _until_eos(tokens: np.ndarray, width: int) -> np.ndarray:
+    """HF rows -> ours: cut after the first EOS, PAD after it, `width` columns."""
+    out = np.full((tokens.shape[0], width), PAD, np.int64)
+    for row, ids in enumerate(tokens):
+        end = np.flatnonzero(ids == EOS)
+        ids = ids[: end[0] + 1] if end.size else ids
+        out[row, : len(ids)] = ids[:width]
+    return out
+
+
+PROTOCOL_CASES = {
+    "beam3_rp1.5_lp-1": dict(num_beams=3, repetition_penalty=1.5, length_penalty=-1.0),
+    "beam3_rp1.5_lp0": dict(num_beams=3, repetition_penalty=1.5, length_penalty=0.0),
+    "beam3_rp1.5_lp1": dict(num_beams=3, repetition_penalty=1.5, length_penalty=1.0),
+    "greedy_rp1.5": dict(repetition_penalty=1.5),
+}
+
+
+@pytest.mark.parametrize("case", list(PROTOCOL_CASES))
+def test_t5_protocol_settings_match_hf(setup, case):
+    hf_model, model, params, batch = setup
+    kwargs = PROTOCOL_CASES[case]
+    np.testing.assert_array_equal(
+        _ours(model, params, batch, **kwargs), _hf_generate(hf_model, batch, **kwargs)
+    )
+
+
+@pytest.mark.parametrize("min_length", [1, 5])
+def test_t5_min_length_counts_the_decoder_start_token(setup, min_length):
+    """LAVIS passes `min_length` (captions 10, answers 1) to HF, which counts the T5 decoder's
+    start token: `lavis_lengths` turns it into the new tokens `generate` here counts."""
+    hf_model, model, params, batch = setup
+    kwargs = dict(num_beams=3, repetition_penalty=1.5, length_penalty=1.0)
+    max_new, min_new = decode.lavis_lengths(MAX_NEW, min_length, encoder_decoder=True)
+    assert (max_new, min_new) == (MAX_NEW, min_length - 1)
+    expected = _hf_generate(hf_model, batch, min_length=min_length, **kwargs)
+    got = _ours(model, params, batch, min_new_tokens=min_new, **kwargs)
+    np.testing.assert_array_equal(got, expected)
+    if min_length > 1:  # the minimum binds: some row would end sooner without it
+        free = _ours(model, params, batch, **kwargs)
+        ends = [np.flatnonzero(row == EOS)[0] for row in free if (row == EOS).any()]
+        assert ends and min(ends) < min_new - 1
+
+
+def _llama_left_padded(batch):
+    """HF decoder-only generation needs left padding; ours takes either side (pads sorted first)."""
+    hf_inputs = reference.to_hf(batch)
+    ids, mask = hf_inputs["input_ids"].numpy(), hf_inputs["attention_mask"].numpy()
+    for row in range(len(ids)):
+        order = np.argsort(mask[row], kind="stable")  # pads first, token order kept
+        ids[row], mask[row] = ids[row][order], mask[row][order]
+    hf_inputs.update(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    return hf_inputs
+
+
+def _hf_llama_from_embeds(hf_model, hf_inputs, width: int, **kwargs) -> np.ndarray:
+    """The LLaMA LM generating from `inputs_embeds` alone, as LAVIS's `blip2_vicuna_instruct`
+    calls it: `input_ids` hold no prompt, so the repetition penalty sees only generated tokens.
+    The embeddings are built as HF's `InstructBlipForConditionalGeneration.generate` builds them.
+    One unpadded row at a time: HF 5 skips the first `left padding` positions of `input_ids` in
+    the penalty, which without a prompt in `input_ids` are generated tokens."""
+    rows = []
+    with torch.no_grad():
+        features = hf_model.get_image_features(
+            hf_inputs["pixel_values"],
+            qformer_input_ids=hf_inputs["qformer_input_ids"],
+            qformer_attention_mask=hf_inputs["qformer_attention_mask"],
+            return_dict=True,
+        ).pooler_output
+        ids = hf_inputs["input_ids"]
+        embeds = hf_model.get_input_embeddings()(ids)
+        placeholders = hf_model.get_placeholder_mask(ids, inputs_embeds=embeds)
+        embeds = embeds.masked_scatter(placeholders, features.to(embeds.dtype))
+        for row, mask in enumerate(hf_inputs["attention_mask"].bool()):
+            out = hf_model.language_model.generate(
+                inputs_embeds=embeds[row : row + 1, mask],
+                attention_mask=torch.ones((1, int(mask.sum())), dtype=torch.long),
+                eos_token_id=EOS,
+                pad_token_id=PAD,
+                **kwargs,
+            )
+            rows.append(_until_eos(out.numpy(), width)[0])
+    return np.stack(rows)
+
+
+LLAMA_PROTOCOL_CASES = {
+    "beam3_rp1.5_lp0": dict(num_beams=3, repetition_penalty=1.5, length_penalty=0.0),
+    "beam3_rp1.5_lp1_min3": dict(
+        num_beams=3, repetition_penalty=1.5, length_penalty=1.0, min_new_tokens=3
+    ),
+    "greedy_rp1.5": dict(repetition_penalty=1.5),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAMA_PROTOCOL_CASES))
+def test_vicuna_protocol_settings_match_hf(llama_setup, case):
+    """Both readings of the repetition penalty for a decoder-only LM, each against HF: the prompt
+    counted (HF's InstructBLIP, prompt in `input_ids`) and not (LAVIS, `inputs_embeds` only);
+    they differ here, so each test can tell them apart."""
+    hf_model, model, params, batch = llama_setup
+    kwargs = LLAMA_PROTOCOL_CASES[case]
+    hf_inputs = _llama_left_padded(batch)
+    prompt_len = hf_inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        with_prompt = hf_model.generate(
+            **hf_inputs, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, **kwargs
+        ).numpy()[:, prompt_len:]
+    without_prompt = _hf_llama_from_embeds(hf_model, hf_inputs, 6, max_new_tokens=6, **kwargs)
+    ours = {
+        flag: np.asarray(
+            decode.generate(
+                model,
+                params,
+                batch,
+                max_new_tokens=6,
+                eos_token_id=EOS,
+                pad_token_id=PAD,
+                penalize_prompt=flag,
+                **kwargs,
+            )
+        )
+        for flag in (True, False)
+    }
+    np.testing.assert_array_equal(ours[True], _until_eos(with_prompt, 6))
+    np.testing.assert_array_equal(ours[False], without_prompt)
+    assert not np.array_equal(ours[True], ours[False])
