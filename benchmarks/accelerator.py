@@ -52,7 +52,7 @@ from typing import Any
 from absl import app, flags
 
 from benchmarks import accelerator_common as ac
-from benchmarks import common
+from benchmarks import accelerator_ours, accelerator_reference, common
 
 FLAGS = flags.FLAGS
 BUDGETS_S = {"train": 30.0, "generate_qa": 15.0, "generate_captions": 25.0, "ranking": 10.0}
@@ -139,8 +139,6 @@ def _child(side: str, out: str, total_s: float, extra: list[str]) -> dict | None
 
 def run_ours(model: str, out: str, weights_dir: str) -> None:
     """This process is our side: measure and write `out` (also after each measurement)."""
-    from benchmarks import accelerator_ours
-
     results = accelerator_ours.measure(
         model,
         batch_size=FLAGS.batch_size,
@@ -159,8 +157,6 @@ def run_ours(model: str, out: str, weights_dir: str) -> None:
 
 def run_reference(ours: dict, out: str, weights_dir: str) -> None:
     """This process is the reference's side, at the batch sizes our side found."""
-    from benchmarks import accelerator_reference
-
     results = accelerator_reference.measure(
         ours["model"],
         platform=ours["platform"],

@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common, reference
+from ib_jax.models import precision
+from ib_jax.models.configs import from_config_dict
+from launch import aot
 
 # --model -> the released architecture's config (the tiny one is the tests' model).
 CONFIGS = {
@@ -24,8 +27,6 @@ CONFIGS = {
 def load_config(model: str, batch_size: int = 0):
     """The run config of `model` as launch.aot plans it: the paper's batch (or `batch_size`) and
     the planner's padded lengths where the config's data section leaves them out."""
-    from launch import aot
-
     if model not in CONFIGS:
         raise ValueError(f"--model={model!r}: expected one of {sorted(CONFIGS)}")
     return aot.load_planned_config(CONFIGS[model], batch_size=batch_size or None)
@@ -89,8 +90,6 @@ def eval_batch(config, batch: int, seed: int = 3) -> dict[str, np.ndarray]:
 
 def train_batch(config, batch: int, seed: int = 1) -> dict[str, np.ndarray]:
     """A training batch at the config's padded lengths (benchmarks.common.make_batch)."""
-    from ib_jax.models.configs import from_config_dict
-
     model_config = from_config_dict(config.model)
     d = config.data
     return common.make_batch(
@@ -108,8 +107,6 @@ def train_batch(config, batch: int, seed: int = 1) -> dict[str, np.ndarray]:
 
 def candidates(config, batch: int) -> np.ndarray:
     """Ranking candidates [B, C, L] at the RANKING settings (ids + EOS, -100 pads)."""
-    from ib_jax.models.configs import from_config_dict
-
     model_config = from_config_dict(config.model)
     return common.make_candidates(
         batch,
@@ -131,7 +128,5 @@ def eval_batch_size(config, requested: int = 0) -> int:
 def is_fp32(config) -> bool:
     """Whether the run config computes and stores everything in fp32 (the tiny model): then the
     two sides share weights and are checked to agree, instead of running mixed precision."""
-    from ib_jax.models import precision
-
     policy = precision.resolve(config.model, config.train)
     return policy.compute == "float32" and policy.frozen == "float32"

@@ -13,8 +13,16 @@ from typing import Any
 
 import numpy as np
 
+import ib_jax
 from benchmarks import accelerator_common as ac
 from benchmarks import common, reference
+from ib_jax import sharding
+from ib_jax.eval import ranking
+from ib_jax.models import precision
+from ib_jax.models.configs import from_config_dict
+from ib_jax.train import flops, trainer
+from ib_jax.train.state import merge_params
+from launch import aot
 
 
 def device_memory() -> dict[str, int]:
@@ -28,10 +36,6 @@ def device_memory() -> dict[str, int]:
 def _train(config, batch_size: int, steps: int, budget_s: float, profile_dir: str, log) -> dict:
     """Compile the trainer's step at `batch_size`, check it fits, time it. Raises on OOM."""
     import jax
-
-    from ib_jax import sharding
-    from ib_jax.train import trainer
-    from ib_jax.train.state import merge_params
 
     config.data.global_batch_size = batch_size
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
@@ -106,8 +110,6 @@ def _generate(model, params, batch, settings: dict, calls: int, budget_s: float)
     """Beam search at `settings` over `batch`: (times, tokens [B, max_new_tokens])."""
     import jax.numpy as jnp
 
-    import ib_jax
-
     batch = {k: jnp.asarray(v) for k, v in batch.items()}  # on the device once, as the reference
     return _timed(
         lambda: ib_jax.generate(
@@ -130,8 +132,6 @@ def _rank(model, params, batch, candidates, calls: int, budget_s: float):
     """Candidate scores at the RANKING settings: (times, scores [B, C])."""
     import jax.numpy as jnp
 
-    from ib_jax.eval import ranking
-
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     candidates = jnp.asarray(candidates)
     return _timed(
@@ -147,8 +147,6 @@ def _rank(model, params, batch, candidates, calls: int, budget_s: float):
 def _planner(config, compiled) -> dict:
     """launch.aot's numbers for this config and batch (FLOPs per step; memory: the planner's
     accounting of this device's compiled step), to print beside the measured ones."""
-    from launch import aot
-
     return dict(
         analytic_flops=aot.train_step_flops(config),
         memory_bytes=int(aot.memory_of(compiled)["total"]),
@@ -173,11 +171,6 @@ def measure(
     `weights_dir` (fp32 models only) the reference's weights are written there and used here,
     and the outputs the agreement check needs are returned too."""
     import jax
-
-    from ib_jax.models import precision
-    from ib_jax.models.configs import from_config_dict
-    from ib_jax.train import flops
-    from launch import aot
 
     budget = ac.Budget(total_s)
     config = ac.load_config(model_name, batch_size)

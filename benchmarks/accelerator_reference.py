@@ -19,6 +19,8 @@ from typing import Any
 
 from benchmarks import accelerator_common as ac
 from benchmarks import common, reference
+from ib_jax.models.configs import from_config_dict
+from ib_jax.train import flops
 
 
 def device_for(platform: str) -> tuple[str | None, str]:
@@ -52,8 +54,6 @@ def _peak_memory(device: str) -> tuple[int, str]:
 
 def _peak_flops(device: str, device_kind: str) -> tuple[float, str]:
     import torch
-
-    from ib_jax.train import flops
 
     peak = flops.device_peak_flops(device_kind)
     if peak:
@@ -132,9 +132,6 @@ def measure(
 ) -> dict[str, Any]:
     """Every measurement of the reference; {"available": False, "reason": ...} where it cannot run."""
     import torch
-
-    from ib_jax.models.configs import from_config_dict
-    from ib_jax.train import flops
 
     device, why_not = device_for(platform)
     if device is None:

@@ -36,8 +36,11 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from benchmarks import common, reference
+import ib_jax
+from benchmarks import common, reference, run_sections
 from benchmarks import run as bench
+from ib_jax.eval import program as program_lib
+from ib_jax.models.instructblip import InstructBlip
 
 TARGET = 2.0  # our examples/s over the reference's, at every setting
 GENERATE = {
@@ -67,8 +70,6 @@ def _ours(model, params) -> Any:
     job places them."""
     import ml_collections
 
-    from ib_jax.eval import program as program_lib
-
     mesh, rules = program_lib.eval_mesh(ml_collections.ConfigDict({"eval": {}}))
     abstract = program_lib.abstract_params(model, mesh, rules)
     return program_lib.InferenceProgram(model, program_lib.place(params, abstract), mesh, rules)
@@ -78,15 +79,11 @@ def measured_calls(bc: bench.BenchConfig, generate: dict, rank: dict, log) -> tu
     """{setting: (reference fn, our fn, agreement fn)} and facts (batch, model)."""
     import torch
 
-    import ib_jax
-    from ib_jax.eval import program as program_lib
-
     config = bench.model_config(bc)
     hf_model = reference.build(config, seed=0)
     with tempfile.TemporaryDirectory() as directory:
         hf_model.save_pretrained(directory)
         model, params = ib_jax.load_pretrained(directory)
-    from ib_jax.models.instructblip import InstructBlip
 
     model = InstructBlip(program_lib.inference_config(model.config, {}))
     ours = _ours(model, params)
@@ -207,8 +204,6 @@ def run(
     bc: bench.BenchConfig, threads: int, tiny: bool, log, only: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Build both sides, measure every setting (or those in `only`); the raw results."""
-    from benchmarks import run_sections
-
     generate, rank = tiny_settings() if tiny else (GENERATE, RANK)
     if only:
         generate = {k: v for k, v in generate.items() if k in only}

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ib_jax.convert.export import hf_config as exported_config
 from ib_jax.models.configs import ModelConfig
 
 IGNORE_INDEX = -100
@@ -41,8 +42,6 @@ def hf_config(config: ModelConfig):
     `model_config_from_hf`; tests/test_benchmarks.py checks the round trip) with dropout off, so
     both sides of a timed training step compute the same thing."""
     from transformers import InstructBlipConfig
-
-    from ib_jax.convert.export import hf_config as exported_config
 
     values = exported_config(config, "instructblip", image_token(config), "float32")
     values["vision_config"]["attention_dropout"] = 0.0

@@ -41,7 +41,12 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+import ib_jax
 from benchmarks import common, reference, run_report, run_sections
+from ib_jax import sharding
+from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
+from ib_jax.train import flops
+from ib_jax.train.state import TrainState, split_params
 
 SECTIONS = ("compile", "memory", "pipeline")
 
@@ -115,8 +120,6 @@ def tiny() -> BenchConfig:
 
 def model_config(bc: BenchConfig):
     """The benchmark architecture as our ModelConfig (FlanT5-style LM: gated GELU, untied head)."""
-    from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
-
     return ModelConfig(
         vision=VisionConfig(
             hidden_size=bc.vision_width,
@@ -242,11 +245,6 @@ def prepare_ours(bc: BenchConfig, model, params, batch) -> tuple[dict[str, Calla
     import jax
     import jax.numpy as jnp
 
-    import ib_jax
-    from ib_jax import sharding
-    from ib_jax.train import flops
-    from ib_jax.train.state import TrainState, split_params
-
     info: dict[str, Any] = {}
     fns: dict[str, Callable[[], Any]] = {}
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -362,8 +360,6 @@ def run(
     """Everything; returns the raw results (`run_report.table` formats them). Threads must be
     pinned already (`pin_threads`)."""
     import torch
-
-    import ib_jax
 
     res: dict[str, Any] = {
         "config": dataclasses.asdict(bc),

@@ -12,6 +12,11 @@ import time
 from typing import Any
 
 from benchmarks import common
+from benchmarks import input_pipeline as ip
+from configs import common as config_common
+from ib_jax import sharding
+from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig, to_config_dict
+from ib_jax.train import trainer
 
 
 def load_snapshot() -> str:
@@ -64,9 +69,6 @@ def train_config(bc, model_config, *, scan: bool = False, remat: str = "none"):
     """An ml_collections training config for `build_program` (one device, fp32 everywhere)."""
     import ml_collections
 
-    from configs import common as config_common
-    from ib_jax.models.configs import to_config_dict
-
     config = ml_collections.ConfigDict()
     fp32 = dict(dtype="float32", param_dtype="float32")
     config.model = to_config_dict(
@@ -93,9 +95,6 @@ def one_device_program(config):
     """(TrainProgram, mesh, rules) of the trainer for `config` on the first device."""
     import jax
 
-    from ib_jax import sharding
-    from ib_jax.train import trainer
-
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     rules = sharding.axis_rules(config.mesh)
     with sharding.activate(mesh, rules):
@@ -119,8 +118,6 @@ def memory_by_remat(bc, model_config, headline: dict) -> dict[str, dict]:
 
 def compile_times(bc) -> dict[str, dict[str, float]]:
     """Seconds to trace + lower + compile the training step, tiny widths, by LM depth and scan."""
-    from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
-
     w = bc.compile_width
     small = dataclasses.replace(
         bc,
@@ -183,8 +180,6 @@ def compile_times(bc) -> dict[str, dict[str, float]]:
 
 def input_pipeline(bc) -> dict[str, Any]:
     """Examples/s of the real training pipeline at 224 px from JPEGs, no worker processes."""
-    from benchmarks import input_pipeline as ip
-
     with tempfile.TemporaryDirectory() as root:
         ann = ip.write_jpegs(root, bc.pipeline_images)
         return ip.measure(root, ann, workers=0, batch_size=bc.batch, batches=bc.pipeline_batches)

@@ -32,6 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipelines import eval_pipeline, formats, images, mixing, preprocess, sources, templates
+from ib_jax import validate
 from ib_jax.contract.config import evaluations
 
 COLUMNS = (
@@ -329,8 +330,7 @@ def main(argv: list[str]) -> None:
     checks = check_config(data_config, _SAMPLE.value, prompts)
     print(format_table(checks))
     problems = check_tokenizers(data_config)
-    from ib_jax import validate  # the run's start-up checks: tokenizers and lengths vs the model
-
+    # The run's start-up checks: tokenizers, lengths and image size against the model.
     problems += validate.problems(_CONFIG.value, job="data")
     max_bad = float(preprocess.setting(data_config, "max_bad_fraction"))
     mixture = mixture_bad_fraction(checks)

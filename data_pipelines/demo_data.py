@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from data_pipelines import templates
+
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_VOCAB = os.path.join(ASSETS_DIR, "demo_wordpiece_vocab.txt")
 DEMO_SPM = os.path.join(ASSETS_DIR, "demo_spm.model")
@@ -206,8 +208,6 @@ def ensure_from_config(data_config) -> dict | None:
 def demo_corpus() -> list[str]:
     """Every text the demo can produce: scene captions/questions/answers, all instruction templates
     (placeholders removed) and the printable ASCII characters (so no character maps to [UNK])."""
-    from data_pipelines import templates  # local: only the asset builder needs it
-
     lines = [string.ascii_lowercase, string.ascii_uppercase, string.digits, string.punctuation]
     for shape in SHAPES:
         for color in COLORS:

@@ -10,13 +10,13 @@ from collections.abc import Mapping
 
 import grain
 
+from data_pipelines import registry
+
 
 def mixture_weights(
     sizes: Mapping[str, int], multipliers: Mapping[str, float] | None = None
 ) -> dict[str, float]:
     """{dataset: size} (+ optional {dataset: multiplier}) -> {dataset: probability}, summing to 1."""
-    from data_pipelines import registry
-
     return registry.sampling_weights(list(sizes), multipliers=multipliers, sizes=sizes)
 
 

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from data_pipelines import formats, registry, user_data
+from data_pipelines import demo_data, formats, registry, user_data
 from data_pipelines.preprocess import DATA_DEFAULTS
 from data_pipelines.specs import DatasetSpec
 
@@ -51,8 +51,6 @@ def resolve_spec(entry: Mapping[str, Any]) -> DatasetSpec:
 
 
 def _demo_shapes(root: str, num_train: int = 600, num_eval: int = 100, seed: int = 0) -> None:
-    from data_pipelines import demo_data  # local: only generated entries need the renderer
-
     demo_data.ensure_demo_dataset(root, int(num_train), int(num_eval), int(seed))
 
 

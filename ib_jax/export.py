@@ -28,6 +28,11 @@ from typing import Any
 
 from absl import app, flags
 
+from ib_jax import checkpoint
+from ib_jax.convert import api
+from ib_jax.convert import export as export_lib
+from ib_jax.models.configs import from_config_dict
+
 _UNITS = {
     "": 1,
     "B": 1,
@@ -82,10 +87,6 @@ def parse_size(text: str) -> int:
 def load_source(path: str, step: int | None) -> tuple[Any, dict[str, Any], str]:
     """(ModelConfig, params in its layout, a description) of a training workdir's step or a
     converted directory."""
-    from ib_jax import checkpoint
-    from ib_jax.convert import api
-    from ib_jax.models.configs import from_config_dict
-
     if api.is_converted_directory(path):
         if step is not None:
             raise ValueError(f"--step: {path} is a converted directory, which has no steps")
@@ -121,8 +122,6 @@ def added_token_id(directory: str, content: str) -> int | None:
 
 def image_token_index(flag: int, tokenizer_dir: str | None, config) -> int:
     """See the module docstring; the id must be a row of the LM vocabulary."""
-    from ib_jax.convert import api
-
     vocab = config.text.vocab_size
     index, source = flag, "--image_token_index"
     if index < 0 and tokenizer_dir:
@@ -169,8 +168,6 @@ def export(
 ) -> str:
     """Write the HF directory; returns a one-line summary. Raises ValueError/OSError on bad input
     before anything is written."""
-    from ib_jax.convert import export as export_lib
-
     shard_bytes = parse_size(shard_size)
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"--out {out} is not empty")

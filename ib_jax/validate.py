@@ -21,7 +21,9 @@ Every problem is one line naming the config field(s) and both values. What is ch
 | the workdir is writable                                            |   x   |  x   |      |      |
 
 `data` is `data_pipelines.check`, which checks every dataset's files itself; `plan` is
-`launch.aot`, which compiles for devices that are not here and reads no data.
+`launch.aot`, which compiles for devices that are not here and reads no data. The checks wire the
+data to the model (they read the tokenizers through `data_pipelines.text`), so this module is part
+of the job layer: the jobs, the planner and the data check import it, the model side never does.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ from typing import Any
 
 import ml_collections
 
+from data_pipelines import text
+from ib_jax import sharding
 from ib_jax.contract.text import text_format
+from ib_jax.convert import api, hf_config
 from ib_jax.models.configs import ModelConfig, from_config_dict
 
 JOBS = ("train", "eval", "plan", "data")
@@ -106,8 +111,6 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 
 
 def _tokenizers(data: Any, model: ModelConfig, report_missing: bool = True) -> list[str]:
-    from data_pipelines import text
-
     found: list[str] = []
     missing = found if report_missing else []
     lm_type = _get(data, "lm_type") or "t5"
@@ -202,8 +205,6 @@ def _image(data: Any, model: ModelConfig) -> list[str]:
 def pretrained_model_config(path: str) -> ModelConfig:
     """The architecture of a converted (`ib_jax.convert`) or HF InstructBLIP directory, read
     from its config.json without loading any weight."""
-    from ib_jax.convert import api, hf_config
-
     if api.is_converted_directory(path):
         with open(os.path.join(path, "config.json")) as f:
             return from_config_dict(json.load(f))
@@ -251,8 +252,6 @@ def _pretrained(config: Any, model: ModelConfig) -> list[str]:
 def _mesh_and_batches(
     config: Any, job: str, num_devices: int | None, process_count: int | None
 ) -> list[str]:
-    from ib_jax import sharding
-
     if num_devices is None or process_count is None:
         import jax
 

@@ -25,6 +25,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from ib_jax.configs_util import load_config, model_config
+from ib_jax.convert import api, blip2
+from ib_jax.convert.core import abstract_params
+
 _SOURCES = ("hf", "lavis", "blip2", "describe")
 
 
@@ -67,8 +71,6 @@ def describe(config) -> dict[str, int]:
     """Parameter count per tower (from shapes only; nothing is allocated)."""
     import jax
 
-    from ib_jax.convert.core import abstract_params
-
     shapes = abstract_params(config)
     counts = {
         name: sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
@@ -79,16 +81,12 @@ def describe(config) -> dict[str, int]:
 
 
 def _model_config(config):
-    from ib_jax.configs_util import model_config
-
     return None if config is None else model_config(config)
 
 
 def run(fv: flags.FlagValues) -> int:
     """Convert (or describe) as the parsed flags say; returns the exit status."""
     from absl import logging
-
-    from ib_jax.convert import api, blip2
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every partial save at INFO
     given = [name for name in _SOURCES if fv[name].value]
@@ -97,8 +95,6 @@ def run(fv: flags.FlagValues) -> int:
             f"give exactly one of --{', --'.join(_SOURCES)} (got {given or 'none'})"
         )
     if fv.describe:
-        from ib_jax.configs_util import load_config, model_config
-
         for name, count in describe(model_config(load_config(fv.describe))).items():
             print(f"{name:24s} {count:>15,d}")
         return 0
@@ -130,8 +126,6 @@ def run(fv: flags.FlagValues) -> int:
 
 
 def _plan(fv: flags.FlagValues):
-    from ib_jax.convert import api, blip2
-
     config = _model_config(fv.config)
     layout = dict(scan_layers=fv.scan_layers, remat_policy=fv.remat_policy)
     if fv.hf:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from ib_jax.convert import blip2_rules, core, readers
+from ib_jax.convert import api, blip2_rules, core, readers, rules
+from ib_jax.convert.api import family_rules, tie_if_headless
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
 from ib_jax.models import families
 from ib_jax.models.configs import ModelConfig
@@ -140,7 +141,6 @@ def _plan_hf(blip2, bert, config, vit, language_model, seed, layout) -> core.Pla
         max_position_embeddings=positions[0],
     )
     derived = dataclasses.replace(derived, qformer=qformer, instruction_aware=True)
-    from ib_jax.convert.api import tie_if_headless
 
     derived = tie_if_headless(derived, state, "language_model.lm_head.weight")
     if config is not None:
@@ -151,9 +151,6 @@ def _plan_hf(blip2, bert, config, vit, language_model, seed, layout) -> core.Pla
 
 
 def _plan_stage2(blip2, state, bert, config, seed) -> core.Plan:
-    from ib_jax.convert import rules
-    from ib_jax.convert.api import tie_if_headless
-
     bert_state, std = _read_bert(bert, blip2, config.qformer.hidden_size)
     state.update(bert_state)
     core.fuse_lavis_qkv_bias(state)
@@ -164,8 +161,6 @@ def _plan_stage2(blip2, state, bert, config, seed) -> core.Plan:
 
 
 def _plan_stage1(state, config, seed) -> core.Plan:
-    from ib_jax.convert.api import tie_if_headless
-
     tables = _family_rules(config)
     lm_width = families.family_of(config.text).width(config.text)
     width = config.qformer.hidden_size
@@ -179,8 +174,6 @@ def _plan_stage1(state, config, seed) -> core.Plan:
 
 
 def _family_rules(config: ModelConfig) -> ModuleType:
-    from ib_jax.convert.api import family_rules
-
     return family_rules(config)
 
 
@@ -292,8 +285,6 @@ def initial_params(init: Mapping[str, Any], model_config: ModelConfig) -> dict[s
     `language_model`, `seed`. The architecture must be `model_config`'s; a model without the
     instruction input (`instruction_aware=False`, BLIP-2 training) gets no text-side tensors.
     """
-    from ib_jax.convert import api
-
     plan = plan_blip2(
         init["blip2"],
         init.get("bert") or None,

@@ -23,6 +23,7 @@ from ib_jax import sharding
 from ib_jax.convert.readers import Entry, LazyState
 from ib_jax.convert.rules import Rule
 from ib_jax.models.configs import ModelConfig
+from ib_jax.models.instructblip import InstructBlip
 
 
 class ConversionError(ValueError):
@@ -32,8 +33,6 @@ class ConversionError(ValueError):
 def abstract_params(config: ModelConfig) -> dict[str, Any]:
     """Shapes of the model's parameters in the unscanned layout, without allocating them."""
     import jax.numpy as jnp
-
-    from ib_jax.models.instructblip import InstructBlip
 
     config = dataclasses.replace(config, scan_layers=False, remat_policy="none")
     size = config.vision.image_size

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
+from ib_jax import distributed
+
 T = TypeVar("T")
 
 
@@ -33,8 +35,6 @@ def sync(what: str) -> None:
     process 0 computed a metric): XLA:CPU's Gloo gives up after 30 s, the barrier does not.
     """
     if jax.process_count() > 1:
-        from ib_jax import distributed
-
         distributed.barrier(f"ib_jax_eval_{what}_{next(_barriers)}")
 
 

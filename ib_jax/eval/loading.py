@@ -24,6 +24,7 @@ import ml_collections
 from flax import traverse_util
 
 from ib_jax import checkpoint as checkpoint_lib
+from ib_jax.convert import api, write
 from ib_jax.eval import program as program_lib
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip
@@ -111,8 +112,6 @@ def from_training_checkpoint(
 
 def from_directory(config: ml_collections.ConfigDict, path: str, mesh: Any, rules: tuple) -> Loaded:
     """A directory written by `ib_jax.convert` (config.json + params/) or an HF InstructBLIP one."""
-    from ib_jax.convert import api
-
     tag = os.path.basename(os.path.normpath(path))
     if api.is_converted_directory(path):
         import orbax.checkpoint as ocp
@@ -129,7 +128,6 @@ def from_directory(config: ml_collections.ConfigDict, path: str, mesh: Any, rule
             f"--checkpoint={path}: neither a converted directory (config.json + params/) nor an "
             "HF InstructBLIP directory (config.json + safetensors), nor a step number"
         )
-    from ib_jax.convert import write
 
     scan = bool(config.get("model", {}).get("scan_layers", False))
     plan = api.plan_hf(path, scan_layers=scan)

@@ -26,8 +26,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+import ib_jax
 from data_pipelines import train_pipeline
 from ib_jax import checkpoint, distributed, sharding, validate
+from ib_jax.convert import blip2
 from ib_jax.models import precision
 from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
@@ -74,8 +76,6 @@ def _init_fn(
 
 def _pretrained_params(path: str, model_config: ModelConfig) -> Any:
     """Parameters of the pretrained model at `path`, laid out for `model_config` (scanned or not)."""
-    import ib_jax
-
     model, params = ib_jax.load_pretrained(path, scan_layers=model_config.scan_layers)
     arch = lambda c: (c.vision, c.qformer, c.text, c.num_query_tokens)  # noqa: E731
     if arch(model.config) != arch(model_config):
@@ -108,7 +108,6 @@ def _initial_params(init: ml_collections.ConfigDict, model_config: ModelConfig) 
         )
     if init.get("pretrained"):
         return _pretrained_params(init.pretrained, model_config)
-    from ib_jax.convert import blip2
 
     return blip2.initial_params(init, model_config)
 
