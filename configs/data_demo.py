@@ -14,26 +14,28 @@ import os
 
 import ml_collections
 
-from data_pipelines import demo_data
+from data_pipelines import demo_data, layouts
 
 
 def get_config(
     arg: str | None = None, *, num_train: int = 600, num_eval: int = 100
 ) -> ml_collections.ConfigDict:
     """The demo's data config; `arg` options (root, num_train, num_eval, seed) override."""
-    options = dict(item.split("=", 1) for item in arg.split(",")) if arg else {}
-    root = options.get("root", "workdirs/demo_data")
+    known = {"root": "workdirs/demo_data", "num_train": num_train, "num_eval": num_eval}
+    known.update(seed=0, tfds="")
+    options, _ = layouts.parse_arg(arg, known)  # an unknown key is refused, naming the known
+    root = options["root"]
     images = os.path.join(root, "images")
     generate = {
         "kind": "demo_shapes",
         "root": root,
-        "num_train": int(options.get("num_train", num_train)),
-        "num_eval": int(options.get("num_eval", num_eval)),
-        "seed": int(options.get("seed", 0)),
+        "num_train": options["num_train"],
+        "num_eval": options["num_eval"],
+        "seed": options["seed"],
     }
 
     def entry(name: str, annotations: str, **fields) -> dict:
-        if "tfds" in options:
+        if options["tfds"]:
             split = fields.get("split", "train")
             return dict(name=name, tfds=os.path.join(options["tfds"], name, split), **fields)
         ann_path = os.path.join(root, "annotations", f"{annotations}.json")

@@ -5,7 +5,8 @@ default, or another of the paper's language models with `lm=`.
 `--config=configs/eval_heldout.py:root=/data`: every dataset is found under `root` in its
 published layout (data_pipelines/layouts.py; docs/DATASETS.md says what to download and where it
 goes). Options, comma-separated: `root=`, `datasets=a+b` (a subset), `frames=1` (video sets from
-pre-extracted frame folders), `<dataset>.<field>=V` (per-dataset override of ann_path,
+pre-extracted frame folders), `tfds=DIR` (the datasets `data_pipelines.prepare` wrote),
+`<dataset>.<field>=V` (per-dataset override of ann_path,
 image_root or a parse option, e.g. `msrvtt_qa.answer_vocab_size=1000`), `lm=` one of LMS:
 flant5xl (default), flant5xxl, vicuna7b, vicuna13b (`vicuna` = vicuna7b). The Vicuna models read
 the LLaMA SentencePiece model `root/tokenizers/llama-tokenizer.model` (as
@@ -59,21 +60,29 @@ LMS = {
     "vicuna13b": (instructblip_vicuna13b.VICUNA_13B, "llama", "llama-tokenizer.model", 128, 128),
 }
 LMS["vicuna"] = LMS["vicuna7b"]
+# This config's options (name -> default), with data_heldin's frames= and tfds=.
+OPTIONS = {
+    "root": "/path/to/eval_data",
+    "datasets": "",
+    "lm": "flant5xl",
+    "model": False,
+    **data_heldin.ENTRY_OPTIONS,
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The `lm=` model (default FlanT5-XL) on the held-out datasets under `root` (options in the
     module docstring)."""
-    options, per_dataset = layouts.parse_arg(arg)
-    root = options.get("root", "/path/to/eval_data")
-    datasets = options["datasets"].split("+") if "datasets" in options else list(HELD_OUT)
-    lm = options.get("lm", "flant5xl")
+    options, per_dataset = layouts.parse_arg(arg, OPTIONS)
+    root = options["root"]
+    datasets = options["datasets"].split("+") if options["datasets"] else list(HELD_OUT)
+    lm = options["lm"]
     if lm not in LMS:
         raise ValueError(f"configs/eval_heldout.py: lm={lm!r} is not one of {sorted(LMS)}")
     text, lm_type, spm_file, text_max_len, target_max_len = LMS[lm]
 
     config = ml_collections.ConfigDict()
-    if options.get("model", "0").lower() in ("1", "true", "yes"):
+    if options["model"]:
         config.model = common.model(
             common.EVA_VIT_G, common.QFORMER_BASE, dict(text), lm_type=lm_type
         )
@@ -81,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(
             image_size=224,
             num_frames=4,
-            qformer_max_len=256,
+            qformer_max_len=128,  # LAVIS max_txt_len (Q-Former input, cut from the left)
             text_max_len=text_max_len,
             target_max_len=target_max_len,
             qformer_vocab=os.path.join(root, "tokenizers/bert-base-uncased-vocab.txt"),
@@ -99,5 +108,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     config.eval = common.eval_job(batch_size=16)
-    config.evals = evals.declare(datasets)
+    config.evals = evals.declare(datasets, lm_type)  # LAVIS's decoding differs per LM family
     return config

@@ -25,11 +25,11 @@ _FAST_DECODING = dict(num_beams=1, max_new_tokens=4, min_new_tokens=1)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """A tiny run on the datasets under `root` (required)."""
-    options, _ = layouts.parse_arg(arg)
-    if "root" not in options:
+    own = {"steps": 4, "datasets": "+".join(eval_heldout.HELD_OUT)}
+    options, _ = layouts.parse_arg(arg, {**data_heldin.OPTIONS, "root": "", **own})
+    if not options["root"]:
         raise ValueError("configs/rehearsal.py needs root=<directory of the datasets>")
-    steps = int(options.pop("steps", 4))
-    evaluated = options.pop("datasets", "+".join(eval_heldout.HELD_OUT))
+    steps, evaluated = options["steps"], options["datasets"]
     arg = ",".join(
         [item for item in (arg or "").split(",") if not item.startswith(("steps=", "datasets="))]
         + [f"eval={evaluated}", "batch=8"]

@@ -29,10 +29,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from data_pipelines import eval_pipeline, formats, images, mixing, preprocess, sources, templates
 from ib_jax import validate
+from ib_jax.contract import cli
 from ib_jax.contract.config import evaluations
 
 COLUMNS = (
@@ -314,9 +314,7 @@ def format_table(checks: Sequence[DatasetCheck]) -> str:
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
     global _CONFIG, _SAMPLE, _JSON
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "run config (its `data` is read) or a data config", lock_config=True
-    )
+    _CONFIG = cli.define_config_flag()  # a run config (its `data` is read) or a data config
     _SAMPLE = flags.DEFINE_integer("sample", 32, "media files decoded per dataset (-1: all)")
     _JSON = flags.DEFINE_string("json", None, "also write the findings as JSON to this file")
     flags.mark_flags_as_required(["config"])
@@ -353,4 +351,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(cli.guarded("check", main))

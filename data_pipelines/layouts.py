@@ -5,11 +5,17 @@ split the paper reports); docs/DATASETS.md says per dataset which archives to do
 they unpack. Paths are relative to the root; nothing is renamed. COCO's images are shared: one
 `coco/images/` with COCO's own train2014/ val2014/ train2017/ val2017/ folders.
 
-`entry(name, split, root, **overrides)` gives the data-config entry (`name`, `split`, `ann_path`,
-`image_root`, `parse_options`) that `data_pipelines.sources.load_records` reads; `overrides`
-replace any of `ann_path` (a path or a "+"-joined list), `image_root`, or a parse option, for a
-dataset that lies elsewhere. `frames=True` points the video sets at pre-extracted frame folders
+`entry(name, split, root, overrides=...)` gives the data-config entry (`name`, `split`,
+`ann_path`, `image_root`, `parse_options`) that `data_pipelines.sources.load_records` reads;
+`overrides` replace any of `ann_path` (a path or a "+"-joined list), `image_root`, or a parse
+option (`split` included: ScienceQA's "test" split is a parse option, not the entry's "eval"), for
+a dataset that lies elsewhere. `frames=True` points the video sets at pre-extracted frame folders
 (`<dataset>/frames/<video key>/`) instead of the video files.
+
+`parse_arg(arg, options)` reads a data config's `get_config` argument ("root=/data,batch=192,
+scienceqa.split=val"): the config's own options (typed as their defaults) and per-dataset fields
+(typed as the dataset's parser declares them: `ocrvqa.split=3` is the int 3); an unknown key or
+field is refused, naming the closest known one.
 
 | dataset | no such split |
 |---|---|
@@ -20,9 +26,13 @@ dataset that lies elsewhere. `frames=True` points the video sets at pre-extracte
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from data_pipelines import formats, registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,12 +188,18 @@ def splits_of(name: str) -> list[str]:
 
 
 def entry(
-    name: str, split: str, root: str, *, frames: bool = False, **overrides: Any
+    name: str,
+    split: str,
+    root: str,
+    *,
+    frames: bool = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The data-config entry of dataset `name`, `split` "train" or "eval", under `root`.
 
-    `overrides`: `ann_path` (absolute, or a "+"-joined list), `image_root`, or parse options;
-    they replace the table's values. `frames`: video sets read `<dataset>/frames/` instead.
+    `overrides`: `ann_path` (absolute, or a "+"-joined list), `image_root`, or parse options
+    (see `dataset_fields`); they replace the table's values. `frames`: video sets read
+    `<dataset>/frames/` instead.
     """
     if split not in splits_of(name):
         raise KeyError(
@@ -207,7 +223,7 @@ def entry(
         "image_root": os.path.join(root, media),
         "parse_options": options,
     }
-    for key, value in overrides.items():
+    for key, value in (overrides or {}).items():
         if key == "ann_path":
             result[key] = value.split("+") if isinstance(value, str) else list(value)
         elif key == "image_root":
@@ -219,22 +235,99 @@ def entry(
     return result
 
 
-def parse_arg(arg: str | None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+def dataset_fields(name: str) -> dict[str, str]:
+    """{field: its type as the parser declares it} of what `<name>.<field>=` may set: ann_path,
+    image_root and the options of the dataset's annotation parser."""
+    fn = formats.PARSERS[registry.get(name).format].fn
+    params = list(inspect.signature(fn).parameters.values())[3:]  # after ann_path, root, report
+    fields = {"ann_path": "str", "image_root": "str"}
+    fields.update({p.name: str(p.annotation) for p in params if p.kind is not p.VAR_KEYWORD})
+    return fields
+
+
+def _hint(name: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _literal(value: str) -> Any:
+    """ "3" -> 3, "0.5" -> 0.5, "true"/"false" -> bool, "none" -> None, else the string."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _typed_field(value: str, annotation: str) -> Any:
+    """A command-line value as the parser's annotation (a string: `int | str | None`) wants it:
+    a "+"-joined list for a Sequence, a number where a number is allowed, else the string."""
+    if "Sequence" in annotation and ("+" in value or not annotation.startswith("str")):
+        return value.split("+")
+    if value.strip().lower() == "none" and "None" in annotation:
+        return None
+    typed = _literal(value)
+    for kind, word in ((bool, "bool"), (int, "int"), (float, "float")):
+        if type(typed) is kind and word in annotation:
+            return typed
+    if type(typed) is int and "float" in annotation:
+        return float(typed)
+    return value
+
+
+def _typed_option(key: str, value: str, default: Any) -> Any:
+    """A config option's value, typed as its default (bool: 1/0, true/false, yes/no)."""
+    if isinstance(default, bool):
+        lowered = value.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"config argument {key}={value!r}: expected true or false")
+        return lowered in ("1", "true", "yes")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise ValueError(
+                f"config argument {key}={value!r}: expected a {type(default).__name__}"
+            ) from None
+    return value if default is None or isinstance(default, str) else _literal(value)
+
+
+def parse_arg(
+    arg: str | None, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A config's `get_config` argument "root=/data,batch=192,msvd_qa.image_root=/x" ->
-    ({"root": "/data", "batch": "192"}, {"msvd_qa": {"image_root": "/x"}}): plain options and
-    per-dataset overrides (`<dataset>.<field>=value`)."""
-    options: dict[str, str] = {}
-    per_dataset: dict[str, dict[str, str]] = {}
+    ({"root": "/data", "batch": 192, ...}, {"msvd_qa": {"image_root": "/x"}}): the config's own
+    `options` (name -> default; every one present, typed as its default) and per-dataset fields
+    (`<dataset>.<field>=value`, typed as `dataset_fields` says). Unknown keys are refused."""
+    given: dict[str, Any] = dict(options)
+    per_dataset: dict[str, dict[str, Any]] = {}
     for item in (arg or "").split(","):
         if not item.strip():
             continue
         if "=" not in item:
             raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
-        key, value = item.split("=", 1)
+        key, value = (part.strip() for part in item.split("=", 1))
         if "." in key:
             name, field = key.split(".", 1)
             splits_of(name)  # a typo in a dataset name is an error, not a silent no-op
-            per_dataset.setdefault(name, {})[field] = value
+            fields = dataset_fields(name)
+            if field not in fields:
+                raise ValueError(
+                    f"config argument {key}=: {name} has no field {field!r}"
+                    f"{_hint(field, list(fields))}; its fields: {', '.join(fields)}"
+                )
+            per_dataset.setdefault(name, {})[field] = _typed_field(value, fields[field])
+        elif key in options:
+            given[key] = _typed_option(key, value, options[key])
         else:
-            options[key] = value
-    return options, per_dataset
+            raise ValueError(
+                f"config argument {key}=: not an option{_hint(key, list(options))}; the options: "
+                f"{', '.join(options)}, or <dataset>.<field>=value"
+            )
+    return given, per_dataset

@@ -33,10 +33,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_pipelines import images, preprocess, sources, tfds_data
+from ib_jax.contract import cli
 
 logger = logging.getLogger(__name__)
 _CHUNK = 8  # records per task sent to a worker: amortizes the IPC, keeps the bar moving
@@ -182,12 +182,7 @@ def available_cores() -> int:
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
     global _CONFIG, _OUT, _WORKERS
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "run config (configs/*.py; its `data` is read) or a data config",
-        lock_config=True,
-    )
+    _CONFIG = cli.define_config_flag()  # a run config (its `data` is read) or a data config
     _OUT = flags.DEFINE_string("out", None, "TFDS data_dir: <out>/<dataset>/<split>/1.0.0")
     _WORKERS = flags.DEFINE_integer(
         "num_workers", None, "processes reading and checking media (default: available cores)"
@@ -210,4 +205,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(cli.guarded("prepare", main))

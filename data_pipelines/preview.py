@@ -13,15 +13,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import logging
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from data_pipelines import preprocess, train_pipeline
+from ib_jax.contract import cli
 from ib_jax.contract.batch import IGNORE_INDEX
 
 
@@ -68,12 +67,7 @@ def preview_examples(
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
     global _CONFIG, _OUT, _NUM, _PROCESS_INDEX, _PROCESS_COUNT
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "run config (configs/*.py; its `data` is read) or a data config",
-        lock_config=True,
-    )
+    _CONFIG = cli.define_config_flag()  # a run config (its `data` is read) or a data config
     _OUT = flags.DEFINE_string("out", None, "write the JSON lines to this file (default: stdout)")
     _NUM = flags.DEFINE_integer("num_examples", 10, "how many examples to print")
     _PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "which host shard to read")
@@ -84,7 +78,6 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Prints (or writes to --out) the preview of --config's training data."""
     del argv
-    logging.basicConfig(level=logging.WARNING)
     data_config = preprocess.data_section(_CONFIG.value)
     lines = preview_examples(data_config, _NUM.value, _PROCESS_INDEX.value, _PROCESS_COUNT.value)
     with contextlib.ExitStack() as stack:
@@ -95,4 +88,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(cli.guarded("preview", main))

@@ -10,6 +10,12 @@ counts, so a rehearsal can check that every example made it through. The whole t
 
     python -m data_pipelines.miniature --out=/tmp/miniature [--seed=0] [--frames] [--corrupt]
 
+It also writes the demo tokenizers (data_pipelines/assets: a small WordPiece vocabulary and a
+SentencePiece model) under `root/tokenizers/` with the released models' file names, where the
+data configs look (`TOKENIZERS`): the miniature runs with configs/data_heldin.py,
+configs/eval_heldout.py and the paper's run configs as they are. They are not the released
+tokenizers: their ids fit the paper's vocabularies, their words do not.
+
 Each dataset's writer documents the layout it reproduces and where it was checked (the dataset's
 own repository, its loader code, or loaders that read the raw files); docs/DATASETS.md has the
 table. What could not be checked is said there and in the writer. The question-generation
@@ -29,6 +35,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from data_pipelines import demo_data
 from data_pipelines.miniature import captions, dialogs, reasoning, videoqa, vqa
 from data_pipelines.miniature.writer import CORRUPTED, Miniature
 
@@ -58,7 +65,25 @@ WRITERS: tuple[tuple[tuple[str, ...], Callable[[Miniature], None]], ...] = (
 )
 DATASETS: tuple[str, ...] = tuple(name for names, _ in WRITERS for name in names)
 
-__all__ = ["CORRUPTED", "DATASETS", "write_miniature"]
+# ROOT/tokenizers/<name> as configs/data_heldin.py, eval_heldout.py and instructblip_vicuna*.py
+# read them: the Q-Former's BERT vocabulary, FlanT5's and LLaMA's SentencePiece models.
+TOKENIZERS: dict[str, str] = {
+    "bert-base-uncased-vocab.txt": demo_data.DEMO_VOCAB,
+    "spiece.model": demo_data.DEMO_SPM,
+    "llama-tokenizer.model": demo_data.DEMO_SPM,
+}
+
+__all__ = ["CORRUPTED", "DATASETS", "TOKENIZERS", "write_miniature"]
+
+
+def write_tokenizers(root: str) -> dict[str, str]:
+    """Copy the demo tokenizers to `root/tokenizers/` (TOKENIZERS); returns {name: path}."""
+    directory = os.path.join(root, "tokenizers")
+    os.makedirs(directory, exist_ok=True)
+    written = {}
+    for name, source in TOKENIZERS.items():
+        written[name] = shutil.copyfile(source, os.path.join(directory, name))
+    return written
 
 
 def write_miniature(
@@ -87,4 +112,6 @@ def write_miniature(
         missing = [n for n in names if n not in miniature.manifest["datasets"]]
         if missing:  # a writer that forgets to record would silently drop a dataset
             raise RuntimeError(f"{writer.__qualname__} did not record {missing}")
-    return miniature.finish()
+    manifest = miniature.finish()
+    manifest["tokenizers"] = write_tokenizers(root)
+    return manifest

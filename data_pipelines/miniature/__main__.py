@@ -12,6 +12,7 @@ import os
 from absl import app, flags
 
 from data_pipelines.miniature import write_miniature
+from ib_jax.contract import cli
 
 _OUT = flags.DEFINE_string(
     "out", None, "Directory to write the miniature into (empty or absent).", required=True
@@ -47,8 +48,11 @@ def main(argv: list[str]) -> None:
         print(
             f"corrupted {name}: {len(broken['unreadable'])} unreadable, {len(broken['malformed'])} malformed"
         )
+    print(
+        f"tokenizers: {os.path.join(_OUT.value, 'tokenizers')} ({', '.join(manifest['tokenizers'])})"
+    )
     print(f"manifest: {manifest_path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.guarded("miniature", main))
