@@ -29,4 +29,12 @@ def generate(*args: Any, **kwargs: Any) -> Any:
     return decode.generate(*args, **kwargs)
 
 
-__all__ = ["load_pretrained", "generate"]
+def predict(*args: Any, **kwargs: Any) -> Any:
+    """Output text (or ranked candidates) per image for PIL images or paths and their prompts,
+    preprocessing and tokenizing as the eval job does; see `ib_jax.predict.predict`."""
+    from ib_jax import predict as predict_lib
+
+    return predict_lib.predict(*args, **kwargs)
+
+
+__all__ = ["load_pretrained", "generate", "predict"]
