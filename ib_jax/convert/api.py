@@ -18,11 +18,21 @@ from types import ModuleType
 from typing import Any
 
 from ib_jax.convert import core, readers, tokenizer_ids, write
-from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
+from ib_jax.convert.hf_config import image_token_index, model_config_from_hf, read_hf_config
 from ib_jax.models import families
 from ib_jax.models.configs import ModelConfig, from_config_dict, to_config_dict
 
 logger = logging.getLogger(__name__)
+# Beside a converted checkpoint: the HF config fields ModelConfig does not hold (the `<image>`
+# placeholder id), so that `ib_jax.export` gives them back without asking.
+HF_EXTRAS = "hf_extras.json"
+
+
+@dataclasses.dataclass
+class HFPlan(core.Plan):
+    """A plan from an HF directory, with its config's `image_token_index` (None if it has none)."""
+
+    image_token_index: int | None = None
 
 
 def family_rules(config: ModelConfig) -> ModuleType:
@@ -42,9 +52,10 @@ def tie_if_headless(config: ModelConfig, state: readers.LazyState, head_key: str
     return config
 
 
-def plan_hf(directory: str, **overrides: Any) -> core.Plan:
+def plan_hf(directory: str, **overrides: Any) -> HFPlan:
     """A `save_pretrained` InstructBLIP directory -> its conversion plan."""
-    config = model_config_from_hf(read_hf_config(directory), **overrides)
+    hf = read_hf_config(directory)
+    config = model_config_from_hf(hf, **overrides)
     text, message = tokenizer_ids.reconcile(directory, config.text)
     if message:
         logger.warning("%s", message)
@@ -52,7 +63,9 @@ def plan_hf(directory: str, **overrides: Any) -> core.Plan:
     state = readers.read_hf_directory(directory)
     tables = family_rules(config)
     config = tie_if_headless(config, state, "language_model.lm_head.weight")
-    return core.plan(state, tables.HF_RULES, config, tables.HF_ALIASES, tables.HF_UNUSED)
+    plan = core.plan(state, tables.HF_RULES, config, tables.HF_ALIASES, tables.HF_UNUSED)
+    fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
+    return HFPlan(**fields, image_token_index=image_token_index(hf))
 
 
 def plan_lavis(
@@ -120,6 +133,9 @@ def write_converted(
     except BaseException:
         sink.abort()
         raise
+    if isinstance(plan, HFPlan) and plan.image_token_index is not None:
+        with open(os.path.join(directory, HF_EXTRAS), "w") as f:
+            json.dump({"image_token_index": plan.image_token_index}, f, indent=2)
     _write_config(directory, plan.config)
     return stats
 
@@ -148,6 +164,16 @@ def load_converted(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[
     if config.scan_layers != saved.scan_layers:
         params = core.stack_scanned(params) if config.scan_layers else core.unstack_scanned(params)
     return config, params
+
+
+def saved_image_token_index(directory: str) -> int | None:
+    """The `image_token_index` of the HF directory a converted directory was made from, if any."""
+    path = os.path.join(directory, HF_EXTRAS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        index = json.load(f).get("image_token_index")
+    return None if index is None else int(index)
 
 
 def is_converted_directory(path: str) -> bool:

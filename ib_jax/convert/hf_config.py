@@ -124,6 +124,14 @@ def model_config_from_hf(config: dict[str, Any], **overrides: Any) -> ModelConfi
     )
 
 
+def image_token_index(config: dict[str, Any]) -> int | None:
+    """The id of the `<image>` placeholder an InstructBlipConfig names (`image_token_index`, at
+    the top level; configs saved before transformers 4.47 have none). Our ModelConfig does not
+    hold it: the converter keeps it beside the converted checkpoint for `ib_jax.export`."""
+    index = config.get("image_token_index")
+    return None if index is None else int(index)
+
+
 def read_hf_config(directory: str) -> dict[str, Any]:
     """`directory/config.json` as a dict, or a message naming the directory."""
     path = os.path.join(directory, "config.json")
