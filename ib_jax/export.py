@@ -28,7 +28,7 @@ from typing import Any
 
 from absl import app, flags
 
-from ib_jax import checkpoint
+from ib_jax import checkpoint as checkpoint_lib
 from ib_jax.convert import api
 from ib_jax.convert import export as export_lib
 from ib_jax.models.configs import from_config_dict
@@ -92,10 +92,12 @@ def load_source(path: str, step: int | None) -> tuple[Any, dict[str, Any], str]:
             raise ValueError(f"--step: {path} is a converted directory, which has no steps")
         config, params = api.load_converted(path)
         return config, params, f"converted directory {path}"
-    if checkpoint.finalized_steps(path):
-        step, params, saved = checkpoint.restore_params(path, step)
+    if checkpoint_lib.finalized_steps(path):
+        step, params, saved = checkpoint_lib.restore_params(path, step)
         if "model" not in saved:
-            raise ValueError(f"{checkpoint.step_dir(path, step)}/config holds no `model` section")
+            raise ValueError(
+                f"{checkpoint_lib.step_dir(path, step)}/config holds no `model` section"
+            )
         return from_config_dict(saved["model"]), params, f"{path} step {step}"
     raise FileNotFoundError(
         f"--checkpoint {path}: neither a training workdir with a finished checkpoint "
