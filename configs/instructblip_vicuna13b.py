@@ -34,5 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = heldin_data(arg, batch_size=64)  # the paper: 64 for the 11B/13B models
     config.data.lm_type = config.model.get_ref("lm_type")
     config.eval = common.eval_job(batch_size=config.data.eval_batch_size)
-    config.evals = evals.declare([entry["name"] for entry in config.data.eval_datasets])
+    config.evals = evals.declare(
+        [entry["name"] for entry in config.data.eval_datasets], lm_type="llama"
+    )
     return config

@@ -82,5 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The tokenizer follows the model's family (a --config.model.lm_type override carries over).
     config.data.lm_type = config.model.get_ref("lm_type")
     config.eval = common.eval_job(batch_size=config.data.eval_batch_size)
-    config.evals = evals.declare([entry["name"] for entry in config.data.eval_datasets])
+    config.evals = evals.declare(
+        [entry["name"] for entry in config.data.eval_datasets], lm_type="llama"
+    )
     return config

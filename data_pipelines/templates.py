@@ -9,11 +9,15 @@ video QA, which we do too.
 Two dataset flags shape the choice (paper, section 2.2):
 - `short_answer`: datasets whose answers are short keep the full pool, including the templates
   that ask for a "short"/"brief" answer; the others draw only from templates without such words, so
-  the model does not learn to answer everything tersely.
+  the model does not learn to answer everything tersely. Captions are short responses by nature:
+  the caption datasets always draw the whole caption pool (the paper's caption templates are
+  written for them, "short"/"briefly" ones included), so "A short image description:", the
+  NoCaps/Flickr30K zero-shot prompt, is a training instruction too.
 - `ocr`: scene-text datasets get "OCR tokens: ..." put in front of the instruction. In front, not
   behind, because the LM instruction is truncated from the left: a long token list must be cut
   before the question is. TextVQA and TextCaps have it (Rosetta OCR); OCR-VQA publishes no OCR
-  tokens, so it has none.
+  tokens, so it has none. The tokens are shown as LAVIS's models show them at evaluation
+  (`ocr_text`: the first 30, joined with ", "), so training and zero-shot prompts agree.
 
 Training and zero-shot prompts give the same context: ScienceQA's hint as "Context: ...", the
 OCR tokens, a Visual Dialog / LLaVA turn's earlier turns. A true/false statement (VSR) draws from
@@ -25,7 +29,7 @@ The choice is a pure function of (seed, dataset name, example index), so a run i
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,6 +136,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 # Words that ask for a short answer; templates containing them are kept for short-answer datasets only.
+# Task categories whose responses are short whatever the dataset's flag (captions).
+SHORT_RESPONSE_CATEGORIES = frozenset(
+    {"image_captioning", "image_captioning_reading_comprehension"}
+)
 SHORT_WORDS = ("short", "brief", "few words", "three words")
 
 
@@ -163,6 +171,17 @@ def most_weighted_choice(answers: list[str], rng: np.random.Generator) -> str:
     """An answer drawn with probability proportional to how many annotators gave it (as LAVIS)."""
     unique, counts = np.unique(np.asarray(answers, dtype=object).astype(str), return_counts=True)
     return str(rng.choice(unique, p=counts / counts.sum()))
+
+
+# LAVIS `blip2_t5_instruct.predict_answers` (and `generate`, "For TextCaps"; the Vicuna model
+# alike): `prompt.format(', '.join(samples['ocr_tokens'][i][:30]), samples["text_input"][i])`.
+OCR_MAX_TOKENS = 30
+OCR_SEPARATOR = ", "
+
+
+def ocr_text(tokens: Sequence[str] | None) -> str:
+    """A record's OCR tokens as prompts show them: the first 30, joined with ", " (LAVIS)."""
+    return OCR_SEPARATOR.join(list(tokens or [])[:OCR_MAX_TOKENS])
 
 
 def _format_options(choices: list[str]) -> str:
@@ -212,6 +231,7 @@ def make_instruction(
             )
         return record[field]
 
+    short_answer = short_answer or category in SHORT_RESPONSE_CATEGORIES
     pool = template_pool(category, short_answer=short_answer)
     template = pool[int(rng.integers(len(pool)))]
     if category in ("image_captioning", "image_captioning_reading_comprehension"):
@@ -253,5 +273,5 @@ def make_instruction(
         instruction = _fill(template, question=need("question"))
         target = most_weighted_choice(need("answers"), rng)
     if ocr and record.get("ocr_tokens"):
-        instruction = f"OCR tokens: {' '.join(record['ocr_tokens'])}. {instruction}"
+        instruction = f"OCR tokens: {ocr_text(record['ocr_tokens'])}. {instruction}"
     return instruction, target

@@ -63,7 +63,7 @@ def test_ocr_tokens_go_in_front_and_categories_fill_fields():
         rng=rng,
     )
     assert (
-        instruction.startswith("OCR tokens: STOP Main. ")
+        instruction.startswith("OCR tokens: STOP, Main. ")
         and "what does the sign say?" in instruction
     )
     assert target == "stop"
@@ -172,8 +172,8 @@ def test_binary_tasks_train_towards_the_answers_their_prompts_rank(miniature_rec
 # (dataset, the record field that carries context, the words both prompts must contain)
 CONTEXTS = [
     ("scienceqa", "text", lambda r: f"Context: {r['text']} "),
-    ("textvqa", "ocr_tokens", lambda r: f"OCR tokens: {' '.join(r['ocr_tokens'])}."),
-    ("textcaps", "ocr_tokens", lambda r: f"OCR tokens: {' '.join(r['ocr_tokens'])}."),
+    ("textvqa", "ocr_tokens", lambda r: f"OCR tokens: {templates.ocr_text(r['ocr_tokens'])}."),
+    ("textcaps", "ocr_tokens", lambda r: f"OCR tokens: {templates.ocr_text(r['ocr_tokens'])}."),
     ("visdial", "dialog", lambda r: f"{r['dialog'][-1][0]} {r['dialog'][-1][1]}"),
     (
         "llava_conversation",

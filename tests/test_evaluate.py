@@ -140,7 +140,7 @@ def test_heldout_config_names_the_13_datasets_with_registry_settings():
         settings["gqa"].max_new_tokens,
         settings["gqa"].length_penalty,
     ) == (5, 10, -1.0)
-    assert (settings["nocaps"].max_new_tokens, settings["nocaps"].min_new_tokens) == (80, 10)
+    assert (settings["nocaps"].max_new_tokens, settings["nocaps"].min_new_tokens) == (80, 9)
     assert (
         settings["hateful_memes"].candidates == ("yes", "no")
         and settings["visdial"].metric == "mrr"

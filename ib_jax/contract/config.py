@@ -159,6 +159,9 @@ class Evaluation:
     min_new_tokens: int = 1
     length_penalty: float = -1.0
     repetition_penalty: float = 1.0
+    # Whether a decoder-only LM's prompt counts for the repetition penalty (HF's InstructBLIP: yes;
+    # LAVIS's Vicuna, generating from inputs_embeds: no; ib_jax.decode.generate). T5: no effect.
+    penalize_prompt: bool = True
     candidates: tuple[str, ...] = ()
     length_normalize: bool = False
     candidate_max_len: int = 16

@@ -140,6 +140,7 @@ class GenerateEvaluator(Evaluator):
             num_beams=s.num_beams,
             length_penalty=s.length_penalty,
             repetition_penalty=s.repetition_penalty,
+            penalize_prompt=s.penalize_prompt,
         )
         eos = program.model.config.text.eos_token_id
         texts = decode.decode_text(tokens[rows], self.tokenizer, eos)
