@@ -40,6 +40,7 @@ import ml_collections
 
 from data_pipelines import text
 from ib_jax import sharding
+from ib_jax.contract.config import evaluations
 from ib_jax.contract.text import text_format
 from ib_jax.convert import api, hf_config
 from ib_jax.models.configs import ModelConfig, from_config_dict
@@ -206,8 +207,9 @@ def pretrained_model_config(path: str) -> ModelConfig:
     """The architecture of a converted (`ib_jax.convert`) or HF InstructBLIP directory, read
     from its config.json without loading any weight."""
     if api.is_converted_directory(path):
-        with open(os.path.join(path, "config.json")) as f:
-            return from_config_dict(json.load(f))
+        from etils import epath  # a local directory or a bucket (gs://)
+
+        return from_config_dict(json.loads((epath.Path(path) / "config.json").read_text()))
     return hf_config.model_config_from_hf(hf_config.read_hf_config(path))
 
 
@@ -215,7 +217,13 @@ def _pretrained(config: Any, model: ModelConfig) -> list[str]:
     path = _get(_get(config, "init") or {}, "pretrained")
     if not path:
         return []
-    if not os.path.isdir(path):
+    from etils import epath
+
+    try:
+        is_directory = epath.Path(path).is_dir()
+    except Exception as error:  # gs:// without gcsfs (ImportError), no credentials, ...
+        return [f"init.pretrained={path!r} cannot be read: {type(error).__name__}: {error}"]
+    if not is_directory:
         return [f"init.pretrained={path!r} is not a directory"]
     try:
         theirs = pretrained_model_config(path)
@@ -305,8 +313,12 @@ def _mesh_and_batches(
 def _file_exists(path: str, field: str, found: list[str]) -> bool:
     from etils import epath
 
-    if epath.Path(str(path)).exists():
-        return True
+    try:
+        if epath.Path(str(path)).exists():
+            return True
+    except Exception as error:  # gs:// without gcsfs (ImportError), no credentials, ...
+        found.append(f"{field}: {str(path)!r} cannot be read: {type(error).__name__}: {error}")
+        return False
     found.append(f"{field}: file {str(path)!r} does not exist")
     return False
 
@@ -314,12 +326,12 @@ def _file_exists(path: str, field: str, found: list[str]) -> bool:
 def _job_entries(config: Any, data: Any, job: str) -> list[tuple[str, Mapping[str, Any]]]:
     if job == "train":
         return [(f"data.datasets[{i}]", e) for i, e in enumerate(_get(data, "datasets") or [])]
-    eval_config = _get(config, "eval") or {}
-    wanted, split = set(_get(eval_config, "datasets") or []), _get(eval_config, "split") or "eval"
+    split = _get(_get(config, "eval") or {}, "split") or "eval"
+    wanted = {(e.dataset, e.split or split) for e in evaluations(config)}
     return [
         (f"data.eval_datasets[{i}]", e)
         for i, e in enumerate(_get(data, "eval_datasets") or [])
-        if e.get("name") in wanted and (e.get("split") or "eval") == split
+        if (e.get("name"), e.get("split") or "eval") in wanted
     ]
 
 
@@ -349,4 +361,6 @@ def _workdir(workdir: str) -> list[str]:
         probe.unlink()
     except OSError as error:
         return [f"--workdir={workdir!r} is not writable: {error.strerror or error}"]
+    except Exception as error:  # gs:// without gcsfs (ImportError), gcsfs's HttpError (401), ...
+        return [f"--workdir={workdir!r} is not writable: {type(error).__name__}: {error}"]
     return []

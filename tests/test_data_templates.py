@@ -5,6 +5,7 @@ import collections
 import numpy as np
 import pytest
 
+from configs import evals
 from data_pipelines import specs, templates
 
 
@@ -165,7 +166,7 @@ def test_binary_tasks_train_towards_the_answers_their_prompts_rank(miniature_rec
         ]
         assert all(r["text"] in instruction for r, (instruction, _) in zip(records, pairs))
     # The zero-shot VSR prompt is one of the statement templates training draws from.
-    vsr_prompt = registry.get("vsr").eval_prompt.replace("{}", "{text}")
+    vsr_prompt = evals.PROTOCOL["vsr"]["prompt"]
     assert vsr_prompt in templates.STATEMENT_TEMPLATES
 
 
@@ -196,6 +197,7 @@ def test_training_and_zero_shot_prompts_give_the_same_context(
     for record, (instruction, _) in zip(records, pairs):
         if record.get(key):
             assert context(record) in instruction, (name, instruction)
-            assert context(record) in eval_pipeline.eval_instruction(spec, record)
+            prompt = evals.PROTOCOL[name]["prompt"]
+            assert context(record) in eval_pipeline.eval_instruction(prompt, spec, record)
             checked += 1
     assert checked, name  # the miniature has examples with context

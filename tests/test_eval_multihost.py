@@ -17,7 +17,8 @@ import ml_collections
 import pytest
 
 from data_pipelines import demo_data, eval_pipeline, sources
-from ib_jax import evaluate
+from ib_jax.eval import job as evaluate
+from ib_jax.eval.outputs import Outputs
 from launch import local
 from tests import test_eval_sharded
 
@@ -84,7 +85,7 @@ def test_two_processes_evaluate_like_one(tmp_path):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         two_process = pool.submit(_launch, [*args, "--checkpoint=2"], standalone)
         alone = str(tmp_path / "alone")
-        results = evaluate.run(config, trained, "2", outputs=evaluate.Outputs(alone))
+        results = evaluate.run(config, trained, "2", outputs=Outputs(alone))
         two_process.result()
 
     files, metrics = _outputs(alone, "step_2")

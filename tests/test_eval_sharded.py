@@ -10,12 +10,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import demo_vicuna
+from configs import demo_vicuna, evals
 from data_pipelines import demo_data, eval_pipeline, sources, text
-from ib_jax import evaluate
 from ib_jax.configs_util import load_config
+from ib_jax.contract.config import evaluations
 from ib_jax.contract.text import text_format
 from ib_jax.eval import evaluators, loading, runner
+from ib_jax.eval import job as evaluate
 from ib_jax.eval import program as program_lib
 from ib_jax.models.configs import from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
@@ -34,12 +35,10 @@ def tiny_config(root: str, lm: str = "t5") -> ml_collections.ConfigDict:
         llama.update(intermediate_size=64, num_heads=4, num_kv_heads=2)
         config.model.lm_type, config.model.text = "llama", llama
         config.data.lm_type = "llama"
-    config.eval.datasets = DATASETS
-    config.eval.overrides = {
-        "demo_vqa": dict(num_beams=2, max_new_tokens=4, min_new_tokens=1),
-        "demo_caption": dict(num_beams=1, max_new_tokens=5, min_new_tokens=2),
-        "demo_mc": dict(candidate_max_len=6),
-    }
+    config.evals = evals.declare(DATASETS)
+    config.evals.demo_vqa.update(num_beams=2, max_new_tokens=4, min_new_tokens=1)
+    config.evals.demo_caption.update(num_beams=1, max_new_tokens=5, min_new_tokens=2)
+    config.evals.demo_mc.candidate_max_len = 6
     return config
 
 
@@ -215,8 +214,8 @@ def test_nonfinite_outputs_are_counted_not_scored(data_root, dataset):
     )
     program = program_lib.InferenceProgram(model, params, mesh, rules)
     tokenizer = text.LMTokenizer(config.data.lm_spm, text_format("t5"))
-    overrides = dict(config.eval.overrides[dataset])
-    evaluator = evaluators.make_evaluator(evaluators.settings_for(dataset, overrides), tokenizer)
+    declared = {e.name: e for e in evaluations(config)}
+    evaluator = evaluators.make_evaluator(declared[dataset], tokenizer)
 
     size = len(sources.load_records(eval_pipeline.find_eval_entry(config.data, dataset, "eval")))
     result = evaluator.run(program, _batches_with_a_nan_image(config, dataset, 3), None, 0.5)
@@ -236,14 +235,14 @@ def test_a_model_that_outputs_nan_fails_every_dataset_without_a_metric(data_root
     from ib_jax.convert import api
 
     config = with_mesh(tiny_config(data_root), None)
-    config.eval.datasets = ["demo_mc", "demo_caption"]
+    del config.evals["demo_vqa"]
     params = random_params(config)
     params["language_projection"]["kernel"][0, 0] = np.nan
     converted = str(tmp_path / "nan_model")
     api.save_converted(converted, from_config_dict(config.model), params)
     outputs = evaluate.Outputs(str(tmp_path))
     results = evaluate.run(config, str(tmp_path), converted, outputs=outputs)
-    assert [dataset for _, dataset, _ in outputs.failed] == ["demo_mc", "demo_caption"]
+    assert [dataset for _, dataset, _ in outputs.failed] == ["demo_caption", "demo_mc"]
     for dataset in ("demo_mc", "demo_caption"):
         size = len(
             sources.load_records(eval_pipeline.find_eval_entry(config.data, dataset, "eval"))

@@ -8,10 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common, data_demo
+from configs import common, data_demo, evals
 from data_pipelines import eval_pipeline, sources
-from ib_jax import evaluate
-from ib_jax.eval import evaluators
+from ib_jax import configs_util
+from ib_jax.contract.config import ConfigFieldError, RunConfig
+from ib_jax.eval import job as evaluate
 
 DATASETS = ["demo_vqa", "demo_caption", "demo_mc"]
 
@@ -64,19 +65,13 @@ def _config(root: str) -> ml_collections.ConfigDict:
         )
     )
     config.train = ml_collections.ConfigDict(dict(num_steps=20))
-    # Short decoding keeps the test fast; the registry's settings are exercised in test_settings_*.
+    # Short decoding keeps the test fast; the declared settings are checked in test_heldout_*.
     short = dict(num_beams=2, max_new_tokens=4, min_new_tokens=1)
-    config.eval = ml_collections.ConfigDict(
-        dict(
-            datasets=DATASETS,
-            batch_size=4,
-            overrides={
-                "demo_vqa": short,
-                "demo_caption": short,
-                "demo_mc": dict(candidate_max_len=6),
-            },
-        )
-    )
+    config.eval = common.eval_job(batch_size=4)
+    config.evals = evals.declare(DATASETS)
+    config.evals.demo_vqa.update(short)
+    config.evals.demo_caption.update(short)
+    config.evals.demo_mc.candidate_max_len = 6
     return config
 
 
@@ -111,30 +106,28 @@ def config(tmp_path_factory):
     return _config(str(tmp_path_factory.mktemp("demo_data")))
 
 
-def test_settings_come_from_the_registry_with_overrides():
-    s = evaluators.settings_for("vqav2")
-    assert (s.eval_mode, s.metric, s.num_beams, s.max_new_tokens, s.length_penalty) == (
-        "generate",
-        "vqa_accuracy",
-        5,
-        10,
-        -1.0,
-    )
-    assert evaluators.settings_for("nocaps", {"num_beams": 3}).num_beams == 3
-    with pytest.raises(ValueError, match="unknown fields"):
-        evaluators.settings_for("nocaps", {"beams": 3})
-
-
-def test_heldout_config_names_the_13_datasets_with_registry_settings():
-    from ib_jax import configs_util
-
+def test_declared_evaluations_take_overrides_and_refuse_unknown_fields():
     config = configs_util.load_config("configs/eval_heldout.py:root=/data")
-    assert len(config.eval.datasets) == 13
+    config.evals.gqa.prompt = "Question: {question} Answer:"
+    config.evals.nocaps.num_beams = 3
+    declared = {e.name: e for e in RunConfig.from_config(config).evals}
+    assert declared["gqa"].prompt == "Question: {question} Answer:"
+    assert declared["nocaps"].num_beams == 3 and declared["flickr30k"].num_beams == 5
+    config.evals.nocaps.beams = 3  # a misspelt field
+    with pytest.raises(ConfigFieldError, match=r"evals\.nocaps\.beams .*did you mean 'num_beams'"):
+        RunConfig.from_config(config)
+
+
+def test_heldout_config_declares_the_13_evaluations_without_a_model():
+    config = configs_util.load_config("configs/eval_heldout.py:root=/data")
+    assert "model" not in config  # the evaluated model is the checkpoint's
+    assert "model" in configs_util.load_config("configs/eval_heldout.py:root=/data,model=1")
+    settings = {e.name: e for e in RunConfig.from_config(config).evals}
+    assert len(settings) == 13
     names = [e["name"] for e in config.data.eval_datasets]
-    assert names == list(config.eval.datasets) and all(
+    assert sorted(names) == sorted(settings) and all(
         e["ann_path"].startswith("/data/") for e in config.data.eval_datasets
     )
-    settings = {n: evaluate._eval_settings(config, n) for n in names}
     assert (
         settings["gqa"].num_beams,
         settings["gqa"].max_new_tokens,
@@ -144,6 +137,7 @@ def test_heldout_config_names_the_13_datasets_with_registry_settings():
     assert (
         settings["hateful_memes"].candidates == ("yes", "no")
         and settings["visdial"].metric == "mrr"
+        and settings["vsr"].mode == "rank"
     )
     assert config.data.num_frames == 4
 
@@ -214,7 +208,7 @@ def _save_training_checkpoint(workdir, step, params, config):
 
 def test_watch_evaluates_each_checkpoint_once_and_resumes(config, tmp_path):
     config = ml_collections.ConfigDict(config.to_dict())
-    config.eval.datasets = ["demo_mc"]
+    del config.evals["demo_vqa"], config.evals["demo_caption"]
     workdir = str(tmp_path / "run")
     _, params_a = _params(config, seed=1)
     _, params_b = _params(config, seed=2)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from configs import evals
 from data_pipelines import formats, registry, specs
 from ib_jax.eval import metrics
 
@@ -28,25 +29,16 @@ def test_paper_split_13_held_in_13_held_out():
     assert registry.demo() == ["demo_caption", "demo_vqa", "demo_mc", "demo_qg"]
 
 
-def test_every_spec_points_at_real_format_metric_and_category():
+def test_every_spec_points_at_real_format_and_category():
     for name in registry.names():
         spec = registry.get(name)
         assert spec.format in formats.PARSERS, (name, spec.format)
-        assert spec.metric in metrics.METRICS, (name, spec.metric)
         assert spec.task_category in specs.TASK_CATEGORIES
         if spec.split == "held_in":
             assert spec.num_train and spec.size_source, name
 
 
-def test_eval_settings_follow_the_paper():
-    assert registry.get("gqa").eval_prompt == "Question: {} Short answer:"
-    assert registry.get("nocaps").eval_prompt == "A short image description:"
-    qa = registry.get("vizwiz").decoding
-    assert (qa.num_beams, qa.max_new_tokens, qa.min_new_tokens, qa.length_penalty) == (5, 10, 1, -1)
-    cap = registry.get("flickr30k").decoding
-    assert (cap.num_beams, cap.max_new_tokens, cap.min_new_tokens) == (5, 80, 10)
-    ranked = {n for n in registry.held_out() if registry.get(n).eval_mode == "rank"}
-    assert ranked == {"scienceqa", "iconqa", "hateful_memes", "visdial", "msvd_qa", "msrvtt_qa"}
+def test_data_facts_follow_the_paper():
     assert registry.get("textvqa").ocr and not registry.get("gqa").ocr
     assert {n for n in registry.names() if registry.get(n).is_video} == {
         "msvd_qa",
@@ -54,6 +46,34 @@ def test_eval_settings_follow_the_paper():
         "ivqa",
     }
     assert registry.get("demo_vqa").short_answer and registry.get("demo_mc").format == "aokvqa"
+    # Data facts only: the evaluation protocol is the run config's (configs/evals.py).
+    assert not {"metric", "eval_mode", "eval_prompt", "decoding"} & {
+        f.name for f in dataclasses.fields(specs.DatasetSpec)
+    }
+
+
+def test_every_dataset_has_an_evaluation_protocol_with_the_papers_settings():
+    assert set(evals.PROTOCOL) == set(registry.names())
+    for name, row in evals.PROTOCOL.items():
+        assert row["metric"] in metrics.METRICS, (name, row["metric"])
+    assert evals.PROTOCOL["gqa"]["prompt"] == "Question: {question} Short answer:"
+    assert evals.PROTOCOL["nocaps"]["prompt"] == "A short image description:"
+    qa = evals.PROTOCOL["vizwiz"]
+    # LAVIS's min_len 1 / 10 count the T5 start token (docs/PROTOCOL.md); repetition penalty 1.5
+    assert (qa["num_beams"], qa["max_new_tokens"], qa["min_new_tokens"]) == (5, 10, 0)
+    assert qa["length_penalty"] == -1 and qa["repetition_penalty"] == 1.5
+    cap = evals.PROTOCOL["flickr30k"]
+    assert (cap["num_beams"], cap["max_new_tokens"], cap["min_new_tokens"]) == (5, 80, 9)
+    ranked = {n for n in registry.held_out() if evals.PROTOCOL[n]["mode"] == "rank"}
+    assert ranked == {
+        "scienceqa",
+        "iconqa",
+        "hateful_memes",
+        "visdial",
+        "msvd_qa",
+        "msrvtt_qa",
+        "vsr",
+    }
 
 
 def test_get_unknown_lists_known():
@@ -66,9 +86,7 @@ def test_spec_is_frozen_and_validated():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"
     with pytest.raises(ValueError, match="unknown task category 'vqa'"):
-        specs.DatasetSpec(
-            "x", "vqa", "held_in", "vqav2", 1, "", "accuracy", "generate", "", specs.QA_DECODING
-        )
+        specs.DatasetSpec("x", "vqa", "held_in", "vqav2", 1, "")
 
 
 def test_sampling_weights_sqrt_and_multipliers():
@@ -127,8 +145,7 @@ def test_every_dataset_has_a_published_layout_and_the_configs_use_it():
         "ivqa": "/r/ivqa/frames",
     }
     # Ranking candidates are never empty: the video QA sets rank the training answers.
-    for overrides in heldout.eval.overrides.values():
-        assert "candidates" not in overrides or len(overrides["candidates"]) > 0
+    assert sorted(heldout.evals) == sorted(registry.held_out())
     assert videos["msvd_qa"]["parse_options"]["answer_vocab"] == "/r/msvd/train_qa.json"
     with pytest.raises(KeyError, match="no published layout for dataset 'vqa2'"):
         configs_util.load_config("configs/data_heldin.py:root=/r,vqa2.image_root=/x")

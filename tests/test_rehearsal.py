@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from configs import evals
 from data_pipelines import check, layouts, registry, sources
 from data_pipelines.miniature import CORRUPTED, counts, write_miniature
 from ib_jax import configs_util
@@ -124,7 +125,7 @@ def test_heldin_mixture_trains_and_the_heldout_suite_evaluates(corrupt, tmp_path
     }
     assert set(lines) == set(HELD_OUT)
     for name in HELD_OUT:
-        line, metric = lines[name], registry.get(name).metric
+        line, metric = lines[name], evals.PROTOCOL[name]["metric"]
         assert math.isfinite(line[metric]) and 0.0 <= line[metric] <= UPPER.get(metric, 1.0), line
         assert line["num_examples"] == counts.expected_records(manifest, name, "eval"), line
         assert line["missing_images"] == _examples_on_unreadable_files(root, manifest, name), line

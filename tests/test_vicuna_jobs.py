@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo_vicuna
+from configs import demo_vicuna, evals
 from data_pipelines import demo_data, train_pipeline
 from ib_jax import checkpoint
 from ib_jax.configs_util import load_config
@@ -141,17 +141,19 @@ def test_eval_job_on_a_converted_hf_vicuna_generates_as_hf(data_root, tmp_path, 
 
     from data_pipelines import eval_pipeline
     from data_pipelines.text import LMTokenizer
-    from ib_jax import decode, evaluate
+    from ib_jax import decode
+    from ib_jax.contract.config import evaluations
     from ib_jax.contract.text import text_format
+    from ib_jax.eval import job as evaluate
 
     config = _config(data_root)
     demo_data.ensure_from_config(config.data)
     config.data.image_size = 28  # the reference model's vision tower
     del config.model  # the checkpoint's model is evaluated
-    config.eval.datasets = ["demo_vqa"]
-    config.eval.overrides = {
-        "demo_vqa": dict(decoding, max_new_tokens=5, min_new_tokens=1, repetition_penalty=1.0)
-    }
+    config.evals = evals.declare(["demo_vqa"])
+    config.evals.demo_vqa.update(
+        dict(decoding, max_new_tokens=5, min_new_tokens=1, repetition_penalty=1.0)
+    )
     tokenizer = LMTokenizer(config.data.lm_spm, text_format("llama"))
     image_token = tokenizer.pad_id + 1
     hf_dir = str(tmp_path / "hf_vicuna")
@@ -163,9 +165,11 @@ def test_eval_job_on_a_converted_hf_vicuna_generates_as_hf(data_root, tmp_path, 
     with open(path) as f:
         ours = {row["id"]: row["prediction"] for row in map(json.loads, f)}
 
-    settings = evaluate._eval_settings(config, "demo_vqa")
+    (settings,) = evaluations(config)
     expected = {}
-    for batch in eval_pipeline.build_eval_dataset(config.data, "demo_vqa", "eval"):
+    for batch in eval_pipeline.build_eval_dataset(
+        config.data, "demo_vqa", "eval", prompt=settings.prompt
+    ):
         tokens = _hf_generate(
             hf_model, batch, image_token, settings, tokenizer.pad_id, tokenizer.eos_id
         )
@@ -262,12 +266,12 @@ def test_conversion_takes_the_tokenizer_ids_and_names_both_files(tmp_path, caplo
     ],
 )
 def test_heldout_config_evaluates_the_training_configs_model(lm, train_config):
-    """configs/eval_heldout.py:lm=... has the model its training config trains (the eval job
-    refuses a checkpoint whose architecture differs), that model's tokenizer and text layout."""
+    """configs/eval_heldout.py:lm=...,model=1 has the model its training config trains (the eval
+    job refuses a checkpoint whose architecture differs), that model's tokenizer and text layout."""
     from ib_jax.eval import loading
     from ib_jax.models.configs import from_config_dict
 
-    arg = "root=/data" + (f",lm={lm}" if lm else "")
+    arg = "root=/data,model=1" + (f",lm={lm}" if lm else "")
     config = load_config(os.path.join(REPO, f"configs/eval_heldout.py:{arg}"))
     trained = load_config(os.path.join(REPO, f"configs/{train_config}.py"))
     assert loading._architecture(from_config_dict(config.model)) == loading._architecture(
@@ -282,6 +286,6 @@ def test_heldout_config_evaluates_the_training_configs_model(lm, train_config):
             trained.data.text_max_len,
             trained.data.target_max_len,
         )
-    assert len(config.eval.datasets) == 13
+    assert len(config.evals) == 13
     with pytest.raises(ValueError, match="lm='gpt'"):
         load_config(os.path.join(REPO, "configs/eval_heldout.py:lm=gpt"))

@@ -245,7 +245,8 @@ def build(cls: type[_Section], where: str, values: Mapping[str, Any] | None, **e
 
 
 def evaluations(config: Mapping[str, Any]) -> list[Evaluation]:
-    """The declared evaluations of a run config, in declaration order (`config.evals`)."""
+    """The declared evaluations of a run config (`config.evals`), in name order (the order
+    ml_collections keeps its keys in)."""
     declared = _plain(config.get("evals")) or {}
     return [
         build(Evaluation, f"evals.{name}", entry, name=name) for name, entry in declared.items()
