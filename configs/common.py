@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from ib_jax.contract import config as config_types
+from ib_jax.models.configs import lora_defaults
 
 # EVA ViT-g/14 as used by BLIP-2/InstructBLIP (39 of its 40 blocks), BERT-base Q-Former + [DEC].
 EVA_VIT_G = dict(
@@ -91,6 +92,7 @@ def model(
         param_dtype="",  # "": from precision
         scan_layers=True,
         remat_policy="dots_no_batch",
+        lora=lora_defaults(),  # rank 0: no LoRA (ib_jax/models/lora.py)
     )
     if "precision" not in overrides and {"dtype", "param_dtype"} & set(overrides):
         values["precision"] = ""

@@ -3,6 +3,13 @@
   python -m ib_jax.export --checkpoint=WORKDIR [--step=N] --out=hf_model/ \\
       [--tokenizer_dir=processor/] [--dtype=float32] [--shard_size=5GB]
   python -m ib_jax.export --checkpoint=converted/ --out=hf_model/ --dtype=bfloat16
+  python -m ib_jax.export --checkpoint=WORKDIR --out=adapter/ [--base_model=hf_base/]   (LoRA)
+  python -m ib_jax.export --checkpoint=WORKDIR --out=hf_model/ --merge_lora
+
+A model with `config.model.lora` exports as a peft adapter directory (`adapter_config.json` +
+`adapter_model.safetensors`, ib_jax/convert/peft.py) that `PeftModel.from_pretrained(base, out)`
+loads onto the exported base model; `--merge_lora` folds the pairs into the base kernels
+(W + alpha / r * A @ B) and writes the whole model instead.
 
 The result loads with `InstructBlipForConditionalGeneration.from_pretrained(out)` (or, for a model
 trained with `instruction_aware=False` such as configs/blip2_stage2.py,
@@ -12,7 +19,8 @@ Tensors are converted by running the conversion tables backwards (ib_jax/convert
 written one at a time; frozen towers a training checkpoint keeps in bf16 are written at `--dtype`.
 
 `image_token_index` (the id of the `<image>` placeholders HF's processor puts before the text, a
-row of the LM vocabulary): `--image_token_index`, else the `<image>` token of `--tokenizer_dir`,
+row of the LM vocabulary): `--image_token_index`, else the HF config's own for a directory
+`ib_jax.convert --hf` wrote (its hf_extras.json), else the `<image>` token of `--tokenizer_dir`,
 else for FlanT5's padded 32128-row vocabulary 32100 (the id HF's processor gives `<image>`, past
 the tokenizer's 32100 pieces). A Vicuna vocabulary has no spare row: give the id.
 """
@@ -29,8 +37,10 @@ from typing import Any
 from absl import app, flags
 
 from ib_jax import checkpoint as checkpoint_lib
+from ib_jax.contract.config import as_patterns
 from ib_jax.convert import api
 from ib_jax.convert import export as export_lib
+from ib_jax.models import lora
 from ib_jax.models.configs import from_config_dict
 
 _UNITS = {
@@ -67,6 +77,19 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "tensor dtype", **fv)
     flags.DEFINE_string("shard_size", "5GB", "largest safetensors shard (e.g. 2GB, 500MB)", **fv)
     flags.DEFINE_integer("image_token_index", -1, "id of the <image> placeholder (-1: auto)", **fv)
+    flags.DEFINE_bool(
+        "merge_lora",
+        False,
+        "a model with config.model.lora: fold the LoRA pairs into the base kernels and export the "
+        "whole model (default: write the LoRA parameters as a peft adapter directory)",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "base_model",
+        None,
+        "the adapter's base_model_name_or_path (the HF directory or hub name of the base model)",
+        **fv,
+    )
     flags.DEFINE_enum(
         "format",
         "auto",
@@ -84,21 +107,23 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
-def load_source(path: str, step: int | None) -> tuple[Any, dict[str, Any], str]:
-    """(ModelConfig, params in its layout, a description) of a training workdir's step or a
+def load_source(path: str, step: int | None) -> tuple[Any, dict[str, Any], str, tuple[str, ...]]:
+    """(ModelConfig, params in its layout, a description, the regexes of the parameters the run
+    trained besides LoRA: none for a converted directory) of a training workdir's step or a
     converted directory."""
     if api.is_converted_directory(path):
         if step is not None:
             raise ValueError(f"--step: {path} is a converted directory, which has no steps")
         config, params = api.load_converted(path)
-        return config, params, f"converted directory {path}"
+        return config, params, f"converted directory {path}", ()
     if checkpoint_lib.finalized_steps(path):
         step, params, saved = checkpoint_lib.restore_params(path, step)
         if "model" not in saved:
             raise ValueError(
                 f"{checkpoint_lib.step_dir(path, step)}/config holds no `model` section"
             )
-        return from_config_dict(saved["model"]), params, f"{path} step {step}"
+        trained = as_patterns((saved.get("train") or {}).get("trainable", ()))
+        return from_config_dict(saved["model"]), params, f"{path} step {step}", trained
     raise FileNotFoundError(
         f"--checkpoint {path}: neither a training workdir with a finished checkpoint "
         "(checkpoints/<step>/) nor a converted directory (config.json + params/)"
@@ -167,15 +192,27 @@ def export(
     shard_size: str = "5GB",
     image_token: int = -1,
     fmt: str = "auto",
+    merge_lora: bool = False,
+    base_model: str | None = None,
 ) -> str:
-    """Write the HF directory; returns a one-line summary. Raises ValueError/OSError on bad input
-    before anything is written."""
+    """Write the HF directory (or, for a LoRA model without `merge_lora`, the peft adapter
+    directory); returns a one-line summary. Raises ValueError/OSError on bad input before
+    anything is written."""
     shard_bytes = parse_size(shard_size)
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"--out {out} is not empty")
-    config, params, described = load_source(checkpoint, step)
+    config, params, described, trained = load_source(checkpoint, step)
     if fmt == "auto":
         fmt = "instructblip" if config.instruction_aware else "blip2"
+    if config.lora.rank > 0 and not merge_lora:
+        return _export_adapter(config, params, described, trained, out, fmt, dtype, base_model)
+    if config.lora.rank > 0:
+        params, config = lora.merge(params, config.lora), lora.without(config)
+        described += ", LoRA merged"
+    elif merge_lora:
+        raise ValueError(f"--merge_lora: {described} has no LoRA (config.model.lora.rank is 0)")
+    saved = api.saved_image_token_index(checkpoint)  # kept by `ib_jax.convert --hf`
+    image_token = saved if image_token < 0 and saved is not None else image_token
     index = image_token_index(image_token, tokenizer_dir, config)
     leaves = export_lib.unscanned_leaves(params, config.scan_layers)
     tensors = export_lib.plan_export(config, leaves, fmt)
@@ -190,6 +227,20 @@ def export(
         f"{stats.total_bytes / 2**20:,.1f} MiB {dtype} in {len(stats.shards)} shard(s), "
         f"largest tensor {stats.max_tensor_bytes / 2**20:,.1f} MiB, image_token_index {index}"
         + (f", {len(copied)} processor/tokenizer files" if copied else "")
+    )
+
+
+def _export_adapter(config, params, described, trained, out, fmt, dtype, base_model) -> str:
+    """The LoRA pairs (and modules_to_save) as a peft adapter directory; a one-line summary."""
+    leaves = export_lib.unscanned_leaves(params, config.scan_layers)
+    tensors, adapter = export_lib.plan_adapter(config, leaves, fmt, trained)
+    adapter["base_model_name_or_path"] = base_model
+    os.makedirs(out, exist_ok=True)
+    stats = export_lib.write_adapter(out, tensors, adapter, dtype)
+    return (
+        f"wrote peft adapter {out} (from {described}): {len(adapter['target_modules'])} LoRA "
+        f"modules, r={adapter['r']}, {len(adapter['modules_to_save'] or [])} modules_to_save, "
+        f"{stats.tensors} tensors, {stats.total_bytes / 2**20:,.1f} MiB {dtype}"
     )
 
 
@@ -211,6 +262,8 @@ def run(fv: flags.FlagValues) -> int:
                 fv.shard_size,
                 fv.image_token_index,
                 fv.format,
+                fv.merge_lora,
+                fv.base_model,
             )
         )
     except (ValueError, OSError) as err:  # bad input: one message, no traceback

@@ -1,6 +1,7 @@
 """python -m ib_jax.convert: PyTorch checkpoints -> a converted directory (config.json + Orbax params/).
 
   python -m ib_jax.convert --hf=DIR --out=OUT [--scan_layers] [--remat_policy=dots]
+  python -m ib_jax.convert --hf=DIR --peft=ADAPTER_DIR --out=OUT   (a peft LoRA adapter on top)
   python -m ib_jax.convert --lavis=instruct_blip_flanxl_trimmed.pth --vit=eva_vit_g.pth \\
       --language_model=flan-t5-xl/ --config=configs/instructblip_flant5xl.py --out=OUT
   python -m ib_jax.convert --blip2=blip2-flan-t5-xl/ --bert=bert-base-uncased/ --out=OUT
@@ -26,8 +27,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ib_jax.configs_util import load_config, model_config
-from ib_jax.convert import api, blip2
-from ib_jax.convert.core import abstract_params
+from ib_jax.convert import api, blip2, peft
+from ib_jax.convert.core import abstract_params, stacked_name
+from ib_jax.models import lora
+from ib_jax.train.state import is_trainable
 
 _SOURCES = ("hf", "lavis", "blip2", "describe")
 
@@ -46,7 +49,20 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "a LAVIS blip2_t5 stage-2 state dict, or a LAVIS stage-1 Q-Former checkpoint",
         **fv,
     )
-    flags.DEFINE_string("describe", None, "print parameter counts per tower of a config file", **fv)
+    flags.DEFINE_string(
+        "describe",
+        None,
+        "list every parameter of a config file's model (path, shape, count, trainable or not) "
+        "and the counts per tower",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "peft",
+        None,
+        "with --hf: a peft LoRA adapter directory (adapter_config.json + "
+        "adapter_model.safetensors) to read onto the base model",
+        **fv,
+    )
     flags.DEFINE_string("bert", None, "BERT directory for the Q-Former's text side (--blip2)", **fv)
     flags.DEFINE_string("vit", None, "EVA ViT-g state dict for trimmed LAVIS files", **fv)
     flags.DEFINE_string(
@@ -69,15 +85,47 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 def describe(config) -> dict[str, int]:
     """Parameter count per tower (from shapes only; nothing is allocated)."""
-    import jax
-
-    shapes = abstract_params(config)
-    counts = {
-        name: sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
-        for name, tree in shapes.items()
-    }
+    counts: dict[str, int] = {}
+    for path, shape in parameter_shapes(config).items():
+        tower = path.split("/")[0]
+        counts[tower] = counts.get(tower, 0) + math.prod(shape)
     counts["total"] = sum(counts.values())
     return counts
+
+
+def parameter_shapes(config) -> dict[str, tuple[int, ...]]:
+    """{"/"-joined parameter path: shape} of the model `config` describes, in its own layout
+    (scanned stacks have one path with a leading layer axis), LoRA leaves included."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
+    shapes = {path: tuple(x.shape) for path, x in flat.items()}
+    if config.scan_layers:
+        stacked: dict[str, tuple[int, ...]] = {}
+        for path, shape in shapes.items():
+            found = stacked_name(path)
+            name = found[0] if found else path
+            depth = stacked.get(name, (0,))[0] + 1 if found else None
+            stacked[name] = (depth, *shape) if found else shape
+        shapes = stacked
+    return dict(sorted(shapes.items()))
+
+
+def describe_paths(run_config) -> list[str]:
+    """One line per parameter: path, shape, count and whether `config.train.trainable` (or
+    LoRA) trains it; then the totals per tower."""
+    train = run_config.get("train") if hasattr(run_config, "get") else None
+    patterns = train.get("trainable", "") if train is not None else ""
+    shapes = parameter_shapes(model_config(run_config))
+    width = max(len(p) for p in shapes)
+    lines = []
+    for path, shape in shapes.items():
+        trained = lora.is_lora_path(path) or is_trainable(path, patterns)
+        lines.append(
+            f"{path:{width}s} {str(list(shape)):>22s} {math.prod(shape):>15,d}"
+            + ("  trainable" if trained else "")
+        )
+    return lines
 
 
 def _model_config(config):
@@ -95,7 +143,10 @@ def run(fv: flags.FlagValues) -> int:
             f"give exactly one of --{', --'.join(_SOURCES)} (got {given or 'none'})"
         )
     if fv.describe:
-        for name, count in describe(model_config(load_config(fv.describe))).items():
+        run_config = load_config(fv.describe)
+        for line in describe_paths(run_config):
+            print(line)
+        for name, count in describe(model_config(run_config)).items():
             print(f"{name:24s} {count:>15,d}")
         return 0
     if not fv.out:
@@ -128,6 +179,10 @@ def run(fv: flags.FlagValues) -> int:
 def _plan(fv: flags.FlagValues):
     config = _model_config(fv.config)
     layout = dict(scan_layers=fv.scan_layers, remat_policy=fv.remat_policy)
+    if fv.peft and not fv.hf:
+        raise app.UsageError("--peft reads an adapter onto an HF base model: give --hf too")
+    if fv.hf and fv.peft:
+        return peft.plan_peft(fv.hf, fv.peft, **layout)
     if fv.hf:
         return api.plan_hf(fv.hf, **layout)
     if fv.lavis:

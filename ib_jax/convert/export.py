@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from ib_jax.convert import api, blip2_rules, core, readers, rules
+from ib_jax.convert import api, blip2_rules, core, peft, readers, rules
+from ib_jax.models import lora
 from ib_jax.models.configs import ModelConfig
 
 FORMATS = ("instructblip", "blip2")
@@ -153,6 +154,68 @@ def plan_export(config: ModelConfig, leaves: dict[str, Leaf], fmt: str) -> list[
         )
     _check_forward(config, list(tensors.values()), rule_table, aliases)
     return list(tensors.values())
+
+
+def own_path(path: str, config: ModelConfig) -> str:
+    """An unscanned parameter path in `config`'s own layout (`layers_3` -> `layers` when scanned):
+    the names `config.model.lora` and `config.train.trainable` were written against."""
+    found = core.stacked_name(path) if config.scan_layers else None
+    return found[0] if found else path
+
+
+def plan_adapter(
+    config: ModelConfig, leaves: dict[str, Leaf], fmt: str, trained: tuple[str, ...] = ()
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """A LoRA model's leaves -> (the tensors of a peft adapter, its adapter_config.json).
+
+    The LoRA pairs go through the LoRA rules derived from the `fmt` table
+    (`peft.lora_rules`); the base tensors of `config.lora.modules_to_save` and of the modules
+    holding parameters `trained` names (a training run's non-LoRA `config.train.trainable`) are
+    saved in full, as peft's `modules_to_save`."""
+    base_leaves = {p: leaf for p, leaf in leaves.items() if not lora.is_lora_path(p)}
+    base = plan_export(lora.without(config), base_leaves, fmt)
+    compiled = [(_target_regex(r), r) for r in peft.lora_rules(table(config, fmt)[0])]
+    tensors, modules, problems = [], {}, []
+    for path, leaf in leaves.items():
+        if not lora.is_lora_path(path):
+            continue
+        found = [(m, rule) for regex, rule in compiled if (m := regex.fullmatch(path))]
+        if not found:
+            problems.append(f"LoRA parameter {path} {leaf.shape}: no {fmt} rule produces it")
+            continue
+        key = _source_key(found[0][1], found[0][0].groupdict(), config)
+        tensors.append(
+            Tensor(
+                peft.PREFIX + key,
+                rules.torch_shape(found[0][1], leaf.shape),
+                path,
+                *found[0][1:],
+                leaf,
+            )
+        )
+        if path.endswith("/lora_a"):
+            module = own_path(path, config).rsplit("/", 1)[0]
+            rank, scaling = lora.rank_and_scaling(config.lora, module) or (0, 0.0)
+            modules[peft.module_of(peft.module_of(key))] = (leaf.shape[-1], scaling * rank)
+    names = list(config.lora.modules_to_save)
+    for tensor in base:
+        if trained and re.search(
+            "|".join(f"(?:{t})" for t in trained), own_path(tensor.path, config)
+        ):
+            if "." not in tensor.key:
+                problems.append(
+                    f"{tensor.path} trained, but {tensor.key} belongs to no torch module: peft's "
+                    "modules_to_save cannot hold it (export with --merge_lora)"
+                )
+            elif not peft.saves(peft.module_of(tensor.key), names):
+                names.append(peft.module_of(tensor.key))
+    if problems:
+        raise core.ConversionError(
+            f"{len(problems)} export problem(s):\n  " + "\n  ".join(problems)
+        )
+    saved = [t for t in base if "." in t.key and peft.saves(peft.module_of(t.key), names)]
+    tensors += [dataclasses.replace(t, key=peft.PREFIX + t.key) for t in saved]
+    return tensors, peft.adapter_config(config.lora, modules, names, None)
 
 
 def _head_copy(leaves: dict[str, Leaf], compiled) -> Tensor:
@@ -282,22 +345,37 @@ def write_safetensors(
     stats = ShardStats(names, 0, 0, 0)
     weight_map = {}
     for name, members in zip(names, shards):
-        path = os.path.join(directory, name)
-        with open(path + ".tmp", "wb") as f:
-            f.write(_header(members, DTYPES[dtype], np_dtype.itemsize))
-            for tensor in members:
-                array = tensor.read(np_dtype)
-                if array.shape != tensor.shape:
-                    raise core.ConversionError(
-                        f"{tensor.path} became {array.shape}, not {tensor.shape} ({tensor.key})"
-                    )
-                f.write(memoryview(array.reshape(-1).view(np.uint8)))
-                stats.max_tensor_bytes = max(stats.max_tensor_bytes, array.nbytes)
-                stats.total_bytes += array.nbytes
-                stats.tensors += 1
-                weight_map[tensor.key] = name
-        os.replace(path + ".tmp", path)
+        write_file(os.path.join(directory, name), members, dtype, stats)
+        weight_map.update({tensor.key: name for tensor in members})
     index = {"metadata": {"total_size": stats.total_bytes}, "weight_map": weight_map}
     with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
         json.dump(index, f, indent=2, sort_keys=True)
+    return stats
+
+
+def write_file(path: str, tensors: list[Tensor], dtype: str, stats: ShardStats) -> None:
+    """One safetensors file of `tensors` in `dtype` (under a temporary name until complete);
+    adds to `stats`."""
+    np_dtype = _dtype(dtype)
+    with open(path + ".tmp", "wb") as f:
+        f.write(_header(tensors, DTYPES[dtype], np_dtype.itemsize))
+        for tensor in tensors:
+            array = tensor.read(np_dtype)
+            if array.shape != tensor.shape:
+                raise core.ConversionError(
+                    f"{tensor.path} became {array.shape}, not {tensor.shape} ({tensor.key})"
+                )
+            f.write(memoryview(array.reshape(-1).view(np.uint8)))
+            stats.max_tensor_bytes = max(stats.max_tensor_bytes, array.nbytes)
+            stats.total_bytes += array.nbytes
+            stats.tensors += 1
+    os.replace(path + ".tmp", path)
+
+
+def write_adapter(directory: str, tensors: list[Tensor], config: dict, dtype: str) -> ShardStats:
+    """A peft adapter directory: `adapter_model.safetensors` and, last, `adapter_config.json`."""
+    stats = ShardStats([peft.WEIGHTS_FILE], 0, 0, 0)
+    write_file(os.path.join(directory, peft.WEIGHTS_FILE), tensors, dtype, stats)
+    with open(os.path.join(directory, peft.CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2)
     return stats

@@ -8,10 +8,12 @@ conversion function per direction: `from_config_dict` (ours) and `ib_jax.convert
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import ml_collections
 
+from ib_jax.contract.config import as_patterns
 from ib_jax.models import precision
 
 
@@ -100,6 +102,71 @@ class LlamaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters beside targeted Dense kernels (ib_jax/models/lora.py); rank 0: none.
+
+    `targets`: regexes `re.search`ed in the path of each Dense module (its kernel's parameter
+    path without `/kernel`, e.g. `language_model/encoder/layers_0/self_attention/q`); the branch
+    adds `alpha / rank * (x @ A) @ B`. `rank_pattern` / `alpha_pattern`: (regex, value) pairs,
+    the first searching hit overrides rank / alpha for that module (peft's fields of those
+    names). `modules_to_save`: the Hugging Face module names a peft adapter stores in full (kept
+    for export; ib_jax/convert/peft.py)."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ()
+    rank_pattern: tuple[tuple[str, int], ...] = ()
+    alpha_pattern: tuple[tuple[str, float], ...] = ()
+    modules_to_save: tuple[str, ...] = ()
+
+
+def _pairs(value: Any, kind: type) -> tuple[tuple[str, Any], ...]:
+    """{regex: value} or [(regex, value), ...] -> a hashable tuple of pairs (order kept)."""
+    items = value.items() if hasattr(value, "items") else (value or ())
+    return tuple((str(k), kind(v)) for k, v in items)
+
+
+def lora_config(values: Mapping[str, Any] | None) -> LoraConfig:
+    """`config.model.lora` (dict or ConfigDict; `targets` a list or comma-separated string)
+    -> LoraConfig."""
+    values = dict(values or {})
+    if "targets" in values:
+        values["targets"] = as_patterns(values["targets"])
+    if "modules_to_save" in values:
+        values["modules_to_save"] = as_patterns(values["modules_to_save"])
+    if "rank_pattern" in values:
+        values["rank_pattern"] = _pairs(values["rank_pattern"], int)
+    if "alpha_pattern" in values:
+        values["alpha_pattern"] = _pairs(values["alpha_pattern"], float)
+    config = _build(LoraConfig, values)
+    if config.rank < 0 or config.alpha < 0 or not 0 <= config.dropout < 1:
+        raise ValueError(
+            f"config.model.lora: rank {config.rank} and alpha {config.alpha} must be >= 0 and "
+            f"dropout {config.dropout} in [0, 1)"
+        )
+    if config.rank > 0 and not config.targets:
+        raise ValueError(
+            "config.model.lora.rank > 0 needs config.model.lora.targets (regexes over Dense "
+            "paths; `python -m ib_jax.convert --describe=CONFIG` lists them)"
+        )
+    return config
+
+
+def lora_defaults(**overrides: Any) -> dict[str, Any]:
+    """`config.model.lora` as configs/common.py writes it: LoraConfig's defaults with `targets`
+    and `modules_to_save` as comma-separated strings (ml_collections overrides a string from the
+    command line, `--config.model.lora.targets=a,b`, but not a list)."""
+    values = {**dataclasses.asdict(LoraConfig()), **overrides}
+    for key in ("targets", "modules_to_save"):
+        if not isinstance(values[key], str):
+            values[key] = ",".join(values[key])
+    for key in ("rank_pattern", "alpha_pattern"):
+        values[key] = dict(values[key])
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The whole InstructBLIP: vision, Q-Former, the LM (`text`: its family's config dataclass,
     ib_jax/models/families.py) and the numerics/layout shared by every tower."""
@@ -113,6 +180,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of parameters as created by init
     scan_layers: bool = False
     remat_policy: str = "none"
+    lora: LoraConfig = LoraConfig()
 
     @property
     def lm_type(self) -> str:
@@ -147,6 +215,7 @@ def from_config_dict(model: ml_collections.ConfigDict | dict) -> ModelConfig:
     model["vision"] = _build(VisionConfig, model.get("vision", {}))
     model["qformer"] = _build(QFormerConfig, model.get("qformer", {}))
     model["text"] = _build(text_cls, model.get("text", {}))
+    model["lora"] = lora_config(model.get("lora"))
     return _build(ModelConfig, model)
 
 

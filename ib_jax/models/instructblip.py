@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ib_jax.models import families, layers
+from ib_jax.models import families, layers, lora
 from ib_jax.models.configs import ModelConfig
 from ib_jax.models.lm import Context, Prefill
 from ib_jax.models.losses import mean_cross_entropy
@@ -40,7 +40,7 @@ class InstructBlipOutput:
     encoder_hidden: Array | None  # encoder-decoder LMs: [B, F*NQ + Li, D_lm]; else None
 
 
-class InstructBlip(nn.Module):
+class InstructBlip(lora.LoraScope, nn.Module):
     """The composition; its parameters are `vision`, `qformer`, `language_projection` and
     `language_model` (the LM family's own tree)."""
 

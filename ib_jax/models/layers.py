@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ib_jax.models import lora
+
 Array = jax.Array
 DType = Any
 Axes = tuple[str | None, ...]
@@ -70,7 +72,8 @@ class DenseGeneral(nn.Module):
     `kernel_axes` names every kernel dimension (contracted input dims first, then output dims);
     `bias_axes` the output dims. Parameters are stored in `param_dtype` and cast to `dtype`;
     `out_dtype` (default `dtype`) is the matmul's accumulation/output type: float32 for the LM
-    heads, so that bf16 logits are never rounded before the fp32 log-softmax.
+    heads, so that bf16 logits are never rounded before the fp32 log-softmax. Where
+    `config.model.lora` targets this Dense, a low-rank branch is added (ib_jax/models/lora.py).
     """
 
     features: int | Sequence[int]
@@ -123,6 +126,9 @@ class DenseGeneral(nn.Module):
                 self.param_dtype,
             )
             out = out + jnp.asarray(bias, out.dtype)
+        adapter = lora.settings(self)  # (rank, scaling, dropout) where config.model.lora targets us
+        if adapter is not None:
+            out = out + lora.branch(self, inputs, axis, features, self.kernel_axes, *adapter)
         return out
 
 

@@ -35,6 +35,7 @@ from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
 from ib_jax.train import data_feed, flops, metrics_writer, resume
 from ib_jax.train import optimizer as optim
+from ib_jax.train import state as state_lib
 from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
 from ib_jax.train.step import make_train_step
 
@@ -233,9 +234,9 @@ def initial_state(
 
     if config.init.get("pretrained") or config.init.get("blip2"):
         # The frozen towers are cast on the host: no fp32 copy of them ever reaches the devices.
-        trainable, frozen = split_params(
-            _initial_params(config.init, program.model.config), tcfg.trainable
-        )
+        params = _initial_params(config.init, program.model.config)
+        params = state_lib.complete_lora(params, program.init, jax.random.key(tcfg.seed))
+        trainable, frozen = split_params(params, tcfg.trainable)
         frozen = jax.device_put(_host_cast(frozen, frozen_dtype), out_shardings[1])
         trainable = jax.device_put(trainable, shardings_of(program.abstract_state.trainable))
         return jax.jit(make_state, out_shardings=out_shardings[0])(trainable), frozen
@@ -266,6 +267,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     with sharding.activate(mesh, rules), contextlib.ExitStack() as cleanup:
         program = build_program(config, mesh, rules)
+        logger.info("%s", state_lib.describe_split(program.abstract_state, program.abstract_frozen))
         manager = checkpoint.make_manager(
             workdir,
             config.checkpoint.every_steps,
