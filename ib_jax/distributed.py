@@ -8,6 +8,8 @@ import os
 import jax
 import ml_collections
 
+from ib_jax.contract.config import DistributedConfig, build
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,20 +22,18 @@ def initialize(config: ml_collections.ConfigDict) -> None:
     (`config.distributed.auto` or `IB_JAX_DISTRIBUTED=auto`, set by launch/tpu_pod.py: a TPU VM
     shell has no environment variable that says it is one worker of a pod) or under SLURM.
     """
-    dist = config.get("distributed") or {}
-    address = dist.get("coordinator_address") or os.environ.get("IB_JAX_COORDINATOR")
+    dist = build(DistributedConfig, "distributed", config.get("distributed"))
+    address = dist.coordinator_address or os.environ.get("IB_JAX_COORDINATOR")
     if address:
-        num_processes = int(
-            dist.get("num_processes") or _required_env("IB_JAX_NUM_PROCESSES", address)
-        )
+        num_processes = int(dist.num_processes or _required_env("IB_JAX_NUM_PROCESSES", address))
         process_id = int(
-            dist.get("process_id")
-            if dist.get("process_id") is not None
+            dist.process_id
+            if dist.process_id is not None
             else _required_env("IB_JAX_PROCESS_ID", address)
         )
         jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
     elif (
-        dist.get("auto")
+        dist.auto
         or os.environ.get("IB_JAX_DISTRIBUTED") == "auto"
         or "SLURM_JOB_ID" in os.environ
         or "TPU_WORKER_HOSTNAMES" in os.environ

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ib_jax import checkpoint, decode, sharding
 from ib_jax.contract.batch import MODEL_INPUTS
+from ib_jax.contract.config import EvalJobConfig, build
 from ib_jax.eval import hosts, ranking
 from ib_jax.models.configs import ModelConfig
 from ib_jax.models.instructblip import InstructBlip, init_params
@@ -37,7 +38,7 @@ def eval_mesh(
     (default: all; the planner passes a TPU slice's compile-only devices)."""
     devices = devices if devices is not None else jax.devices()
     train_mesh = config.get("mesh")
-    override = (config.get("eval") or {}).get("mesh")
+    override = build(EvalJobConfig, "eval", config.get("eval")).mesh
     if override:
         mesh_config = ml_collections.ConfigDict(
             dict(
@@ -71,14 +72,11 @@ def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
 
 
 def inference_config(model_config: ModelConfig, eval_config: Any) -> ModelConfig:
-    """The checkpoint's architecture with the eval job's numerics (config.eval.dtype /
-    param_dtype, float32 by default); remat is moot without gradients."""
-    eval_config = eval_config or {}
+    """The checkpoint's architecture with the eval job's numerics (`config.eval` dtype /
+    param_dtype, float32 by default: `EvalJobConfig`); remat is moot without gradients."""
+    job = build(EvalJobConfig, "eval", eval_config)
     return dataclasses.replace(
-        model_config,
-        dtype=str(eval_config.get("dtype") or "float32"),
-        param_dtype=str(eval_config.get("param_dtype") or "float32"),
-        remat_policy="none",
+        model_config, dtype=job.dtype, param_dtype=job.param_dtype, remat_policy="none"
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ib_jax import checkpoint, distributed
+from ib_jax.contract.config import CheckpointConfig, build
 from ib_jax.train.state import TrainState, merge_params, split_params
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Resumed:
 
 def policy(config: ml_collections.ConfigDict) -> str:
     """`config.checkpoint.on_unreadable` ("fallback" when the config predates the field)."""
-    value = config.checkpoint.get("on_unreadable", "fallback") or "fallback"
+    value = build(CheckpointConfig, "checkpoint", config.get("checkpoint")).on_unreadable
     if value not in POLICIES:
         raise ValueError(f"config.checkpoint.on_unreadable={value!r}; expected one of {POLICIES}")
     return value
