@@ -187,6 +187,25 @@ def _lengths(data: Any, model: ModelConfig) -> list[str]:
     return found
 
 
+def fit_lengths(data: Any, model: ModelConfig) -> list[str]:
+    """Cut the data config's token lengths (in place) to what `model`'s position tables hold;
+    one message per length cut. For evaluating a checkpoint whose architecture the config does
+    not describe (a converted model of another size): the instruction is truncated, as a longer
+    one would be, instead of reading past the position table."""
+    cut = []
+    qformer_limit = model.qformer.max_position_embeddings
+    if model.instruction_aware and _get(data, "qformer_max_len", 0) > qformer_limit:
+        cut.append(f"data.qformer_max_len={data.qformer_max_len} cut to {qformer_limit}")
+        data.qformer_max_len = qformer_limit
+    limit = getattr(model.text, "max_position_embeddings", None)
+    if limit:  # decoder-only: queries, instruction and target share the positions
+        room = limit - model.num_query_tokens - _get(data, "target_max_len", 0)
+        if _get(data, "text_max_len", 0) > room:
+            cut.append(f"data.text_max_len={data.text_max_len} cut to {room}")
+            data.text_max_len = room
+    return [f"{c}: model.{'qformer' if 'qformer' in c else 'text'} position table" for c in cut]
+
+
 def _image(data: Any, model: ModelConfig) -> list[str]:
     found, patch = [], model.vision.patch_size
     if model.vision.image_size % patch:

@@ -125,7 +125,7 @@ def test_heldout_config_declares_the_13_evaluations_without_a_model():
     settings = {e.name: e for e in RunConfig.from_config(config).evals}
     assert len(settings) == 13
     names = [e["name"] for e in config.data.eval_datasets]
-    assert sorted(names) == sorted(settings) and all(
+    assert sorted(names) == sorted(e.dataset for e in settings.values()) and all(
         e["ann_path"].startswith("/data/") for e in config.data.eval_datasets
     )
     assert (
@@ -241,3 +241,53 @@ def test_watch_evaluates_each_checkpoint_once_and_resumes(config, tmp_path):
     )
     assert json.load(open(os.path.join(workdir, "eval", "done.json")))["steps"] == [10, 20]
     assert len(open(os.path.join(workdir, "eval", "metrics.jsonl")).readlines()) == 2
+
+
+@pytest.mark.slow
+def test_heldout_config_evaluates_a_converted_checkpoint_of_another_size(config, tmp_path):
+    """`python -m ib_jax.evaluate --config=configs/eval_heldout.py:root=...` on a converted
+    checkpoint of a non-released size: no model override (the checkpoint's model is evaluated, its
+    image size and position tables followed), an evaluation field overridden from the command
+    line, the miniature's published layouts and tokenizers."""
+    import subprocess
+    import sys
+
+    from data_pipelines.miniature import write_miniature
+    from ib_jax.convert import api
+    from ib_jax.models.configs import from_config_dict
+
+    root = str(tmp_path / "mini")
+    write_miniature(root, seed=0)
+    _, params = _params(config, seed=0)
+    converted = str(tmp_path / "tiny_converted")
+    api.save_converted(converted, from_config_dict(config.model), params)
+    workdir = str(tmp_path / "run")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ib_jax.evaluate",
+            f"--config=configs/eval_heldout.py:root={root},datasets=gqa+scienceqa",
+            f"--workdir={workdir}",
+            f"--checkpoint={converted}",
+            "--config.evals.gqa.prompt=Q: {question} A:",
+            "--config.evals.gqa.num_beams=1",
+            "--config.evals.gqa.max_new_tokens=3",
+            "--config.eval.batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "eval", "metrics.jsonl"))]
+    metrics = {line["dataset"]: line for line in lines}
+    assert set(metrics) == {"gqa", "scienceqa"}
+    assert 0.0 <= metrics["gqa"]["exact_match"] <= 1.0
+    assert 0.0 <= metrics["scienceqa"]["accuracy"] <= 1.0
+    predictions = os.path.join(workdir, "eval", "predictions", "gqa", "tiny_converted.jsonl")
+    rows = [json.loads(line) for line in open(predictions)]
+    assert rows and all(r["instruction"].startswith("Q: ") for r in rows)
+    # The config's 128-token Q-Former instruction was cut to the tiny model's 64 positions.
+    log = open(os.path.join(workdir, "logs", "evaluate.log")).read()
+    assert "cut to 64: model.qformer position table" in log

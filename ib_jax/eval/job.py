@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from data_pipelines import eval_pipeline, preprocess, sources, text
 from ib_jax import checkpoint as checkpoint_lib
+from ib_jax import validate
 from ib_jax.contract import config as config_types
 from ib_jax.contract.text import text_format
-from ib_jax.eval import evaluators, hosts, loading
+from ib_jax.eval import evaluators, hosts, loading, submission
 from ib_jax.eval import program as program_lib
 from ib_jax.eval.outputs import Outputs
 
@@ -101,6 +102,8 @@ def evaluate_checkpoint(
     # tokenizer's.
     data_config.lm_type = model.config.lm_type
     data_config.image_size = model.config.vision.image_size
+    for message in validate.fit_lengths(data_config, model.config):
+        logger.warning("%s", message)
     tokenizer = text.LMTokenizer(str(data_config.lm_spm), text_format(data_config.lm_type))
     tokenizer.check_model(model.config.text)
     results = {}
@@ -114,6 +117,17 @@ def evaluate_checkpoint(
             results[evaluation.name] = {"error": message}
             continue
         outputs.write(evaluation.name, tag, step, result.metrics, result.predictions)
+        server_file = submission.WRITERS.get(evaluation.dataset)
+        if server_file is not None and outputs.writes:  # a split only its server scores
+            path = outputs.root / "predictions" / evaluation.name / f"{tag}.server.json"
+            count = server_file(str(path), result.predictions)
+            logger.info(
+                "%s %s: %d answers for the evaluation server in %s",
+                tag,
+                evaluation.name,
+                count,
+                path,
+            )
         logger.info("%s %s: %s", tag, evaluation.name, result.metrics)
         results[evaluation.name] = result.metrics
     return results
