@@ -172,6 +172,11 @@ def quiet_console() -> None:
     root.addHandler(_pending)
 
 
+def current_log_path() -> str | None:
+    """Where `log_to_file` writes this process's log, once it was called."""
+    return _log_path
+
+
 def log_file_path(
     workdir: str | None, job: str, process_index: int = 0, process_count: int = 1
 ) -> str:
@@ -244,6 +249,7 @@ EXIT_STATUS: dict[str, tuple[int, str]] = {
     "ib_jax.convert.core.ConversionError": (4, "bad pretrained checkpoint"),
     "ib_jax.convert.readers.CheckpointFileError": (4, "bad pretrained checkpoint"),
     "builtins.FileNotFoundError": (4, "missing file"),
+    "gcsfs.retry.HttpError": (4, "bucket not readable"),  # e.g. 401: no or expired credentials
     "builtins.MemoryError": (8, "out of memory"),
 }
 UNEXPECTED = (1, "unexpected error")
@@ -253,6 +259,10 @@ def failure_class(error: BaseException) -> tuple[int, str]:
     """(exit status, what failed) of `error` (see EXIT_STATUS)."""
     if "RESOURCE_EXHAUSTED" in str(error).split("\n")[0]:  # XLA's out-of-memory errors
         return EXIT_STATUS["builtins.MemoryError"]
+    if isinstance(error, ImportError) and "to access" in str(error):
+        # fsspec, for a bucket path without its filesystem package: "Please install gcsfs to
+        # access Google Storage" (`pip install .[gcs]`)
+        return 3, "missing filesystem package"
     for cls in type(error).__mro__:
         status = EXIT_STATUS.get(f"{cls.__module__}.{cls.__qualname__}")
         if status:

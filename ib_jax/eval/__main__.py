@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from ib_jax import cli, distributed
+from ib_jax import cli, distributed, summary
 from ib_jax.eval import job
 from ib_jax.eval.outputs import Outputs
 
@@ -45,6 +45,8 @@ def main(argv: list[str]) -> None:
         timeout_seconds=FLAGS.watch_timeout,
         outputs=outputs,
     )
+    if jax.process_index() == 0:  # the closing summary: metrics, where predictions/pages are
+        print(summary.closing_summary("evaluate", FLAGS.workdir))
     if outputs.failed:  # exit status 1, naming each failed evaluation and why
         raise SystemExit(
             "evaluation failed for: "

@@ -10,12 +10,10 @@ cause, the traceback in that log file and an exit status per kind of failure (`i
 
 from __future__ import annotations
 
-import json
-
 import jax
 from absl import app, flags
 
-from ib_jax import checkpoint, cli, distributed
+from ib_jax import checkpoint, cli, distributed, summary
 from ib_jax.contract.config import RunConfig
 from ib_jax.eval import job
 from ib_jax.train import trainer
@@ -34,14 +32,16 @@ def main(argv: list[str]) -> None:
     # Before any other jax call: initialize() must come first to form the process group.
     distributed.initialize(config)
     cli.log_to_file(workdir, "train", jax.process_index(), jax.process_count())
-    trainer.train(config, workdir)
+    metrics = trainer.train(config, workdir)
     # Process 0 writes the marker after training: every process must see it before deciding to
     # evaluate, since the evaluation is one job across all of them.
     distributed.barrier("ib_jax_training_returned")
-    if checkpoint.training_done(workdir) and run.eval.after_training and run.evals:
-        results = job.run(config, workdir)
-        print("held-out evaluation of the final checkpoint:")
-        print(json.dumps(results, indent=2, default=str))
+    evaluated = checkpoint.training_done(workdir) and run.eval.after_training and bool(run.evals)
+    if evaluated:
+        job.run(config, workdir)
+    if jax.process_index() == 0:  # the closing summary: checkpoint, metrics, where things are
+        steps = run.train.num_steps
+        print(summary.closing_summary("train", workdir, metrics, steps, evaluated))
 
 
 if __name__ == "__main__":
