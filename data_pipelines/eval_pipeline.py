@@ -61,8 +61,9 @@ DEFAULT_PROMPT = "{instruction}"
 
 
 def ocr_text(record: Mapping[str, Any]) -> str:
-    """The OCR tokens of a record as the prompt's {ocr} slot shows them."""
-    return " ".join(record.get("ocr_tokens") or [])
+    """The OCR tokens of a record as the prompt's {ocr} slot shows them (templates.ocr_text:
+    the first 30, ", "-joined, as LAVIS and the training instructions)."""
+    return templates.ocr_text(record.get("ocr_tokens"))
 
 
 def _slots(spec: DatasetSpec, record: Mapping[str, Any]) -> dict[str, str]:
