@@ -26,6 +26,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -171,6 +172,8 @@ def ensure_demo_dataset(
     This is the `demo_shapes` generator of `data_pipelines.sources`: the demo config's entries
     name it, and whichever process reads them first renders the files. A lock file serializes
     processes that start together on one machine (the others then find the manifest)."""
+    if "://" in root:  # a bucket: rendered locally, then copied up
+        return _ensure_in_bucket(root, num_train, num_eval, seed)
     os.makedirs(root, exist_ok=True)
     manifest = os.path.join(root, "manifest.json")
     wanted = {"num_train": num_train, "num_eval": num_eval, "seed": seed}
@@ -184,6 +187,28 @@ def ensure_demo_dataset(
         paths = write_demo_dataset(root, num_train, num_eval, seed)
         with open(manifest, "w") as f:
             json.dump({"args": wanted, "paths": paths}, f)
+    return paths
+
+
+def _ensure_in_bucket(root: str, num_train: int, num_eval: int, seed: int) -> dict:
+    """`ensure_demo_dataset` for a bucket root (gs://...): no file locks there, so the demo is
+    rendered into a local temporary directory and copied up, manifest last."""
+    manifest = epath.Path(root) / "manifest.json"
+    wanted = {"num_train": num_train, "num_eval": num_eval, "seed": seed}
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        if saved.get("args") == wanted:
+            return saved["paths"]
+    with tempfile.TemporaryDirectory() as local:
+        local_paths = write_demo_dataset(local, num_train, num_eval, seed)
+        for directory, _, names in os.walk(local):
+            for name in names:
+                source = os.path.join(directory, name)
+                target = epath.Path(root) / os.path.relpath(source, local)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(epath.Path(source).read_bytes())
+    paths = {key: root.rstrip("/") + value[len(local) :] for key, value in local_paths.items()}
+    manifest.write_text(json.dumps({"args": wanted, "paths": paths}))
     return paths
 
 

@@ -19,9 +19,10 @@ the dataset and the path, before any worker starts.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from etils import epath
 
 from data_pipelines import demo_data, formats, registry, user_data
 from data_pipelines.preprocess import DATA_DEFAULTS
@@ -81,9 +82,9 @@ def _check_paths(name: str, entry: Mapping[str, Any]) -> None:
             raise KeyError(f"dataset {name!r}: config entry needs {key!r} (or 'tfds')")
     ann_paths = entry["ann_path"]
     for path in [ann_paths] if isinstance(ann_paths, str) else list(ann_paths):
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():  # epath: local paths and buckets (gs://) alike
             raise FileNotFoundError(f"dataset {name!r}: annotation file {path!r} does not exist")
-    if not os.path.isdir(entry["image_root"]):
+    if not epath.Path(entry["image_root"]).is_dir():
         raise FileNotFoundError(
             f"dataset {name!r}: image directory {entry['image_root']!r} does not exist"
         )

@@ -98,7 +98,8 @@ def parse(
     )
     report = ParseReport(label)
     try:
-        records = parser.fn(ann_path, os.path.abspath(image_root), report, **options)
+        root = image_root if "://" in str(image_root) else os.path.abspath(image_root)  # gs://
+        records = parser.fn(ann_path, root, report, **options)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
             raise TypeError(

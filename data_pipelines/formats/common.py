@@ -16,6 +16,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from etils import epath
+
 Record = dict[str, Any]
 PathLike = str | os.PathLike
 MAX_MESSAGES = 20  # messages kept per report; the count goes on past it
@@ -102,10 +104,10 @@ def register(*format_names: str, several_files: bool = False) -> Callable:
 
 def read_text(path: PathLike) -> str:
     """The whole file as text; FileNotFoundError naming the path if it is not a file."""
-    if not os.path.isfile(path):
+    file = epath.Path(os.fspath(path))  # local paths and buckets (gs://) alike
+    if not file.is_file():
         raise FileNotFoundError(f"annotation file not found: {os.fspath(path)}")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    return file.read_text(encoding="utf-8")
 
 
 def load_json(path: PathLike) -> Any:

@@ -17,10 +17,12 @@ import os
 from types import ModuleType
 from typing import Any
 
+from etils import epath
+
+from ib_jax.contract.model import ModelConfig, from_config_dict, to_config_dict
 from ib_jax.convert import core, readers, tokenizer_ids, write
 from ib_jax.convert.hf_config import image_token_index, model_config_from_hf, read_hf_config
 from ib_jax.models import families
-from ib_jax.models.configs import ModelConfig, from_config_dict, to_config_dict
 
 logger = logging.getLogger(__name__)
 # Beside a converted checkpoint: the HF config fields ModelConfig does not hold (the `<image>`
@@ -155,9 +157,8 @@ def load_converted(directory: str, **overrides: Any) -> tuple[ModelConfig, dict[
     """Read a directory written by `save_converted`, re-laid-out if `scan_layers` is overridden."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
-    with open(os.path.join(directory, "config.json")) as f:
-        saved = from_config_dict(json.load(f))
+    directory = directory if "://" in directory else os.path.abspath(directory)  # gs:// too
+    saved = from_config_dict(json.loads((epath.Path(directory) / "config.json").read_text()))
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(directory, "params"))
     config = dataclasses.replace(saved, **overrides)
@@ -178,6 +179,5 @@ def saved_image_token_index(directory: str) -> int | None:
 
 def is_converted_directory(path: str) -> bool:
     """A directory written by `save_converted` / `write_converted` (config.json + params/)."""
-    return os.path.isdir(os.path.join(path, "params")) and os.path.exists(
-        os.path.join(path, "config.json")
-    )
+    root = epath.Path(path)  # a local directory or a bucket (gs://)
+    return (root / "params").is_dir() and (root / "config.json").exists()
