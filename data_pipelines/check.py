@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import app, flags
+from etils import epath
 
 from data_pipelines import eval_pipeline, formats, images, mixing, preprocess, sources, templates
 from ib_jax import validate
@@ -178,18 +179,21 @@ def check_entry(
         for path in media_paths(record):
             by_path.setdefault(path, []).append(index)
     result.files = len(by_path)
-    missing = {p for p in by_path if not os.path.exists(p)}
+    # Bucket paths (your own data, gs://...) are looked up through etils.epath.
+    exists = lambda p: epath.Path(p).exists() if "://" in p else os.path.exists(p)  # noqa: E731
+    missing = {p for p in by_path if not exists(p)}
     result.missing = len(missing)
     for path in sorted(missing):
         bad.update(by_path[path])
         _note(result, f"missing file {path}")
-    if "tfds" not in entry:
+    embedded = [i for i, r in enumerate(records) if "tfds" not in entry and "image_bytes" in r]
+    if "tfds" not in entry and not embedded:
         chosen = _spread([p for p in by_path if p not in missing], sample)
         decode_failures = {p: by_path[p] for p in chosen if not _decodes(p, result)}
         result.decoded = len(chosen)
-    else:  # prepared records embed their media: decode a sample of records
+    else:  # prepared records (or your own data's embedded images): decode a sample of records
         pre = preprocess.ExamplePreprocessor(data_config, spec, train=False)
-        indices = _spread(range(len(records)), sample)
+        indices = _spread(embedded or range(len(records)), sample)
         decode_failures = {i: [i] for i in indices if not _decodes(records[i], result, pre)}
         result.decoded = len(indices)
     result.unreadable = len(decode_failures)

@@ -119,6 +119,8 @@ def prepare_entry(
     target = tfds_data.dataset_dir(out_dir, name, split)
     summary = {"dataset": name, "split": split, "tfds_dir": target}
     summary["entry"] = {"name": name, "tfds": target, "split": split}
+    if entry.get("user"):  # your own data: the entry reads it back with its task and template
+        summary["entry"]["user"] = dict(entry["user"])
     start = time.perf_counter()
     if os.path.exists(os.path.join(target, "dataset_info.json")):
         with open(os.path.join(target, "metadata.json")) as f:

@@ -99,6 +99,9 @@ def record_fields(records: Iterable[Mapping[str, Any]], dataset: str) -> list[st
     for record in records:
         seen.update(record)
     seen.discard("dataset")  # the dataset is the TFDS dataset's name
+    if {"image_bytes", "image_path"} & seen:  # your own data's embedded image: its `image`
+        seen -= {"image_bytes", "image_path"}
+        seen.add("image")
     if "video" in seen:  # a `video` that is a frame folder is stored as its frames
         seen.add("frames")
     unknown = sorted(seen - set(FIELD_FEATURES))
@@ -118,7 +121,13 @@ def features_dict(fields: Sequence[str]) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(spec)
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, record: Mapping[str, Any] | None = None) -> bytes:
+    if record is not None and "image_bytes" in record:  # your own data's embedded image
+        return bytes(record["image_bytes"])
+    if "://" in path:  # a bucket path (your own data), read through etils.epath
+        from etils import epath
+
+        return epath.Path(path).read_bytes()
     with open(path, "rb") as f:
         return f.read()
 
@@ -143,6 +152,8 @@ def to_example(record: Mapping[str, Any], fields: Sequence[str]) -> dict[str, An
 
     Raises images.BadImageError or OSError naming the file when a medium cannot be read."""
     record = dict(record)
+    if "image_bytes" in record:  # embedded (your own data): named by its image_path
+        record.setdefault("image", str(record.get("image_path") or record.get("id", "")))
     if isinstance(record.get("video"), str) and os.path.isdir(record["video"]):
         record["frames"] = _frame_paths(record["video"])  # a frame folder is its frames
         if not record["frames"]:
@@ -157,7 +168,7 @@ def to_example(record: Mapping[str, Any], fields: Sequence[str]) -> dict[str, An
         value = record[field]
         if field in ("image", "video"):
             example[SOURCE_PATHS].append(value)
-            value = _read(value)
+            value = _read(value, record if field == "image" else None)
             if field == "image":
                 _check_image(value, record["image"])
             else:
