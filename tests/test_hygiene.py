@@ -5,6 +5,7 @@ step once, the console ETA is right when every step is logged, and restoring the
 import json
 import logging
 import os
+import signal
 
 import pytest
 
@@ -113,3 +114,15 @@ def test_restoring_a_13_source_data_state_prepares_few_examples(tmp_path, monkey
     batch = int(config.data.global_batch_size)
     # Grain's default read-ahead prepared 500 examples per source (6,500) before the first batch.
     assert batch <= len(prepared) <= 40 * batch, len(prepared)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_ask_one_process_to_save_and_stop(signum):
+    previous = signal.getsignal(signum)
+    preemption = trainer._Preemption()
+    assert not preemption.coordinated  # no jax.distributed client in this process
+    assert not preemption.reached(1)
+    os.kill(os.getpid(), signum)
+    assert preemption.reached(2)
+    preemption.restore()
+    assert signal.getsignal(signum) is previous

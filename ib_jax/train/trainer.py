@@ -2,7 +2,8 @@
 
 Restarting the same command resumes from the newest readable checkpoint (parameters, optimizer
 state and the data iterator; a damaged one is set aside, see `resume`), so the losses after a
-restart equal those of an uninterrupted run. SIGTERM saves a checkpoint and returns; a non-finite
+restart equal those of an uninterrupted run. SIGTERM or SIGINT saves a checkpoint at the next step
+on every process (JAX's preemption sync point, no per-step collective) and returns; a non-finite
 loss stops the run before anything is saved. When the last step is saved, process 0 writes
 `checkpoint.FINAL_MARKER` into the workdir. Whatever ends the run, the async checkpoint write in
 flight completes and the data workers are stopped before `train` returns or raises.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -24,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax._src import distributed as jax_distributed  # the client jax.distributed made
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import ib_jax
@@ -114,32 +118,49 @@ def _initial_params(init: ml_collections.ConfigDict, model_config: ModelConfig) 
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves and returns at the next step boundary."""
+    """SIGTERM or SIGINT: every process saves at the same next step boundary, then returns.
+
+    One process: a Python handler sets a flag. With a coordination service (jax.distributed),
+    JAX's preemption sync manager catches SIGTERM (in C++, from `jax.distributed.initialize` on)
+    and tells the service, which agrees in the background on a step every process will reach;
+    `reached` reads that answer without a collective, so the host keeps dispatching steps ahead
+    (a per-step all-gather waited for every step to finish). SIGINT is passed on to it as a
+    SIGTERM. Orbax's CheckpointManager and MaxText ask the same sync point.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.coordinated = jax_distributed.global_state.client is not None
+        # SIGTERM stays with JAX's notifier when there is one: a Python handler would replace it.
+        handled = (signal.SIGINT,) if self.coordinated else self.SIGNALS
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in handled}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        logger.warning("SIGTERM received: saving a checkpoint and stopping")
+        del frame
+        name = signal.Signals(signum).name
+        if self.coordinated:
+            logger.warning("%s received: passed on to JAX's preemption notifier as SIGTERM", name)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        logger.warning("%s received: saving a checkpoint and stopping", name)
         self.requested = True
 
-    def any_process(self) -> bool:
-        """Whether any process got SIGTERM (a collective with several processes).
-
-        Every process must stop at the same step: the save is a collective, and a process that
-        went on alone would wait forever in the next step's collectives.
-        """
-        if jax.process_count() == 1:
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step`; call at every step (the sync manager counts
+        them). Every process answers True at the same step."""
+        if not self.coordinated:
             return self.requested
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+        if multihost_utils.reached_preemption_sync_point(step):
+            logger.warning("preemption notice: every process saves at step %d and stops", step)
+            return True
+        return False
 
     def restore(self) -> None:
-        """Reinstall the SIGTERM handler that was there before."""
-        signal.signal(signal.SIGTERM, self._previous)
+        """Reinstall the handlers that were there before."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 @dataclasses.dataclass
@@ -359,7 +380,7 @@ def _loop(
                 last["mfu"] = step_flops / step_time / (peak * jax.device_count())
             writer.write(step, last)
             window_start, window_steps = time.perf_counter(), 0
-        stop = preemption.any_process() or step - start == tcfg.get("stop_after_steps", 0)
+        stop = preemption.reached(step) or step - start == tcfg.get("stop_after_steps", 0)
         if stop or is_last or step % config.checkpoint.every_steps == 0:
             if not np.isfinite(float(metrics["loss"])):  # never save a diverged state
                 raise NonFiniteLossError(
