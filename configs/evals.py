@@ -165,6 +165,11 @@ def _protocol(lm_type: str) -> dict[str, dict]:
     }
 
 
+# Datasets whose paper split only an evaluation server scores (VizWiz test-dev): their local
+# score is the public val split's, declared under this name, never the paper split's;
+# ib_jax/eval/submission.py writes the server's file next to the predictions.
+REPORTED_AS = {"vizwiz": "vizwiz_val"}
+
 # Per LM family (DECODING); PROTOCOL is FlanT5's.
 PROTOCOLS: dict[str, dict[str, dict]] = {lm: _protocol(lm) for lm in DECODING}
 PROTOCOL = PROTOCOLS["t5"]
@@ -204,5 +209,7 @@ def declare(
                 f"configs/evals.py: no evaluation protocol for {name!r}; known: {sorted(protocol)}"
             )
         row = config_types.defaults(config_types.Evaluation, **protocol[name], **overrides)
-        evals[name] = {k: v for k, v in row.items() if k != "name"}  # the key is the name
+        if name in REPORTED_AS:  # reads the dataset `name`, reports under the public split's name
+            row["dataset"] = name
+        evals[REPORTED_AS.get(name, name)] = {k: v for k, v in row.items() if k != "name"}
     return evals

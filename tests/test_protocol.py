@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from configs import data_heldin, eval_heldout
+from configs import data_heldin, eval_heldout, evals
 from data_pipelines import eval_pipeline, registry, templates
 from ib_jax import configs_util, decode
 from ib_jax.contract.config import RunConfig
@@ -52,8 +52,11 @@ def test_the_table_covers_the_papers_held_out_suite(protocol):
 def test_declared_evaluations_equal_the_protocol(protocol, lm):
     config = configs_util.load_config(f"configs/eval_heldout.py:root=/data,lm={lm}")
     family = protocol["lm"][lm]
-    declared = {e.name: e for e in RunConfig.from_config(config).evals}
+    declared = {e.dataset: e for e in RunConfig.from_config(config).evals}
     assert set(declared) == set(protocol["evals"])
+    # A server-scored split's local score carries its public split's name, never the paper's.
+    for name, server in protocol["server_scored"].items():
+        assert declared[name].name == server["local_name"]
     mismatches = []
     for name in sorted(declared):
         for field, value in _expected(protocol, name, family).items():
@@ -177,6 +180,7 @@ def test_held_in_lengths_and_mixture_are_lavis():
 def test_vizwiz_submission_file_is_the_servers_format(tmp_path, protocol):
     server = protocol["server_scored"]["vizwiz"]
     assert submission.LOCAL_NAMES["vizwiz"] == server["local_name"] == "vizwiz_val"
+    assert evals.REPORTED_AS == submission.LOCAL_NAMES
     predictions = [
         {"id": "VizWiz_test_00020000", "prediction": "coffee mug", "nonfinite": False},
         {"id": "VizWiz_test_00020001.jpg", "prediction": None, "nonfinite": True},
