@@ -154,22 +154,26 @@ def load_clip_frames(source: str | Sequence[str], num_frames: int) -> list[Image
     multi-page TIFF, ...).
     """
     if isinstance(source, str) and source.lower().endswith(VIDEO_SUFFIXES):
-        if not os.path.isfile(source):
+        if not epath.Path(source).is_file():  # a local path or a bucket (gs://)
             raise BadImageError(f"cannot read video {source!r}: no such file")
+        if "://" in source:  # PyAV opens local paths; a bucket's video is read into memory
+            return decode_video(io.BytesIO(epath.Path(source).read_bytes()), num_frames, source)
         return decode_video(source, num_frames)
     if isinstance(source, (list, tuple)):
         paths = list(source)
-    elif os.path.isdir(source):
+    elif epath.Path(source).is_dir():
         paths = sorted(
-            os.path.join(source, name)
-            for name in os.listdir(source)
-            if name.lower().endswith(IMAGE_SUFFIXES)
+            os.path.join(source, name.name)
+            for name in epath.Path(source).iterdir()
+            if name.name.lower().endswith(IMAGE_SUFFIXES)
         )
         if not paths:
             raise BadImageError(f"clip directory {source!r} holds no frame images")
     else:
         try:
-            with Image.open(source) as clip:
+            # A bucket path (gs://) is read through etils.epath.
+            opened = io.BytesIO(epath.Path(source).read_bytes()) if "://" in source else source
+            with Image.open(opened) as clip:
                 count = getattr(clip, "n_frames", 1)
                 frames = []
                 for index in uniform_frame_indices(count, num_frames):

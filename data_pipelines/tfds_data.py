@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from data_pipelines import images
@@ -272,14 +273,11 @@ def _is_frames(feature: Any) -> bool:  # also tfds.features.Video, a Sequence of
 
 def _open_builder(location: str, data_dir: str | None, where: str) -> Any:
     """A TFDS builder from a directory (a version directory, or the one above it) or a name."""
-    if os.path.isdir(location):
-        if not os.path.exists(os.path.join(location, "dataset_info.json")):
+    directory = epath.Path(location)  # a local directory or a bucket (gs://)
+    if directory.is_dir():
+        if not (directory / "dataset_info.json").exists():
             versions = sorted(
-                (
-                    v
-                    for v in os.listdir(location)
-                    if os.path.isfile(os.path.join(location, v, "dataset_info.json"))
-                ),
+                (v.name for v in directory.iterdir() if (v / "dataset_info.json").is_file()),
                 key=lambda v: tfds.core.Version(v) if tfds.core.Version.is_valid(v) else v,
             )
             if not versions:

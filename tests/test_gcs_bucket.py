@@ -62,6 +62,7 @@ def gcs_env():
             os.environ,
             STORAGE_EMULATOR_HOST=url,  # gcsfs (anonymous against an emulator)
             TENSORSTORE_GCS_HTTP_URL=url,  # TensorStore, i.e. Orbax's array reads and writes
+            CLOUD_STORAGE_EMULATOR_ENDPOINT=url,  # google-cloud-cpp in array_record (TFDS data)
             GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",  # TensorStore's credentials
             # gcsfs asks a gRPC endpoint whether the bucket is hierarchical; the emulator has
             # none and each ask retries for about a minute.
@@ -113,6 +114,63 @@ def test_a_forbidden_bucket_ends_in_one_line(gcs_env):
     assert done.returncode == 3, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "--workdir='gs://forbidden-b/run' is not writable: Forbidden" in done.stderr
+
+
+# Writes the same media locally and in the bucket, then reads both through the data layer.
+MEDIA = r"""
+import os, sys
+import av, numpy as np
+from etils import epath
+from PIL import Image
+from data_pipelines import images, sources
+local, bucket, tfds_dir = sys.argv[1:4]
+
+def upload(source, target):
+    for d, _, names in os.walk(source):
+        for n in names:
+            path = os.path.join(d, n)
+            t = epath.Path(target) / os.path.relpath(path, source)
+            t.parent.mkdir(parents=True, exist_ok=True)
+            t.write_bytes(open(path, "rb").read())
+
+os.makedirs(os.path.join(local, "frames"))
+colors = [(40 * i, 255 - 40 * i, 100) for i in range(6)]
+for i, color in enumerate(colors):
+    Image.new("RGB", (32, 32), color).save(os.path.join(local, "frames", f"{i:02d}.png"))
+with av.open(os.path.join(local, "clip.mp4"), "w") as out:
+    stream = out.add_stream("mpeg4", rate=6)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    for color in colors:
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), color, np.uint8), format="rgb24")
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+upload(local, bucket)
+upload(tfds_dir, bucket + "/tfds")
+for name in ("frames", "clip.mp4"):
+    ours = images.load_clip_frames(os.path.join(local, name), 3)
+    theirs = images.load_clip_frames(bucket + "/" + name, 3)
+    assert [np.asarray(f).tolist() for f in ours] == [np.asarray(f).tolist() for f in theirs], name
+entry = {"name": "demo_vqa", "split": "train"}
+ours = sources.load_records(dict(entry, tfds=os.path.join(tfds_dir, "demo_vqa", "train")))
+theirs = sources.load_records(dict(entry, tfds=bucket + "/tfds/demo_vqa/train"))
+assert len(ours) == len(theirs) > 0
+assert [(ours[i]["id"], ours[i]["image_bytes"]) for i in range(3)] == [
+    (theirs[i]["id"], theirs[i]["image_bytes"]) for i in range(3)]
+print("same records and frames from the bucket")
+"""
+
+
+def test_tfds_data_videos_and_frames_read_from_the_bucket(gcs_env, tmp_path):
+    tfds_dir = str(tmp_path / "tfds")
+    prepared = _run(
+        dict(os.environ, JAX_PLATFORMS="cpu"),
+        f"--config=configs/tiny.py:root={tmp_path / 'demo'}", f"--out={tfds_dir}",
+        module="data_pipelines.prepare", timeout=300,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    done = _run(gcs_env, str(tmp_path / "media"), f"gs://{BUCKET}/media", tfds_dir, code=MEDIA)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same records and frames from the bucket" in done.stdout
 
 
 @pytest.mark.slow
