@@ -245,3 +245,28 @@ def test_refuses_a_local_workdir_and_two_tiers():
             cwd=REPO, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 2, done.stderr
+
+
+def test_preflight_names_each_problem_in_one_line(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+    env.pop("IB_JAX_DISTRIBUTED", None)
+
+    def preflight(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "launch.tpu_preflight", *flags],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    ok = preflight(f"--workdir={tmp_path / 'run'}", "--devices_per_host=2", "--min_disk_gb=0")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "ok (process 0 of 1: 2 local / 2 devices" in ok.stdout
+    assert not list((tmp_path / "run" / "launch_logs").iterdir())  # the probe file is removed
+    (tmp_path / "a_file").write_text("")
+    bad = preflight(f"--workdir={tmp_path / 'a_file' / 'run'}", "--devices_per_host=4",
+                    "--min_disk_gb=1e9")  # fmt: skip
+    assert bad.returncode == 3, bad.stderr[-2000:]
+    lines = bad.stdout.splitlines()
+    assert len(lines) == 3, lines
+    assert "devices: this host sees 2, the slice has 4 per host" in lines[0]
+    assert "cannot write and read back a file" in lines[1]
+    assert "need --min_disk_gb=1e+09" in lines[2]
