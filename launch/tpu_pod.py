@@ -19,6 +19,7 @@ Sequence (every command is in launch/tpu_commands.py, each cited in launch/READM
      is recreated and the job relaunched (it resumes from its last checkpoint); a job that died
      is relaunched up to --max_restarts times. Then the logs are collected and the slice deleted
      (`--keep` keeps it). Without `--watch` a detached job is left running on its slice.
+A `--watch` launch that finds its job already running on the slice attaches to it (no restart).
 `--dry_run` prints the commands of a launch on a fresh slice and runs none.
 """
 
@@ -159,12 +160,23 @@ class Launcher:
 
     def run(self) -> int:
         """The whole launch (module docstring); 0 when the job finished or was left running."""
-        restarts = 0
+        restarts, first, status = 0, True, 0
         while True:
             self.ensure_slice()
-            status = self.prepare_and_start()
+            if first and self.pod.watch and self.pod.detach and self.job_running():
+                # A launcher stopped while its job ran (the laptop closed): watch, do not restart.
+                self.log("the job is already running on the slice: watching it")
+            else:
+                status = self.prepare_and_start()
+            first = False
             if not self.pod.detach:  # attached: the job ran to its end inside the ssh session
-                self.finish()
+                if status == 0:
+                    self.finish()
+                else:  # kept for a look; the logs are in the workdir
+                    self.shell(
+                        tc.on_all_workers(self.pod, tc.collect_script(self.pod)), check=False
+                    )
+                    self.log(f"job failed (exit status {status}): slice kept")
                 return status
             if not self.pod.watch:
                 self.log(f"started, detached; console: {tc.console_log(self.pod)} on each worker")

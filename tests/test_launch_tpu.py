@@ -138,7 +138,7 @@ def test_watch_survives_a_preemption_and_deletes_the_slice(tmp_path):
         "qr": ["NOT_FOUND", "WAITING_FOR_RESOURCES", "ACTIVE", "ACTIVE", "ACTIVE", "ACTIVE",
                "ACTIVE", "ACTIVE"],
         "node": ["READY", "READY", "PREEMPTED", "PREEMPTED", "READY", "READY"],
-        "running": ["yes", "yes", "no"],
+        "running": ["no", "no", "yes", "yes", "no"],  # not yet running; running; exited
         "done": ["present"],
     }  # fmt: skip
     done, calls = _launch(tmp_path, "--spot", "--watch", scenario=scenario)
@@ -146,6 +146,7 @@ def test_watch_survives_a_preemption_and_deletes_the_slice(tmp_path):
         "queued-resources describe", "queued-resources create",  # no slice: request one
         "queued-resources describe",  # WAITING_FOR_RESOURCES
         "queued-resources describe", "tpu-vm describe",  # ACTIVE, READY
+        "tpu-vm ssh",  # is a job running already? (no)
         "tpu-vm scp", "tpu-vm ssh",  # code
         "tpu-vm ssh", "tpu-vm ssh", "tpu-vm ssh", "tpu-vm ssh",  # install, stop, preflight, start
         "queued-resources describe", "tpu-vm describe", "tpu-vm ssh",  # poll: running
@@ -270,3 +271,27 @@ def test_preflight_names_each_problem_in_one_line(tmp_path):
     assert "devices: this host sees 2, the slice has 4 per host" in lines[0]
     assert "cannot write and read back a file" in lines[1]
     assert "need --min_disk_gb=1e+09" in lines[2]
+
+
+def test_watch_attaches_to_a_running_job_instead_of_restarting_it(tmp_path):
+    scenario = {"qr": ["ACTIVE"], "running": ["yes", "yes", "no"], "done": ["present"]}
+    done, calls = _launch(tmp_path, "--watch", "--keep", scenario=scenario)
+    assert "already running on the slice: watching it" in done.stdout
+    assert _gcloud_verbs(calls) == [
+        "queued-resources describe", "tpu-vm describe", "tpu-vm ssh",  # ACTIVE; running
+        "queued-resources describe", "tpu-vm describe", "tpu-vm ssh",  # poll: exited
+        "storage ls", "tpu-vm ssh",  # done: collect the logs; --keep: no delete
+    ]  # fmt: skip
+    assert not any(c["tool"] == "sudo" for c in calls)  # nothing was stopped
+
+
+def test_an_attached_run_deletes_the_slice_only_when_the_job_succeeded(tmp_path):
+    scenario = {"qr": ["NOT_FOUND", "ACTIVE"], "workers": 1, "job_exit": [0]}
+    done, calls = _launch(tmp_path, "--nodetach", scenario=scenario)
+    assert _gcloud_verbs(calls)[-2:] == ["tpu-vm ssh", "queued-resources delete"]
+    scenario = {"qr": ["NOT_FOUND", "ACTIVE"], "workers": 1, "job_exit": [7]}
+    done, calls = _launch(tmp_path / "failed", "--nodetach", scenario=scenario, check=False)
+    assert done.returncode == 7 and "job failed (exit status 7): slice kept" in done.stdout
+    assert "queued-resources delete" not in _gcloud_verbs(calls)
+    start = next(c for c in calls if c["tool"] == "gcloud" and "tee -a" in c["argv"][-1])
+    assert "setsid" not in start["argv"][-1]

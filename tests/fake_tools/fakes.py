@@ -10,6 +10,7 @@ answer repeats):
     done     storage ls of the done marker: "present" or "missing"
     workers  (an int) how many workers a slice has
     busy_pids  pids `lsof -t /dev/accel*` reports (processes holding the TPU)
+    job_exit the exit status of the venv's `python -m ib_jax.train`
 `tpu-vm ssh --worker=all --command=CMD` runs CMD with bash on each worker in turn, HOME being
 `state_dir/workers/<i>` (deleting the queued resource wipes them: a new slice has new disks), with
 these fakes first on PATH: `sudo` records and runs only `lsof`/`kill`; `uv`, `python3 -m pip`, the
@@ -179,6 +180,8 @@ def main() -> int:
         return 0
     if tool == "srun":
         return srun(argv)
+    if tool == "job-python" and argv[:2] == ["-m", "ib_jax.train"]:
+        return int(_pop("job_exit", 0))
     return 0  # sbatch, job-python
 
 
