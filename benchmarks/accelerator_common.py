@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common, reference
-from ib_jax.models import precision
-from ib_jax.models.configs import from_config_dict
+from ib_jax.contract import precision
+from ib_jax.contract.model import from_config_dict
 from launch import aot
 
 # --model -> the released architecture's config (the tiny one is the tests' model).

@@ -17,9 +17,9 @@ import ib_jax
 from benchmarks import accelerator_common as ac
 from benchmarks import common, reference
 from ib_jax import sharding
+from ib_jax.contract import precision
+from ib_jax.contract.model import from_config_dict
 from ib_jax.eval import ranking
-from ib_jax.models import precision
-from ib_jax.models.configs import from_config_dict
 from ib_jax.train import flops, trainer
 from ib_jax.train.state import merge_params
 from launch import aot

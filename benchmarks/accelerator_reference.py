@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks import accelerator_common as ac
 from benchmarks import common, reference
-from ib_jax.models.configs import from_config_dict
+from ib_jax.contract.model import from_config_dict
 from ib_jax.train import flops
 
 

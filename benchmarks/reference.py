@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ib_jax.contract.model import ModelConfig
 from ib_jax.convert.export import hf_config as exported_config
-from ib_jax.models.configs import ModelConfig
 
 IGNORE_INDEX = -100
 

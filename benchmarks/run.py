@@ -44,7 +44,7 @@ from absl import app, flags
 import ib_jax
 from benchmarks import common, reference, run_report, run_sections
 from ib_jax import sharding
-from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
+from ib_jax.contract.model import ModelConfig, QFormerConfig, T5Config, VisionConfig
 from ib_jax.train import flops
 from ib_jax.train.state import TrainState, split_params
 

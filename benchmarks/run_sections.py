@@ -15,7 +15,7 @@ from benchmarks import common
 from benchmarks import input_pipeline as ip
 from configs import common as config_common
 from ib_jax import sharding
-from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig, to_config_dict
+from ib_jax.contract.model import ModelConfig, QFormerConfig, T5Config, VisionConfig, to_config_dict
 from ib_jax.train import trainer
 
 

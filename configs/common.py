@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from ib_jax.contract import config as config_types
-from ib_jax.models.configs import lora_defaults
+from ib_jax.contract.model import lora_defaults
 
 # EVA ViT-g/14 as used by BLIP-2/InstructBLIP (39 of its 40 blocks), BERT-base Q-Former + [DEC].
 EVA_VIT_G = dict(
@@ -76,7 +76,7 @@ def model(
     vision: dict, qformer: dict, text: dict, lm_type: str = "t5", **overrides
 ) -> ml_collections.ConfigDict:
     """`config.model`: the three towers' sizes plus the composition's defaults (32 instruction-
-    aware queries, precision "bf16_mixed" (ib_jax/models/precision.py: frozen towers stored and
+    aware queries, precision "bf16_mixed" (ib_jax/contract/precision.py: frozen towers stored and
     run in bf16, fp32 master weights for the trainable ones), scanned layers, remat policy
     dots_no_batch). Overrides naming the old `dtype`/`param_dtype` fields without `precision`
     keep those fields in charge (precision left empty)."""

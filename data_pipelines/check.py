@@ -31,10 +31,19 @@ from typing import Any
 from absl import app, flags
 from etils import epath
 
-from data_pipelines import eval_pipeline, formats, images, mixing, preprocess, sources, templates
-from ib_jax import validate
+from data_pipelines import (
+    eval_pipeline,
+    formats,
+    images,
+    mixing,
+    model_checks,
+    preprocess,
+    sources,
+    templates,
+)
 from ib_jax.contract import cli
 from ib_jax.contract.config import evaluations
+from ib_jax.contract.model import from_config_dict
 
 COLUMNS = (
     "dataset",
@@ -333,7 +342,9 @@ def main(argv: list[str]) -> None:
     print(format_table(checks))
     problems = check_tokenizers(data_config)
     # The run's start-up checks: tokenizers, lengths and image size against the model.
-    problems += validate.problems(_CONFIG.value, job="data")
+    if "model" in _CONFIG.value:
+        model = from_config_dict(_CONFIG.value.model)
+        problems += model_checks.problems(data_config, model, report_missing=False)
     max_bad = float(preprocess.setting(data_config, "max_bad_fraction"))
     mixture = mixture_bad_fraction(checks)
     if mixture > max_bad:

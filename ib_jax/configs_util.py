@@ -7,7 +7,7 @@ import os
 
 import ml_collections
 
-from ib_jax.models.configs import ModelConfig, from_config_dict
+from ib_jax.contract.model import ModelConfig, from_config_dict
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

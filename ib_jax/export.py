@@ -38,10 +38,10 @@ from absl import app, flags
 
 from ib_jax import checkpoint as checkpoint_lib
 from ib_jax.contract.config import as_patterns
+from ib_jax.contract.model import from_config_dict
 from ib_jax.convert import api
 from ib_jax.convert import export as export_lib
 from ib_jax.models import lora
-from ib_jax.models.configs import from_config_dict
 
 _UNITS = {
     "": 1,

@@ -38,12 +38,11 @@ from typing import Any
 
 import ml_collections
 
-from data_pipelines import text
+from data_pipelines import model_checks
 from ib_jax import sharding
 from ib_jax.contract.config import evaluations
-from ib_jax.contract.text import text_format
+from ib_jax.contract.model import ModelConfig, from_config_dict
 from ib_jax.convert import api, hf_config
-from ib_jax.models.configs import ModelConfig, from_config_dict
 
 JOBS = ("train", "eval", "plan", "data")
 
@@ -89,9 +88,9 @@ def problems(
     found: list[str] = []
     if model_config is not None:
         if job != "plan":  # data_pipelines.check reports missing tokenizer files itself
-            found += _tokenizers(data, model_config, report_missing=job != "data")
-        found += _lengths(data, model_config)
-        found += _image(data, model_config)
+            found += model_checks.tokenizer_problems(data, model_config, job != "data")
+        found += model_checks.length_problems(data, model_config)
+        found += model_checks.image_problems(data, model_config)
         found += _pretrained(config, model_config)
     if job in ("train", "eval", "plan") and "mesh" in config:
         found += _mesh_and_batches(config, job, num_devices, process_count)
@@ -103,123 +102,8 @@ def problems(
 
 
 # ---------------------------------------------------------------------------------------------
-# Model against data
+# The pretrained checkpoint against the model (the data against the model: data_pipelines/model_checks.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def _get(section: Any, key: str, default: Any = None) -> Any:
-    return section.get(key, default) if hasattr(section, "get") else default
-
-
-def _tokenizers(data: Any, model: ModelConfig, report_missing: bool = True) -> list[str]:
-    found: list[str] = []
-    missing = found if report_missing else []
-    lm_type = _get(data, "lm_type") or "t5"
-    if lm_type != model.lm_type:
-        found.append(
-            f"data.lm_type={lm_type!r} lays out text for another LM than model.lm_type="
-            f"{model.lm_type!r}"
-        )
-    vocab = _get(data, "qformer_vocab")
-    if vocab and _file_exists(vocab, "data.qformer_vocab", missing):
-        try:
-            qformer = text.QFormerTokenizer(str(vocab))
-        except ValueError as error:
-            found.append(f"data.qformer_vocab: {error}")
-        else:
-            if qformer.vocab_size > model.qformer.vocab_size:
-                found.append(
-                    f"data.qformer_vocab={vocab!r} has {qformer.vocab_size} ids (counting "
-                    f"[DEC]), more than model.qformer.vocab_size={model.qformer.vocab_size}"
-                )
-    spm = _get(data, "lm_spm")
-    if spm and _file_exists(spm, "data.lm_spm", missing):
-        try:
-            lm = text.LMTokenizer(str(spm), text_format(model.lm_type))
-        except ValueError as error:
-            found.append(f"data.lm_spm: {error}")
-        else:
-            found += _lm_ids(str(spm), lm, model.text)
-    return found
-
-
-def _lm_ids(spm: str, lm: Any, text_config: Any) -> list[str]:
-    found = []
-    if lm.vocab_size > text_config.vocab_size:
-        found.append(
-            f"data.lm_spm={spm!r} has {lm.vocab_size} ids, more than model.text.vocab_size="
-            f"{text_config.vocab_size}"
-        )
-    ids = {"eos_token_id": lm.eos_id, "pad_token_id": lm.pad_id}
-    if lm.bos_id is not None and hasattr(text_config, "bos_token_id"):
-        ids["bos_token_id"] = lm.bos_id
-    for field, ours in ids.items():
-        if getattr(text_config, field) != ours:
-            found.append(
-                f"data.lm_spm={spm!r} gives {field.removesuffix('_token_id')} id {ours}, but "
-                f"model.text.{field}={getattr(text_config, field)}"
-            )
-    return found
-
-
-def _lengths(data: Any, model: ModelConfig) -> list[str]:
-    found = []
-    qformer_len = _get(data, "qformer_max_len")
-    if (
-        qformer_len
-        and model.instruction_aware
-        and qformer_len > model.qformer.max_position_embeddings
-    ):
-        found.append(
-            f"data.qformer_max_len={qformer_len} exceeds model.qformer.max_position_embeddings="
-            f"{model.qformer.max_position_embeddings}"
-        )
-    limit = getattr(model.text, "max_position_embeddings", None)
-    text_len, target_len = _get(data, "text_max_len"), _get(data, "target_max_len")
-    if limit and text_len and target_len:  # decoder-only: queries, instruction, target in one
-        total = model.num_query_tokens + text_len + target_len
-        if total > limit:
-            found.append(
-                f"model.num_query_tokens + data.text_max_len + data.target_max_len = "
-                f"{model.num_query_tokens} + {text_len} + {target_len} = {total} exceeds "
-                f"model.text.max_position_embeddings={limit}"
-            )
-    return found
-
-
-def fit_lengths(data: Any, model: ModelConfig) -> list[str]:
-    """Cut the data config's token lengths (in place) to what `model`'s position tables hold;
-    one message per length cut. For evaluating a checkpoint whose architecture the config does
-    not describe (a converted model of another size): the instruction is truncated, as a longer
-    one would be, instead of reading past the position table."""
-    cut = []
-    qformer_limit = model.qformer.max_position_embeddings
-    if model.instruction_aware and _get(data, "qformer_max_len", 0) > qformer_limit:
-        cut.append(f"data.qformer_max_len={data.qformer_max_len} cut to {qformer_limit}")
-        data.qformer_max_len = qformer_limit
-    limit = getattr(model.text, "max_position_embeddings", None)
-    if limit:  # decoder-only: queries, instruction and target share the positions
-        room = limit - model.num_query_tokens - _get(data, "target_max_len", 0)
-        if _get(data, "text_max_len", 0) > room:
-            cut.append(f"data.text_max_len={data.text_max_len} cut to {room}")
-            data.text_max_len = room
-    return [f"{c}: model.{'qformer' if 'qformer' in c else 'text'} position table" for c in cut]
-
-
-def _image(data: Any, model: ModelConfig) -> list[str]:
-    found, patch = [], model.vision.patch_size
-    if model.vision.image_size % patch:
-        found.append(
-            f"model.vision.image_size={model.vision.image_size} is not a multiple of "
-            f"model.vision.patch_size={patch}: the position table would not match the patch grid"
-        )
-    size = _get(data, "image_size")
-    if size and size % patch:
-        found.append(
-            f"data.image_size={size} is not a multiple of model.vision.patch_size={patch}: the "
-            f"last {size % patch} pixel rows and columns would be dropped"
-        )
-    return found
 
 
 def pretrained_model_config(path: str) -> ModelConfig:
@@ -233,7 +117,7 @@ def pretrained_model_config(path: str) -> ModelConfig:
 
 
 def _pretrained(config: Any, model: ModelConfig) -> list[str]:
-    path = _get(_get(config, "init") or {}, "pretrained")
+    path = model_checks.setting_of(model_checks.setting_of(config, "init") or {}, "pretrained")
     if not path:
         return []
     from etils import epath
@@ -285,7 +169,7 @@ def _mesh_and_batches(
         num_devices = jax.device_count() if num_devices is None else num_devices
         process_count = jax.process_count() if process_count is None else process_count
     mesh_config, field = config["mesh"], "mesh.shape"
-    eval_mesh = _get(_get(config, "eval") or {}, "mesh")
+    eval_mesh = model_checks.setting_of(model_checks.setting_of(config, "eval") or {}, "mesh")
     if job == "eval" and eval_mesh:
         mesh_config, field = (
             ml_collections.ConfigDict(dict(shape=dict(eval_mesh["shape"]))),
@@ -303,17 +187,25 @@ def _mesh_and_batches(
     shards = shape["data"] * shape["fsdp"]
     data = config["data"]
     if job == "eval":
-        eval_config = _get(config, "eval") or {}
+        eval_config = model_checks.setting_of(config, "eval") or {}
         batches = [
             (
                 "eval.batch_size",
-                _get(eval_config, "batch_size") or _get(data, "eval_batch_size") or 8,
+                model_checks.setting_of(eval_config, "batch_size")
+                or model_checks.setting_of(data, "eval_batch_size")
+                or 8,
                 1,
             )
         ]
     else:
-        accum = int(_get(config["train"], "grad_accum_steps", 1) or 1) if "train" in config else 1
-        batches = [("data.global_batch_size", _get(data, "global_batch_size"), accum)]
+        accum = (
+            int(model_checks.setting_of(config["train"], "grad_accum_steps", 1) or 1)
+            if "train" in config
+            else 1
+        )
+        batches = [
+            ("data.global_batch_size", model_checks.setting_of(data, "global_batch_size"), accum)
+        ]
     found = []
     for name, batch, accum in batches:
         if not batch:
@@ -329,27 +221,19 @@ def _mesh_and_batches(
     return found
 
 
-def _file_exists(path: str, field: str, found: list[str]) -> bool:
-    from etils import epath
-
-    try:
-        if epath.Path(str(path)).exists():
-            return True
-    except Exception as error:  # gs:// without gcsfs (ImportError), no credentials, ...
-        found.append(f"{field}: {str(path)!r} cannot be read: {type(error).__name__}: {error}")
-        return False
-    found.append(f"{field}: file {str(path)!r} does not exist")
-    return False
-
-
 def _job_entries(config: Any, data: Any, job: str) -> list[tuple[str, Mapping[str, Any]]]:
     if job == "train":
-        return [(f"data.datasets[{i}]", e) for i, e in enumerate(_get(data, "datasets") or [])]
-    split = _get(_get(config, "eval") or {}, "split") or "eval"
+        return [
+            (f"data.datasets[{i}]", e)
+            for i, e in enumerate(model_checks.setting_of(data, "datasets") or [])
+        ]
+    split = (
+        model_checks.setting_of(model_checks.setting_of(config, "eval") or {}, "split") or "eval"
+    )
     wanted = {(e.dataset, e.split or split) for e in evaluations(config)}
     return [
         (f"data.eval_datasets[{i}]", e)
-        for i, e in enumerate(_get(data, "eval_datasets") or [])
+        for i, e in enumerate(model_checks.setting_of(data, "eval_datasets") or [])
         if (e.get("name"), e.get("split") or "eval") in wanted
     ]
 
@@ -363,7 +247,7 @@ def _dataset_files(config: Any, data: Any, job: str) -> list[str]:
         field = f"{field} ({entry.get('name')})"
         paths = entry.get("ann_path")
         for path in [paths] if isinstance(paths, str) else list(paths or []):
-            _file_exists(path, f"{field}.ann_path", found)
+            model_checks.file_exists(path, f"{field}.ann_path", found)
         root = entry.get("image_root")
         if root and not os.path.isdir(root) and "://" not in str(root):
             found.append(f"{field}.image_root: directory {root!r} does not exist")

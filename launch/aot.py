@@ -30,7 +30,7 @@ import ml_collections
 from absl import app, flags
 
 from ib_jax import cli, sharding, validate
-from ib_jax.models.configs import from_config_dict
+from ib_jax.contract.model import from_config_dict
 from ib_jax.train import flops, trainer
 from launch import aot_eval
 from launch.aot_common import (

@@ -24,8 +24,8 @@ import jax
 import ml_collections
 from absl import flags
 
+from ib_jax.contract.model import from_config_dict
 from ib_jax.eval import program as program_lib
-from ib_jax.models.configs import from_config_dict
 from ib_jax.models.instructblip import InstructBlip
 from launch.aot_common import (
     DEFAULT_LENGTHS,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from benchmarks import common, reference, run, run_report
+from ib_jax.contract.model import LlamaConfig
 from ib_jax.convert.hf_config import model_config_from_hf
-from ib_jax.models.configs import LlamaConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -218,7 +218,7 @@ def test_t5_layout_is_unchanged_by_the_format_choice(spm_model):
 
 
 def test_tokenizer_and_model_ids_must_agree(llama_spm_dir):
-    from ib_jax.models.configs import LlamaConfig, T5Config
+    from ib_jax.contract.model import LlamaConfig, T5Config
 
     path = str(llama_spm_dir / "tokenizer.model")
     with pytest.raises(ValueError, match="no pad piece"):

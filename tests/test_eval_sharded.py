@@ -14,11 +14,11 @@ from configs import demo_vicuna, evals
 from data_pipelines import demo_data, eval_pipeline, sources, text
 from ib_jax.configs_util import load_config
 from ib_jax.contract.config import evaluations
+from ib_jax.contract.model import from_config_dict
 from ib_jax.contract.text import text_format
 from ib_jax.eval import evaluators, loading, runner
 from ib_jax.eval import job as evaluate
 from ib_jax.eval import program as program_lib
-from ib_jax.models.configs import from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -76,7 +76,7 @@ def _config(root: str) -> ml_collections.ConfigDict:
 
 
 def _params(config, seed: int):
-    from ib_jax.models.configs import from_config_dict
+    from ib_jax.contract.model import from_config_dict
     from ib_jax.models.instructblip import InstructBlip, init_params
 
     model = InstructBlip(from_config_dict(config.model))
@@ -143,8 +143,8 @@ def test_heldout_config_declares_the_13_evaluations_without_a_model():
 
 
 def test_one_shot_on_a_converted_directory(config, tmp_path):
+    from ib_jax.contract.model import from_config_dict
     from ib_jax.convert import api
-    from ib_jax.models.configs import from_config_dict
 
     _, params = _params(config, seed=0)
     converted = str(tmp_path / "converted")
@@ -253,8 +253,8 @@ def test_heldout_config_evaluates_a_converted_checkpoint_of_another_size(config,
     import sys
 
     from data_pipelines.miniature import write_miniature
+    from ib_jax.contract.model import from_config_dict
     from ib_jax.convert import api
-    from ib_jax.models.configs import from_config_dict
 
     root = str(tmp_path / "mini")
     write_miniature(root, seed=0)

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from data_pipelines import demo_data
 from ib_jax import checkpoint
 from ib_jax.configs_util import load_config
+from ib_jax.contract.model import from_config_dict
 from ib_jax.convert.__main__ import main as convert_main
 from ib_jax.convert.hf_config import model_config_from_hf
 from ib_jax.export import main as export_main
-from ib_jax.models.configs import from_config_dict
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference
 

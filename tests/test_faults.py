@@ -461,7 +461,7 @@ def test_each_inconsistency_is_one_message_naming_field_and_values(data_root, tm
 
 
 def test_pretrained_architecture_and_unwritable_workdir(data_root, tmp_path):
-    from ib_jax.models.configs import to_config_dict
+    from ib_jax.contract.model import to_config_dict
 
     config = _config(data_root)
     pretrained = tmp_path / "pretrained"  # a converted directory: config.json + params/

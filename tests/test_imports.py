@@ -9,9 +9,8 @@ fail naming the modules and lines on:
 - a two-way dependency between the top-level packages (with `ib_jax.contract` counted as its own
   package, since it is the layer both sides share) or between the parts of `ib_jax` (its
   subpackages and top-level modules: contract, models, convert, train, eval, decode, ...);
-- `data_pipelines` importing anything of `ib_jax` but `ib_jax.contract` (its one program that
-  checks data against the model, `PROGRAMS`, excepted), `ib_jax` importing `data_pipelines`
-  outside the job modules (`JOBS`);
+- `data_pipelines` importing anything of `ib_jax` but `ib_jax.contract`, `ib_jax` importing
+  `data_pipelines` outside the job modules (`JOBS`);
 - `ib_jax.contract` importing anything of the project, or loading an ML framework (jax, numpy...);
 - the model side (models, decode, convert, eval.metrics) reaching `data_pipelines`, even through
   other modules;
@@ -48,8 +47,6 @@ LIGHT_MODULES: dict[str, str] = {
 # Programs that sit on top of the layers they check, although they live in a package's folder:
 # each is its own unit in the package checks, and nothing in the project may import it.
 PROGRAMS: dict[str, str] = {
-    "data_pipelines.check": "the pre-pod check of a run config: its datasets, and the data "
-    "against the model (ib_jax.validate, the trainer's start-up checks)",
     "ib_jax.evaluate": "`python -m ib_jax.evaluate`, the documented alias of the eval job's "
     "program (ib_jax/eval/__main__.py)",
 }

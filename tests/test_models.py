@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ib_jax.contract.batch import MODEL_INPUTS
-from ib_jax.models.configs import ModelConfig, QFormerConfig, T5Config, VisionConfig
+from ib_jax.contract.model import ModelConfig, QFormerConfig, T5Config, VisionConfig
 from ib_jax.models.instructblip import InstructBlip
 from tests import reference
 

@@ -20,7 +20,7 @@ def test_pip_install_gives_the_library_outside_the_repository(tmp_path):
     # A user's script in another directory: only the installed copy is on the path (no cwd repo).
     script = (
         "import os, ib_jax, data_pipelines.demo_data as demo, data_pipelines.formats as formats\n"
-        "from ib_jax.models.configs import ModelConfig\n"
+        "from ib_jax.contract.model import ModelConfig\n"
         "print(ib_jax.__file__)\n"
         "assert os.path.exists(demo.DEMO_SPM) and os.path.exists(demo.DEMO_VOCAB)\n"
         "assert 'vqav2' in formats.PARSERS\n"

@@ -1,4 +1,4 @@
-"""The mixed-precision policy (ib_jax/models/precision.py) on the tiny model, on CPU.
+"""The mixed-precision policy (ib_jax/contract/precision.py) on the tiny model, on CPU.
 
 bf16_mixed against fp32 on the same fan-in initialised weights: the loss within 1e-2 relative and
 the Q-Former's gradient direction kept (cosine >= 0.99); the compiled training step holds the
@@ -20,7 +20,7 @@ from flax import traverse_util
 
 from ib_jax import sharding
 from ib_jax.configs_util import load_config, model_config
-from ib_jax.models import precision
+from ib_jax.contract import precision
 from ib_jax.models.instructblip import InstructBlip
 from ib_jax.train import trainer
 from ib_jax.train.state import cast_floating, split_params

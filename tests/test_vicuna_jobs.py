@@ -268,8 +268,8 @@ def test_conversion_takes_the_tokenizer_ids_and_names_both_files(tmp_path, caplo
 def test_heldout_config_evaluates_the_training_configs_model(lm, train_config):
     """configs/eval_heldout.py:lm=...,model=1 has the model its training config trains (the eval
     job refuses a checkpoint whose architecture differs), that model's tokenizer and text layout."""
+    from ib_jax.contract.model import from_config_dict
     from ib_jax.eval import loading
-    from ib_jax.models.configs import from_config_dict
 
     arg = "root=/data,model=1" + (f",lm={lm}" if lm else "")
     config = load_config(os.path.join(REPO, f"configs/eval_heldout.py:{arg}"))

@@ -10,7 +10,7 @@ Sections: `train`, `checkpoint`, `init`, `mesh`, `eval` (the eval job), `evals` 
 evaluations, one `Evaluation` each: dataset, mode, prompt, decoding, candidates, metric, batch
 size), `distributed`, and `data` (its optional keys and defaults are `DATA_DEFAULTS`; the data
 side reads them with `data_pipelines.preprocess.setting`). The model section's typed form is the
-model's own `ib_jax.models.configs.ModelConfig`, built by the family registry.
+model's own `ib_jax.contract.model.ModelConfig`, built by the family registry.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-
 # The flags defined here belong to the module calling `define` (its `--help` lists them).
 flags.disclaim_key_flags()
 

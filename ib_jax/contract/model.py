@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import ml_collections
 
+from ib_jax.contract import precision
 from ib_jax.contract.config import as_patterns
-from ib_jax.models import precision
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from ib_jax.contract.model import ModelConfig
 from ib_jax.convert import api, blip2_rules, core, readers, rules
 from ib_jax.convert.api import family_rules, tie_if_headless
 from ib_jax.convert.hf_config import model_config_from_hf, read_hf_config
 from ib_jax.models import families
-from ib_jax.models.configs import ModelConfig
 
 _WORDS = "Qformer.bert.embeddings.word_embeddings.weight"
 _PROJECTION = re.compile(r"(t5|opt|llm)_proj\.weight")

@@ -20,9 +20,9 @@ import numpy as np
 from flax import traverse_util
 
 from ib_jax import sharding
+from ib_jax.contract.model import ModelConfig
 from ib_jax.convert.readers import Entry, LazyState
 from ib_jax.convert.rules import Rule
-from ib_jax.models.configs import ModelConfig
 from ib_jax.models.instructblip import InstructBlip
 
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from ib_jax.contract.model import ModelConfig
 from ib_jax.convert import api, blip2_rules, core, peft, readers, rules
 from ib_jax.models import lora
-from ib_jax.models.configs import ModelConfig
 
 FORMATS = ("instructblip", "blip2")
 DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from ib_jax.models.configs import LlamaConfig, ModelConfig, QFormerConfig, T5Config, VisionConfig
+from ib_jax.contract.model import LlamaConfig, ModelConfig, QFormerConfig, T5Config, VisionConfig
 
 
 def _vision(c: dict[str, Any]) -> VisionConfig:

@@ -26,8 +26,8 @@ import os
 import re
 from typing import Any
 
+from ib_jax.contract.model import LoraConfig
 from ib_jax.convert import api, core, readers, rules
-from ib_jax.models.configs import LoraConfig
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"

@@ -27,9 +27,8 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from data_pipelines import eval_pipeline, preprocess, sources, text
+from data_pipelines import eval_pipeline, model_checks, preprocess, sources, text
 from ib_jax import checkpoint as checkpoint_lib
-from ib_jax import validate
 from ib_jax.contract import config as config_types
 from ib_jax.contract.text import text_format
 from ib_jax.eval import evaluators, hosts, loading, submission
@@ -102,7 +101,7 @@ def evaluate_checkpoint(
     # tokenizer's.
     data_config.lm_type = model.config.lm_type
     data_config.image_size = model.config.vision.image_size
-    for message in validate.fit_lengths(data_config, model.config):
+    for message in model_checks.fit_lengths(data_config, model.config):
         logger.warning("%s", message)
     tokenizer = text.LMTokenizer(str(data_config.lm_spm), text_format(data_config.lm_type))
     tokenizer.check_model(model.config.text)

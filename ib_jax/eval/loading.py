@@ -24,9 +24,9 @@ import ml_collections
 from flax import traverse_util
 
 from ib_jax import checkpoint as checkpoint_lib
+from ib_jax.contract.model import ModelConfig, from_config_dict
 from ib_jax.convert import api, write
 from ib_jax.eval import program as program_lib
-from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip
 
 ARCHITECTURE = ("lm_type", "vision", "qformer", "text", "num_query_tokens", "instruction_aware")

@@ -26,8 +26,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ib_jax import checkpoint, decode, sharding
 from ib_jax.contract.batch import MODEL_INPUTS
 from ib_jax.contract.config import EvalJobConfig, build
+from ib_jax.contract.model import ModelConfig
 from ib_jax.eval import hosts, ranking
-from ib_jax.models.configs import ModelConfig
 from ib_jax.models.instructblip import InstructBlip, init_params
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import flax.linen as nn
 
+from ib_jax.contract.model import TEXT_CONFIGS, LlamaConfig, T5Config
 from ib_jax.contract.text import TEXT_FORMATS, TextFormat
 from ib_jax.models import llama, t5
-from ib_jax.models.configs import TEXT_CONFIGS, LlamaConfig, T5Config
 
 
 @dataclasses.dataclass(frozen=True)

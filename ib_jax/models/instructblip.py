@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ib_jax.contract.model import ModelConfig
 from ib_jax.models import families, layers, lora
-from ib_jax.models.configs import ModelConfig
 from ib_jax.models.lm import Context, Prefill
 from ib_jax.models.losses import mean_cross_entropy
 from ib_jax.models.qformer import QFormer

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ib_jax.contract.batch import IGNORE_INDEX
+from ib_jax.contract.model import LlamaConfig
 from ib_jax.models import layers
-from ib_jax.models.configs import LlamaConfig
 from ib_jax.models.lm import Context, Prefill
 
 Array = jax.Array

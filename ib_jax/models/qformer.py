@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ib_jax.contract.model import QFormerConfig
 from ib_jax.models import layers
-from ib_jax.models.configs import QFormerConfig
 
 Array = jax.Array
 

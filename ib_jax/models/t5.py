@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from ib_jax.contract.batch import IGNORE_INDEX
+from ib_jax.contract.model import T5Config
 from ib_jax.models import layers
-from ib_jax.models.configs import T5Config
 from ib_jax.models.lm import Context, Prefill
 
 Array = jax.Array

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ib_jax.contract.model import VisionConfig
 from ib_jax.models import layers
-from ib_jax.models.configs import VisionConfig
 
 Array = jax.Array
 

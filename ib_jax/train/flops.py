@@ -11,8 +11,8 @@ import dataclasses
 
 import ml_collections
 
+from ib_jax.contract.model import ModelConfig
 from ib_jax.models import families
-from ib_jax.models.configs import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,9 +33,9 @@ from jax.sharding import Mesh
 import ib_jax
 from data_pipelines import train_pipeline
 from ib_jax import checkpoint, distributed, sharding, validate
+from ib_jax.contract import precision
+from ib_jax.contract.model import ModelConfig, from_config_dict
 from ib_jax.convert import blip2
-from ib_jax.models import precision
-from ib_jax.models.configs import ModelConfig, from_config_dict
 from ib_jax.models.instructblip import InstructBlip, init_params
 from ib_jax.train import data_feed, flops, metrics_writer, resume
 from ib_jax.train import optimizer as optim
