@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ib_jax.models.configs import LoraConfig
+from ib_jax.contract.model import LoraConfig
 
 Array = jax.Array
 LEAVES = ("lora_a", "lora_b")
@@ -161,7 +161,8 @@ def check_targets(config: LoraConfig, params: Any) -> None:
     dense = sorted({p.rsplit("/", 1)[0] for p in paths if p.endswith("/kernel")})
     unmatched = [t for t in config.targets if not any(re.search(t, m) for m in targeted)]
     if unmatched:
-        examples = [m for m in dense if re.search(r"(attention|attn|mlp)", m)][:4] or dense[:4]
+        by_name = {m.rsplit("/", 1)[-1]: m for m in dense}  # one per kind of Dense
+        examples = sorted(by_name.values())[:8]
         raise ValueError(
             f"config.model.lora.targets {unmatched} match no Dense of this model; Dense paths "
             f"look like {examples} (all: python -m ib_jax.convert --describe=CONFIG)"
