@@ -13,8 +13,8 @@ import pytest
 import ib_jax
 from configs import tiny
 from data_pipelines import demo_data
+from ib_jax.contract.model import from_config_dict
 from ib_jax.convert import api
-from ib_jax.models.configs import from_config_dict
 from ib_jax.predict import Decoding, Predictor, job, tokenizer_files
 from tests.test_eval_sharded import random_params
 
@@ -22,10 +22,8 @@ README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 GREEDY = Decoding(num_beams=1, max_new_tokens=4, min_new_tokens=1)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def write_checkpoint(directory: str) -> str:
     """A converted tiny model with the demo tokenizers where an HF directory keeps them."""
-    directory = str(tmp_path_factory.mktemp("ckpt") / "tiny")
     config = tiny.get_config()
     params = random_params(config, seed=3)
     api.save_converted(directory, from_config_dict(config.model), params)
@@ -35,20 +33,28 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    """Five rows: three rendered scenes, one missing image, one corrupt file."""
-    root = tmp_path_factory.mktemp("scenes")
+def write_scenes(root) -> None:
+    """root/rows.jsonl: three rendered scenes, a missing image, a corrupt file (five rows)."""
     rng = np.random.default_rng(0)
-    for i, (shape, color) in enumerate(
-        [("circle", "red"), ("square", "blue"), ("triangle", "green")]
-    ):
+    shapes = [("circle", "red"), ("square", "blue"), ("triangle", "green")]
+    for i, (shape, color) in enumerate(shapes):
         demo_data.render_scene(shape, color, 1, rng).save(root / f"{i}.png")
     (root / "broken.png").write_bytes(b"not a png")
     rows = [{"image": f"{i}.png", "question": f"what color is shape {i}?"} for i in range(3)]
     rows.insert(1, {"image": "missing.png", "question": "what shape?"})
     rows.append({"image": "broken.png", "question": "what color?"})
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root)
     return root
 
 
@@ -61,7 +67,7 @@ def test_one_row_per_input_row_in_order_with_errors_and_the_api_agrees(
     checkpoint, scenes, tmp_path
 ):
     out = tmp_path / "out" / "predictions.jsonl"
-    rows = job.run(checkpoint, str(scenes / "rows.jsonl"), str(out), decoding=GREEDY, batch_size=2)
+    rows = job.run(checkpoint, str(scenes / "rows.jsonl"), str(out), decoding=GREEDY, batch_size=8)
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == rows and len(rows) == 5
     assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4"]
@@ -105,7 +111,7 @@ def test_folder_of_images_with_one_prompt_and_ranked_candidates(checkpoint, scen
         str(tmp_path / "ranked.jsonl"),
         prompt="what color is the shape?",
         candidates=candidates,
-        batch_size=2,
+        batch_size=8,
         progress=False,
     )
     assert [os.path.basename(r["image"]) for r in rows] == ["0.png", "1.png", "2.png"]

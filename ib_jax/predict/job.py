@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,16 +28,19 @@ import ml_collections
 from etils import epath
 from tqdm import tqdm
 
+import ib_jax
 from data_pipelines import eval_pipeline, sources, text, user_data
 from ib_jax import checkpoint as checkpoint_lib
 from ib_jax import decode
 from ib_jax.contract.config import Evaluation
 from ib_jax.contract.text import text_format
 from ib_jax.eval import evaluators, hosts, loading, runner
+from ib_jax.eval import program as program_lib
 from ib_jax.predict import Decoding, default_lengths, tokenizer_files
 
 logger = logging.getLogger(__name__)
 NAME = "predictions"  # the dataset name of the input (never one of the registry's)
+DATA_PARALLEL = {"shape": {"data": -1, "fsdp": 1, "tensor": 1}, "axis_rules": []}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,23 +58,21 @@ class Source:
 def resolve_checkpoint(path: str) -> Source:
     """A training workdir (its latest step), WORKDIR/checkpoints/STEP, a converted directory or
     an HF InstructBLIP directory (tokenizer files inside it)."""
-    path = os.path.normpath(path)
-    parent = os.path.dirname(path)
-    if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
-        workdir, step = os.path.dirname(parent), int(os.path.basename(path))
-    elif os.path.isdir(os.path.join(path, "checkpoints")):
-        steps = checkpoint_lib.finalized_steps(path)
-        if not steps:
-            raise FileNotFoundError(f"--checkpoint={path}: no finished step in checkpoints/")
-        workdir, step = path, steps[-1]
-    else:
+    run = ib_jax.training_run(path)
+    if run is None:
         vocab, spm = tokenizer_files(path)
         return Source("", path, vocab, spm, {})
-    run = loading._saved_run_config(workdir, step) or {}  # the run's own tokenizers and lengths
-    data = run.get("data") or {}
+    workdir, step = run
+    if step is None:
+        steps = checkpoint_lib.finalized_steps(workdir)
+        if not steps:
+            raise FileNotFoundError(f"--checkpoint={path}: no finished step in checkpoints/")
+        step = steps[-1]
+    saved = loading._saved_run_config(workdir, step) or {}  # the run's tokenizers and lengths
+    data = saved.get("data") or {}
     lengths = {k: int(data[k]) for k in ("qformer_max_len", "text_max_len") if data.get(k)}
     return Source(
-        workdir, step, data.get("qformer_vocab"), data.get("lm_spm"), lengths, run.get("mesh")
+        workdir, step, data.get("qformer_vocab"), data.get("lm_spm"), lengths, saved.get("mesh")
     )
 
 
@@ -165,9 +165,11 @@ def run(
     source = dataclasses.replace(
         source, qformer_vocab=qformer_vocab or source.qformer_vocab, lm_spm=lm_spm or source.lm_spm
     )
-    config = ml_collections.ConfigDict({"mesh": source.mesh} if source.mesh else {})
+    # The run's mesh, else every device of every process holding whole rows (data parallel).
+    config = ml_collections.ConfigDict({"mesh": source.mesh or DATA_PARALLEL})
     loaded = loading.load(config, source.workdir, source.step)
     program = loaded.program
+    program_lib.check_batch(batch_size, program.mesh)
     slotted = "{" in prompt
     options: dict[str, Any] = dict(require_answer=False, images=images, columns=columns)
     if prompt and not slotted:
