@@ -256,3 +256,14 @@ def test_user_names_never_collide_with_the_registry(folder):
         user_data.entry("gqa", str(folder / "x.csv"))
     with pytest.raises(ValueError, match="task='poem' is not one of"):
         user_data.entry("mine", str(folder / "x.csv"), task_name="poem")
+
+
+def test_video_rows_become_clips(folder):
+    rows = [
+        {"video": "clips/a.mp4", "question": "What happens?", "answer": "a dog runs"},
+        {"frames": ["f/0.png", "f/1.png"], "question": "What happens?", "answer": "it rains"},
+    ]
+    (folder / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = _parse(str(folder / "v.jsonl"))
+    assert first["video"] == str(folder / "clips/a.mp4") and "image" not in first
+    assert second["frames"] == [str(folder / "f/0.png"), str(folder / "f/1.png")]

@@ -286,6 +286,8 @@ class _RowConverter:
         """The row's value of `field` (None when the column is absent or the cell empty)."""
         column = self.columns.get(field)
         value = row.get(column) if column else None
+        if value is None and field == "video":  # rows may give a video file or its frames
+            value = next((row[n] for n in FIELDS[field] if row.get(n) is not None), None)
         return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
     def media(self, row: Mapping[str, Any], record: Record) -> None:
