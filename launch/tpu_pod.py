@@ -30,7 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from launch import tpu_commands as tc
 from launch.tpu_commands import JOBS, WORKER_PYTHON, Pod
@@ -47,12 +47,14 @@ class LaunchError(RuntimeError):
 class Shell:
     """Runs (or, dry, prints) commands; a dry run answers as a fresh slice would."""
 
-    def __init__(self, dry_run: bool, sleep=time.sleep):
+    def __init__(self, dry_run: bool, sleep: Callable[[float], None] = time.sleep):
         self.dry_run = dry_run
         self.sleep = (lambda seconds: None) if dry_run else sleep
         self._dry_described = False
 
-    def __call__(self, argv: list[str], *, capture: bool = False, check: bool = True):
+    def __call__(
+        self, argv: list[str], *, capture: bool = False, check: bool = True
+    ) -> tuple[int, str]:
         """The command's (exit status, stdout if captured)."""
         print("+ " + " ".join(shlex.quote(a) for a in argv), flush=True)
         if self.dry_run:
@@ -81,6 +83,7 @@ class Launcher:
     shell: Shell
 
     def log(self, message: str) -> None:
+        """One line of the launcher's own progress."""
         print(f"tpu_pod {self.pod.name}: {message}", flush=True)
 
     def state(self) -> str:
