@@ -42,13 +42,13 @@ import numpy as np
 from absl import app, flags
 
 import ib_jax
-from benchmarks import common, reference, run_report, run_sections
+from benchmarks import common, reference, run_lora, run_report, run_sections
 from ib_jax import sharding
 from ib_jax.contract.model import ModelConfig, QFormerConfig, T5Config, VisionConfig
 from ib_jax.train import flops
 from ib_jax.train.state import TrainState, split_params
 
-SECTIONS = ("compile", "memory", "pipeline")
+SECTIONS = ("compile", "memory", "pipeline", "lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +417,9 @@ def run(
         / res["reference"]["train_step"]["median_s"]
         / res["peak"]["torch_best_flops_per_s"]
     )
+    if "lora" in sections:
+        log_section("LoRA training step (HF + peft vs ours)")
+        res["lora"] = run_lora.measure(bc, hf_model, model, params, batch, log)
     if "memory" in sections:
         log_section("compiling the step with remat policies")
         res["memory"] = run_sections.memory_by_remat(

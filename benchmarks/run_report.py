@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks import run_lora
+
 LOSS_TOLERANCE = 1e-5  # relative difference of the forward losses for "both sides agree"
 TOKENS_TOLERANCE = 0.99  # share of equal generated tokens for "both sides agree"
 
@@ -87,6 +89,7 @@ def table(res: dict[str, Any]) -> str:
             f"{ip['examples_per_s']:.1f} ex/s (step consumes {need:.1f} ex/s) | | keeps up | "
             f"{_yes(ip['examples_per_s'] >= need)} |"
         )
+    rows += run_lora.rows(res)  # the `lora` section, when measured
     rows += agreement_rows(res)
     out = ["\n".join(rows)]
     if res.get("compile"):

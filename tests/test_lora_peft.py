@@ -1,6 +1,7 @@
 """LoRA against Hugging Face peft: adapters made with `get_peft_model` on the tiny re-randomized
 InstructBLIP (T5 and LLaMA), A and B both random, converted with `--peft`, exported back."""
 
+import dataclasses
 import json
 import os
 
@@ -178,3 +179,21 @@ def test_settings_we_do_not_implement_are_refused(made, tmp_path):
     path = _edited_adapter(made, tmp_path, edit_config=lambda c: c.update(use_dora=True))
     with pytest.raises(ValueError, match="use_dora=True"):
         peft.plan_peft(made[1], path)
+
+
+def test_benchmark_lora_step_compares_like_with_like(tmp_path):
+    """benchmarks.run's `lora` section at tiny sizes: peft and ours train the same number of
+    parameters from the same first loss (B = 0: the base model's)."""
+    from benchmarks import reference as bench_reference
+    from benchmarks import run, run_lora
+
+    bc = dataclasses.replace(run.tiny(), warmup=0, repeats=1)
+    hf_model = bench_reference.build(run.model_config(bc), seed=0)
+    hf_model.save_pretrained(tmp_path / "hf")
+    model, params = ib_jax.load_pretrained(str(tmp_path / "hf"))
+    res = {"lora": run_lora.measure(bc, hf_model, model, params, run.make_batch(bc), print)}
+    ref, ours = res["lora"]["reference"], res["lora"]["ours"]
+    assert ref["trainable_params"] == ours["trainable_params"] > 0
+    np.testing.assert_allclose(ours["first_loss"], ref["first_loss"], rtol=1e-5)
+    rows = run_lora.rows(res)
+    assert len(rows) == 2 and rows[1].endswith("| yes |"), rows
