@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shlex
+import tempfile
 import tomllib
 
 from launch.local import REPO
@@ -164,7 +165,7 @@ def on_all_workers(pod: Pod, script: str) -> list[str]:
 
 def archive_path(pod: Pod) -> str:
     """Where the local `git archive` goes (one per slice name: launches do not clobber another)."""
-    return os.path.join("/tmp", f"ib_jax_code-{pod.name}.tar.gz")
+    return os.path.join(tempfile.gettempdir(), f"ib_jax_code-{pod.name}.tar.gz")
 
 
 def copy_code(pod: Pod) -> list[list[str]]:

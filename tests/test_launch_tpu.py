@@ -30,7 +30,8 @@ def _launch(tmp_path, *flags, scenario=None, check=True):
     bin_dir, state = str(tmp_path / "bin"), str(tmp_path / "state")
     if scenario is not None:
         fakes.install(bin_dir, state, scenario)
-    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"])
+    # TMPDIR: the launcher's `git archive` goes there.
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"], TMPDIR=str(tmp_path))
     done = subprocess.run(
         [sys.executable, "-m", "launch.tpu_pod", *FLAGS, *flags],
         cwd=REPO,
