@@ -179,3 +179,24 @@ def test_a_misspelt_field_ends_the_job_in_one_line_with_exit_3(tmp_path):
         + f" (exit status 3; traceback in {tmp_path}/logs/train.log)"
     ]
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    "tool, args",
+    [
+        ("data_pipelines.preview", []),
+        ("data_pipelines.prepare", ["--out=OUT"]),
+        ("data_pipelines.check", ["--config.data.nonsense=1"]),
+    ],
+)
+def test_the_data_tools_end_in_one_line(tmp_path, tool, args):
+    """A data tool on a root without the datasets: one line naming the file, no traceback."""
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    done = _run(tool, f"--config=configs/instructblip_flant5xl.py:root={tmp_path}", *args)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    if "--config.data.nonsense=1" in args:
+        assert done.returncode == 3 and "data.nonsense is not a config field" in lines[0]
+    else:
+        assert done.returncode == 4 and lines[0].startswith(f"{tool.split('.')[-1]}: missing file")
+        assert str(tmp_path) in lines[0]
