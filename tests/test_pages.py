@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import layouts, miniature, sources
+from data_pipelines import pages as data_pages
 from ib_jax.eval import pages as eval_pages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,12 +112,20 @@ def _predictions(records, correct_every: int = 2) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("name, pictures_per_example", [("gqa", 1), ("msvd_qa", 4)])
+@pytest.mark.parametrize(
+    "name, pictures_per_example, with_index",
+    [("gqa", 1, True), ("gqa", 1, False), ("msvd_qa", 4, False)],
+)
 def test_the_eval_page_shows_each_sampled_prediction_with_its_pictures(
-    mini, tmp_path, name, pictures_per_example
+    mini, tmp_path, name, pictures_per_example, with_index
 ):
+    """The pictures of each shown prediction's own example: found by the prediction's `index`,
+    or (as the eval job writes them, in the split's order, without one) by its position."""
     records = sources.load_records(layouts.entry(name, "eval", mini))
     predictions = _predictions(records)
+    if not with_index:
+        for prediction in predictions:
+            del prediction["index"]
     path = tmp_path / "predictions" / name / "step_8.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(p) + "\n" for p in predictions))
@@ -132,9 +141,12 @@ def test_the_eval_page_shows_each_sampled_prediction_with_its_pictures(
     )
     assert written == str(tmp_path / "predictions" / name / "step_8.html")
     page = _Page(written)
-    shown = [predictions[i] for i in eval_pages.sample(len(predictions), 3)]
+    positions = eval_pages.sample(len(predictions), 3)
+    shown = [predictions[i] for i in positions]
     assert len(page.cards) == len(shown) == min(3, len(predictions))
     assert len(page.pictures) == len(shown) * pictures_per_example
+    expected = [uri for i in positions for uri in data_pages.media_pictures(records[i])]
+    assert page.pictures == expected
     for src in page.pictures:
         _decodes(src, str(path.parent))
     for prediction, classes in zip(shown, page.cards):

@@ -50,14 +50,21 @@ def sample(count: int, limit: int) -> list[int]:
 
 
 def _source(
-    record: Mapping[str, Any], records: Sequence[Mapping[str, Any]], by_id: dict[str, int]
+    record: Mapping[str, Any],
+    position: int,
+    records: Sequence[Mapping[str, Any]],
+    by_id: dict[str, int],
+    aligned: bool,
 ) -> Mapping[str, Any] | None:
-    """The data record a prediction came from: by its position in the split, else by id."""
+    """The data record a prediction came from: by its `index` in the split, else by its
+    position when the predictions are the split's in order (`aligned`), else by id."""
     index = record.get("index")
     if isinstance(index, int) and 0 <= index < len(records):
         return records[index]
-    position = by_id.get(str(record.get("id")))
-    return None if position is None else records[position]
+    if aligned:
+        return records[position]
+    found = by_id.get(str(record.get("id")))
+    return None if found is None else records[found]
 
 
 def write_predictions_page(
@@ -83,11 +90,13 @@ def write_predictions_page(
     by_id: dict[str, int] = {}
     for position, data in enumerate(records or ()):
         by_id.setdefault(str(data.get("id")), position)
-    chosen = [predictions[i] for i in sample(len(predictions), limit)]
+    # The eval job writes one prediction per example, in the split's order.
+    aligned = records is not None and len(records) == len(predictions)
     cards = []
-    for record in chosen:
+    for position in sample(len(predictions), limit):
+        record = predictions[position]
         pictures, note = [], str(record.get("error") or "")
-        data = _source(record, records or (), by_id)
+        data = _source(record, position, records or (), by_id, aligned)
         if data is not None:
             try:
                 pictures = pages.media_pictures(data, num_frames)
