@@ -83,11 +83,9 @@ OWN_CAPTION = dict(
 )
 # Long free-form answers (LLaVA conversations, question generation).
 LONG = dict(mode="generate", metric="cider", num_beams=5, max_new_tokens=256, length_penalty=1.0)
-# LAVIS's `_predict_class` scores whole candidates (tokenized uncut); a fixed label width bounds
-# the step's shape here, so the datasets with long options get more than the default 16 tokens.
-# Not measured on the full splits (docs/PROTOCOL.md, "candidates"): 0 (no cut) once the
-# evaluator sizes labels per batch.
-RANK_LEN = dict(scienceqa=64, iconqa=32, visdial=32, msvd_qa=16, msrvtt_qa=16)
+# LAVIS's `_predict_class` scores whole candidates (tokenized uncut): candidate_max_len 0 sizes
+# each batch's labels to its longest candidate (rounded up to a power of two).
+WHOLE = dict(candidate_max_len=0)
 
 
 def _protocol(lm_type: str) -> dict[str, dict]:
@@ -105,7 +103,7 @@ def _protocol(lm_type: str) -> dict[str, dict]:
         "textcaps": dict(caption, prompt="OCR tokens: {ocr}. " + CAPTION_PROMPT),
         "vqav2": _qa("vqa_accuracy"),
         "okvqa": _qa("vqa_accuracy"),
-        "aokvqa": _qa("accuracy", MC_PROMPT, "rank"),
+        "aokvqa": _qa("accuracy", MC_PROMPT, "rank", **WHOLE),
         "ocrvqa": _qa("exact_match"),
         "vqav2_qg": dict(LONG, prompt=QG_PROMPT),
         "okvqa_qg": dict(LONG, prompt=QG_PROMPT),
@@ -123,24 +121,21 @@ def _protocol(lm_type: str) -> dict[str, dict]:
             'Based on the image, is this statement true or false? "{text}" Answer:',
             "rank",
             candidates="true,false",
+            **WHOLE,
         ),
-        "iconqa": _qa("accuracy", MC_PROMPT, "rank", candidate_max_len=RANK_LEN["iconqa"]),
+        "iconqa": _qa("accuracy", MC_PROMPT, "rank", **WHOLE),
         "vizwiz": _qa("vqa_accuracy"),
         "scienceqa": _qa(
             "accuracy",
             "Context: {text} Question: {question} Options: {options}. Answer:",
             "rank",
-            candidate_max_len=RANK_LEN["scienceqa"],
+            **WHOLE,
         ),
         "textvqa": _qa("vqa_accuracy", "OCR tokens: {ocr}. Question: {question} Short answer:"),
         # MSVD/MSRVTT-QA rank the training split's answer vocabulary (each record's `choices`, see
         # data_pipelines/layouts.py EVAL_OPTIONS): ~2,000 candidates, scored 128 per decoder pass.
-        "msvd_qa": _qa(
-            "exact_match", mode="rank", candidate_chunk=128, candidate_max_len=RANK_LEN["msvd_qa"]
-        ),
-        "msrvtt_qa": _qa(
-            "exact_match", mode="rank", candidate_chunk=128, candidate_max_len=RANK_LEN["msrvtt_qa"]
-        ),
+        "msvd_qa": _qa("exact_match", mode="rank", candidate_chunk=128, **WHOLE),
+        "msrvtt_qa": _qa("exact_match", mode="rank", candidate_chunk=128, **WHOLE),
         "ivqa": _qa("ivqa_accuracy"),
         # Visual Dialog ranks 100 options per round: bounded memory with 20 candidates per pass.
         "visdial": _qa(
@@ -148,7 +143,7 @@ def _protocol(lm_type: str) -> dict[str, dict]:
             "Dialog history: {dialog}\n Question: {question} Short answer:",
             "rank",
             candidate_chunk=20,
-            candidate_max_len=RANK_LEN["visdial"],
+            **WHOLE,
         ),
         # Fixed two-way choice scored by likelihood; the first candidate is the positive class (AUC).
         "hateful_memes": _qa(
@@ -156,6 +151,7 @@ def _protocol(lm_type: str) -> dict[str, dict]:
             'This is an image with: "{text}" written on it. Is it hateful? Answer:',
             "rank",
             candidates="yes,no",
+            **WHOLE,
         ),
         # ----- the embedded demo ---------------------------------------------------------------------
         "demo_caption": OWN_CAPTION,

@@ -1,6 +1,7 @@
 """The eval job on a sharded mesh (8 CPU devices) against one device, parameter restoring into
 shardings, the checkpoint's model, and non-finite outputs counted instead of scored."""
 
+import dataclasses
 import json
 import os
 
@@ -250,3 +251,37 @@ def test_a_model_that_outputs_nan_fails_every_dataset_without_a_metric(data_root
         assert f"{size} of {size} examples gave NaN" in results[dataset]["error"]
     lines = [json.loads(x) for x in open(tmp_path / "eval" / "metrics.jsonl")]
     assert all(line["failed"] and "cider" not in line and "accuracy" not in line for line in lines)
+
+
+def test_ranking_whole_candidates_sizes_labels_per_batch(data_root):
+    """candidate_max_len=0 (LAVIS ranks candidates uncut): the labels are as long as the batch's
+    longest candidate, rounded up to a power of two, and the scores equal those of a fixed width
+    that cuts nothing."""
+    config = with_mesh(tiny_config(data_root), None)
+    mesh, rules = program_lib.eval_mesh(config)
+    model = InstructBlip(from_config_dict(config.model))
+    params = program_lib.place(
+        random_params(config), program_lib.abstract_params(model, mesh, rules)
+    )
+    program = program_lib.InferenceProgram(model, params, mesh, rules)
+    tokenizer = text.LMTokenizer(config.data.lm_spm, text_format("t5"))
+    (declared,) = [e for e in evaluations(config) if e.name == "demo_mc"]
+    whole = evaluators.make_evaluator(dataclasses.replace(declared, candidate_max_len=0), tokenizer)
+    fixed = evaluators.make_evaluator(
+        dataclasses.replace(declared, candidate_max_len=64), tokenizer
+    )
+
+    long_option = "a red circle to the left of a blue square above a green triangle " * 2
+    batch = {"meta": {"choices": [["yes", long_option, "no"], ["red", "blue"]]}}
+    tokens = int((tokenizer.encode_candidate(long_option, 4096) != -100).sum())
+    assert tokens > 16  # longer than the old fixed cut
+    assert whole.batch_width(batch, [0, 1]) == (4, 1 << (tokens - 1).bit_length())
+    assert fixed.batch_width(batch, [0, 1]) == (4, 64)
+
+    batches = list(eval_pipeline.build_eval_dataset(config.data, "demo_mc", "eval"))
+    got = whole.run(program, iter(batches), None, 0.5)
+    want = fixed.run(program, iter(batches), None, 0.5)
+    # Another label width compiles another program: equal up to float rounding.
+    for ours, theirs in zip(got.predictions, want.predictions):
+        np.testing.assert_allclose(ours["scores"], theirs["scores"], rtol=1e-5)
+        assert ours["prediction"] == theirs["prediction"]

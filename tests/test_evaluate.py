@@ -291,3 +291,20 @@ def test_heldout_config_evaluates_a_converted_checkpoint_of_another_size(config,
     # The config's 128-token Q-Former instruction was cut to the tiny model's 64 positions.
     log = open(os.path.join(workdir, "logs", "evaluate.log")).read()
     assert "cut to 64: model.qformer position table" in log
+
+
+def test_a_checkpoint_of_another_lm_family_than_the_config_is_refused(config, tmp_path):
+    """The config's tokenizer, text layout and declared decoding are one LM family's: a
+    checkpoint holding another family is refused, naming both (never decoded as the wrong one)."""
+    from ib_jax.contract.model import from_config_dict
+    from ib_jax.convert import api
+    from ib_jax.eval.loading import ModelMismatchError
+
+    _, params = _params(config, seed=0)
+    converted = str(tmp_path / "t5_model")
+    api.save_converted(converted, from_config_dict(config.model), params)
+    vicuna_config = ml_collections.ConfigDict(config.to_dict())
+    del vicuna_config.model  # the checkpoint's model is evaluated
+    vicuna_config.data.lm_type = "llama"
+    with pytest.raises(ModelMismatchError, match=r"'llama' language models .* holds a 't5' LM"):
+        evaluate.run(vicuna_config, str(tmp_path / "run"), converted)

@@ -36,9 +36,19 @@ from typing import Any
 import numpy as np
 
 from ib_jax import decode
+from ib_jax.contract.batch import IGNORE_INDEX
 from ib_jax.contract.config import Evaluation
 from ib_jax.eval import ranking, runner
 from ib_jax.eval.runner import EvalResult
+
+# candidate_max_len = 0 ranks candidates whole, as LAVIS does (`_predict_class` tokenizes them
+# without truncation); label lengths round up to powers of two, for few compiled shapes.
+_LONGEST_CANDIDATE = 4096
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
 
 _REFERENCE_FIELD = {
     ("generate", "vqa_accuracy"): "answers",
@@ -62,7 +72,8 @@ def _meta(batch: dict[str, Any], key: str, row: int) -> Any:
 
 class Evaluator(abc.ABC):
     """Subclasses implement `predict(program, batch, rows, width) -> per-row predictions` (and
-    `batch_width` when the step's shapes depend on the batch); `run` does the bookkeeping."""
+    `batch_width` when the step's shapes depend on the batch); `run` does the bookkeeping.
+    A width is a tuple of ints, agreed across processes element by element (the largest)."""
 
     def __init__(self, settings: Evaluation, tokenizer: Any):
         self.settings = settings
@@ -75,16 +86,16 @@ class Evaluator(abc.ABC):
             )
         self.reference_field = _REFERENCE_FIELD[key]
 
-    def batch_width(self, batch: dict[str, Any], rows: list[int]) -> int:
-        """What the step's shapes need from this process's batch (candidates for ranking; 0 for
-        generation); the processes run the step with the largest. Bad rows raise here, before
-        any process enters the collective step."""
+    def batch_width(self, batch: dict[str, Any], rows: list[int]) -> tuple[int, ...]:
+        """What the step's shapes need from this process's batch ((candidates, candidate
+        tokens) for ranking; (0, 0) for generation); the processes run the step with the largest
+        of each. Bad rows raise here, before any process enters the collective step."""
         del batch, rows
-        return 0
+        return (0, 0)
 
     @abc.abstractmethod
     def predict(
-        self, program: Any, batch: dict[str, Any], rows: list[int], width: int
+        self, program: Any, batch: dict[str, Any], rows: list[int], width: tuple[int, ...]
     ) -> list[dict[str, Any]]:
         """Per-row outputs for the batch rows `rows`: {"prediction": ..., "nonfinite": bool, other
         fields kept}. Called on every process for every batch (also with no valid row).
@@ -129,7 +140,7 @@ class GenerateEvaluator(Evaluator):
     """Beam search / greedy decoding, decoded with the LM tokenizer (VQA, captions, GQA, VSR...)."""
 
     def predict(
-        self, program: Any, batch: dict[str, Any], rows: list[int], width: int
+        self, program: Any, batch: dict[str, Any], rows: list[int], width: tuple[int, ...]
     ) -> list[dict[str, Any]]:
         """Decoded text per row ({"prediction": str, "nonfinite": bool})."""
         s = self.settings
@@ -159,7 +170,7 @@ class RankEvaluator(Evaluator):
                 return list(value)
         return []
 
-    def batch_width(self, batch: dict[str, Any], rows: list[int]) -> int:
+    def batch_width(self, batch: dict[str, Any], rows: list[int]) -> tuple[int, ...]:
         """Candidates per row for this batch: a power of two (few distinct compiled shapes)."""
         per_row = [self._candidates(batch, i) for i in rows]
         if rows and not any(per_row):
@@ -169,16 +180,26 @@ class RankEvaluator(Evaluator):
                 f"{[_meta(batch, 'id', i) for i in rows][:3]} have none"
             )
         width = max((len(c) for c in per_row), default=0)
-        return 1 << (width - 1).bit_length() if width else 0
+        tokens = self.settings.candidate_max_len or _power_of_two(
+            max((self._token_count(c) for row in per_row for c in row), default=1)
+        )
+        return (1 << (width - 1).bit_length() if width else 0, tokens)
+
+    def _token_count(self, candidate: str) -> int:
+        """A candidate's label length uncut (its `</s>` included where the LM's format ends
+        candidates with it)."""
+        labels = self.tokenizer.encode_candidate(candidate, _LONGEST_CANDIDATE)
+        return int((labels != IGNORE_INDEX).sum())
 
     def predict(
-        self, program: Any, batch: dict[str, Any], rows: list[int], width: int
+        self, program: Any, batch: dict[str, Any], rows: list[int], width: tuple[int, ...]
     ) -> list[dict[str, Any]]:
         """Candidate scores per row and the prediction the metric wants (see `_prediction`)."""
         s = self.settings
         size = len(batch["input_ids"])
         per_row = [self._candidates(batch, i) if i in rows else [] for i in range(size)]
-        labels = ranking.candidate_labels(per_row, self.tokenizer, s.candidate_max_len, width)
+        count, tokens = width
+        labels = ranking.candidate_labels(per_row, self.tokenizer, tokens, count)
         scores, nonfinite = program.rank(
             batch, labels, length_normalize=s.length_normalize, chunk_size=s.candidate_chunk
         )

@@ -94,16 +94,21 @@ def evaluate_checkpoint(
     run = config_types.RunConfig.from_config(config)
     program, tag, step = loaded.program, loaded.tag, loaded.step
     model = program.model
-    # A copy: the run config is locked, and the LM family and image size are the evaluated
-    # model's (a config without a model section evaluates whatever the checkpoint holds).
+    # A copy: the run config is locked, and the image size and lengths follow the evaluated
+    # model (a config without a model section evaluates whatever the checkpoint holds).
     data_config = ml_collections.ConfigDict(config.data.to_dict())
-    # The evaluated model's LM family sets the text conventions, and its token ids must be the
-    # tokenizer's.
-    data_config.lm_type = model.config.lm_type
+    declared = preprocess.setting(data_config, "lm_type")
+    if declared != model.config.lm_type:
+        # The config's tokenizer, text layout and declared decoding are another family's.
+        raise loading.ModelMismatchError(
+            f"the eval config is for {declared!r} language models (data.lm_type: its tokenizer, "
+            f"text layout and decoding) but {tag} holds a {model.config.lm_type!r} LM; evaluate "
+            "it with a config for that family (configs/eval_heldout.py: lm=)"
+        )
     data_config.image_size = model.config.vision.image_size
     for message in model_checks.fit_lengths(data_config, model.config):
         logger.warning("%s", message)
-    tokenizer = text.LMTokenizer(str(data_config.lm_spm), text_format(data_config.lm_type))
+    tokenizer = text.LMTokenizer(str(data_config.lm_spm), text_format(declared))
     tokenizer.check_model(model.config.text)
     results = {}
     for evaluation in run.evals:

@@ -69,7 +69,7 @@ def _lockstep(evaluator: Any, batches: Iterable[dict[str, Any]]) -> Iterator[tup
     has a batch; a failure to prepare one on any process raises on all."""
     iterator = iter(batches)
     while True:
-        status, width, rows, error, batch = 1, 0, [], None, None
+        status, width, rows, error, batch = 1, (0, 0), [], None, None
         try:
             batch = next(iterator)
             rows = _valid_rows(batch)
@@ -78,7 +78,7 @@ def _lockstep(evaluator: Any, batches: Iterable[dict[str, Any]]) -> Iterator[tup
             status = 0
         except Exception as e:  # raised below on every process, after they all know
             status, error = 2, e
-        agreed = hosts.allgather_ints([status, width, len(rows)])
+        agreed = hosts.allgather_ints([status, len(rows), *width])
         if (agreed[:, 0] == 2).any():
             hosts.raise_if_any(error, "prepare its batch")
         if (agreed[:, 0] == 0).all():
@@ -88,7 +88,7 @@ def _lockstep(evaluator: Any, batches: Iterable[dict[str, Any]]) -> Iterator[tup
                 "the processes' shards of this dataset have different numbers of batches "
                 f"(finished: {np.flatnonzero(agreed[:, 0] == 0).tolist()})"
             )
-        yield batch, rows, int(agreed[:, 1].max()), int(agreed[:, 2].sum())
+        yield batch, rows, tuple(int(w) for w in agreed[:, 2:].max(0)), int(agreed[:, 1].sum())
 
 
 def predict_records(
