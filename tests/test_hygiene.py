@@ -12,7 +12,7 @@ import pytest
 from data_pipelines import demo_data, miniature, preprocess, train_pipeline
 from ib_jax import checkpoint
 from ib_jax.configs_util import load_config
-from ib_jax.train import metrics_writer, trainer
+from ib_jax.train import metrics_writer, preemption, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,10 +43,10 @@ def test_resumed_writer_drops_the_rows_past_the_resumed_step(tmp_path):
     assert metrics_writer.last_metrics(workdir) == _metrics(40.0)
 
 
-def test_eta_counts_every_step_when_every_step_is_logged(monkeypatch, capsys):
+def test_eta_counts_every_step_when_every_step_is_logged(monkeypatch, capsys, tmp_path):
     clock = iter([100.0, 102.0, 104.0, 106.0])  # one logged step every 2 s
     monkeypatch.setattr(metrics_writer.time, "perf_counter", lambda: next(clock))
-    writer = metrics_writer.MetricsWriter("unused", total_steps=64)
+    writer = metrics_writer.MetricsWriter(str(tmp_path), total_steps=64)
     writer.enabled = True
     writer.jsonl = type("Null", (), {"write": lambda self, row: None})()
     writer.tensorboard = type("Null", (), {"add_scalar": lambda self, *a: None})()
@@ -119,10 +119,10 @@ def test_restoring_a_13_source_data_state_prepares_few_examples(tmp_path, monkey
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_ask_one_process_to_save_and_stop(signum):
     previous = signal.getsignal(signum)
-    preemption = trainer._Preemption()
-    assert not preemption.coordinated  # no jax.distributed client in this process
-    assert not preemption.reached(1)
+    handler = preemption.Preemption()
+    assert not handler.coordinated  # no jax.distributed client in this process
+    assert not handler.reached(1)
     os.kill(os.getpid(), signum)
-    assert preemption.reached(2)
-    preemption.restore()
+    assert handler.reached(2)
+    handler.restore()
     assert signal.getsignal(signum) is previous
