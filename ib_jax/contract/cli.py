@@ -82,6 +82,14 @@ def define_workdir_flag(help_string: str) -> flags.FlagHolder[str]:
     return holder
 
 
+def list_in_help(*names: str) -> None:
+    """Make flags `names` key flags of the program that runs (its `--help` lists them), also
+    when a module defines them for another one (`python -m ib_jax.evaluate` runs ib_jax.eval's
+    command line)."""
+    for name in names:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
 def config_path(holder: flags.FlagHolder) -> str:
     """The `--config` value as given (`path.py` or `path.py:arg`), after flag parsing."""
     return config_flags.get_config_filename(flags.FLAGS[holder.name])

@@ -75,6 +75,7 @@ def define_flags() -> None:
 def run_program() -> None:
     """Define the flags and run the job with one-line failures (`cli.guarded`)."""
     define_flags()
+    cli.list_in_help("config", "workdir", "checkpoint", "watch", "poll_seconds", "watch_timeout")
     app.run(cli.guarded("evaluate", main))
 
 
