@@ -252,3 +252,18 @@ def test_lora_config_reads_lists_strings_and_patterns():
     assert lora.rank_and_scaling(config, "x/b") == (8, 0.5)
     assert lora.rank_and_scaling(config, "x/c") is None
     assert lora.without(from_config_dict(dict(lora=dict(rank=8, targets="a")))).lora == LoraConfig()
+
+
+def test_describe_lists_every_parameter_with_lora_trainable(data_root):
+    from ib_jax.convert.__main__ import describe_paths
+
+    config = _config(data_root, scan=True)
+    config.train.trainable = "^language_projection/"
+    lines = {line.split()[0]: line for line in describe_paths(config)}
+    a = lines["language_model/encoder/layers/self_attention/q/lora_a"]
+    assert "[2, 32, 4]" in a and a.split()[-2:] == ["256", "trainable"]
+    assert lines["language_projection/kernel"].endswith("trainable")
+    assert not lines["language_model/encoder/layers/self_attention/q/kernel"].endswith("trainable")
+    assert len(lines) == len(
+        _flat(_init(InstructBlip(model_config(config)), _batch(config), abstract=True))
+    )

@@ -9,7 +9,8 @@
       --vit=eva_vit_g.pth --language_model=flan-t5-xl/ --config=configs/instructblip_flant5xl.py --out=OUT
   python -m ib_jax.convert --blip2=blip2_pretrained.pth --vit=eva_vit_g.pth \\
       --language_model=vicuna-7b/ --config=configs/instructblip_vicuna7b.py --seed=0 --out=OUT
-  python -m ib_jax.convert --describe=configs/instructblip_flant5xl.py
+  python -m ib_jax.convert --describe=configs/instructblip_flant5xl.py   (every parameter path, its
+      shape and count, trainable or not; then the counts per tower)
 
 Conversion streams: tensors are read one layer group at a time and written to Orbax piece by
 piece, so memory stays near the largest `.bin`/`.pth` shard plus one layer group.
@@ -24,6 +25,7 @@ import os
 import sys
 
 from absl import app, flags
+from flax import traverse_util
 from ml_collections import config_flags
 
 from ib_jax.configs_util import load_config, model_config
@@ -96,8 +98,6 @@ def describe(config) -> dict[str, int]:
 def parameter_shapes(config) -> dict[str, tuple[int, ...]]:
     """{"/"-joined parameter path: shape} of the model `config` describes, in its own layout
     (scanned stacks have one path with a leading layer axis), LoRA leaves included."""
-    from flax import traverse_util
-
     flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
     shapes = {path: tuple(x.shape) for path, x in flat.items()}
     if config.scan_layers:
