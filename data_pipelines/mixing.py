@@ -20,19 +20,15 @@ def mixture_weights(
     return registry.sampling_weights(list(sizes), multipliers=multipliers, sizes=sizes)
 
 
-def mix(
-    datasets: Mapping[str, grain.IterDataset], weights: Mapping[str, float]
-) -> grain.IterDataset:
-    """Mixes infinite per-dataset streams example by example with `weights`.
+def mix(datasets: Mapping[str, grain.MapDataset], weights: Mapping[str, float]) -> grain.MapDataset:
+    """Mixes endless per-dataset MapDatasets example by example with `weights`.
 
-    A mapping (not a list) is passed to grain so a checkpoint restores each component's state by
-    dataset name. Grain's mix is deterministic: it interleaves by cumulative proportion, so the
-    realized fractions track the weights closely at every prefix of the stream.
+    Grain's MapDataset mix is deterministic and indexable: element i of the mixture is a
+    function of i alone (it interleaves by cumulative proportion, so the realized fractions track
+    the weights closely at every prefix), which gives the global data order (global_order).
     """
     names = list(datasets)
     missing = [n for n in names if n not in weights]
     if missing:
         raise KeyError(f"no mixing weight for datasets {missing}")
-    return grain.IterDataset.mix(
-        {n: datasets[n] for n in names}, {n: float(weights[n]) for n in names}
-    )
+    return grain.MapDataset.mix([datasets[n] for n in names], [float(weights[n]) for n in names])

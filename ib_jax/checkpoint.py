@@ -6,7 +6,9 @@ Layout:
                                               in their storage dtype): all an evaluation job or a
                                               user needs, without the optimizer state
     WORKDIR/checkpoints/<step>/opt_state      optimizer state of the trainable subtree
-    WORKDIR/checkpoints/<step>/data_iterator  one Grain iterator state per process
+    WORKDIR/checkpoints/<step>/data_iterator  one Grain iterator state per process: the same
+                                              global data position in each (restorable on
+                                              another number of processes), own bad counts
     WORKDIR/checkpoints/<step>/config         the run's config as JSON
     WORKDIR/checkpoints/<step>.unreadable-<t> a checkpoint that failed to restore, moved aside
     WORKDIR/TRAINING_DONE                     written once training has reached num_steps
@@ -26,6 +28,7 @@ arrays; a restore that fails anyway (a truncated or deleted data file) raises
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -57,8 +60,8 @@ class UnreadableCheckpointError(RuntimeError):
 
 
 class CheckpointMismatchError(ValueError):
-    """A readable checkpoint that does not fit this run (another model, trainable set or number
-    of processes): not damage, so never set aside; the message names what differs."""
+    """A readable checkpoint that does not fit this run (another model, trainable set or data
+    order): not damage, so never set aside; the message names what differs."""
 
 
 def is_remote(path: str | epath.Path) -> bool:
@@ -257,17 +260,30 @@ def mismatches(manager: ocp.CheckpointManager, step: int, abstract: dict[str, An
     return found
 
 
-def _iterator_mismatch(path: epath.Path) -> str | None:
-    """The data iterator states were saved by another number of processes."""
-    want = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    names = [p.name for p in (path / "data_iterator").iterdir()]
-    counts = sorted({n.split("-of-")[-1].removesuffix(".json") for n in names if "-of-" in n})
-    if want in names or not counts or str(jax.process_count()) in counts:
-        return None
-    return (
-        f"data_iterator/{want} does not exist: the step was saved by {counts[0]} processes, "
-        f"this job has {jax.process_count()} (a data order cannot move to another count)"
-    )
+def _data_state(path: epath.Path, data_iterator: Any) -> tuple[epath.Path | None, str | None]:
+    """(the state file this process restores its data iterator from when the step was saved by
+    another number of processes, else None; why the saved data state does not fit, else None).
+
+    The data state is global (data_pipelines/global_order: every process saved the same next
+    example index), so process i of N restores from process i mod M's file of the M that saved
+    it (its bad-example counts); a state of another data order or format is refused."""
+    directory = path / "data_iterator"
+    index, count = jax.process_index(), jax.process_count()
+    own = directory / f"process_{index}-of-{count}.json"
+    files = [own] if own.exists() else sorted(directory.glob("process_*-of-*.json"))
+    if not files:
+        return None, f"data_iterator/ holds no process_*-of-*.json for {count} processes"
+    states = [json.loads(file.read_text()) for file in files]
+    saved_count = int(files[0].name.split("-of-")[-1].removesuffix(".json"))
+    mismatch = getattr(data_iterator, "mismatch", lambda state: "a per-process data state")
+    problem = mismatch(states[0])
+    if problem is None and len({state["next_index"] for state in states}) > 1:
+        problem = "the processes saved different data positions"
+    if problem:
+        return None, f"data_iterator (saved by {saved_count} processes): {problem}"
+    if own.exists():
+        return None, None
+    return directory / f"process_{index % saved_count}-of-{saved_count}.json", None
 
 
 def restore(
@@ -279,28 +295,34 @@ def restore(
 ) -> dict[str, Any]:
     """Restore onto the shardings carried by the abstract trees (any mesh shape).
 
-    `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; `None` skips an item (e.g.
-    the data iterator when the number of processes changed). Returns {item: restored}. Raises
-    `UnreadableCheckpointError` when the step is incomplete or a restore fails, and
-    `CheckpointMismatchError` when it is readable but saved for another model, trainable set or
-    number of processes.
+    `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; `None` skips an item. The
+    data iterator's state restores on any number of processes (see `_data_state`). Returns
+    {item: restored}. Raises `UnreadableCheckpointError` when the step is incomplete or a restore
+    fails, and `CheckpointMismatchError` when it is readable but saved for another model,
+    trainable set or data order.
     """
     items = {"params": ocp.args.StandardRestore(abstract_params)}
     abstract = {"params": abstract_params}
     if abstract_opt_state is not None:
         items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
         abstract["opt_state"] = abstract_opt_state
-    if data_iterator is not None:
-        items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
     workdir = str(epath.Path(manager.directory).parent)
     path = step_dir(workdir, step)
-    problem = check_step(workdir, step, tuple(items))
+    wanted = tuple(items) + (("data_iterator",) if data_iterator is not None else ())
+    problem = check_step(workdir, step, wanted)
     if problem:
         raise UnreadableCheckpointError(step, path, problem)
     with reading(workdir, step):
         found = mismatches(manager, step, abstract)
-    if data_iterator is not None and (problem := _iterator_mismatch(epath.Path(path))):
+        moved_state, problem = (
+            _data_state(epath.Path(path), data_iterator)
+            if data_iterator is not None
+            else (None, None)
+        )
+    if problem:
         found.append(problem)
+    elif data_iterator is not None and moved_state is None:
+        items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
     if found:
         more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
         raise CheckpointMismatchError(
@@ -309,7 +331,11 @@ def restore(
             + more
         )
     with reading(workdir, step):
-        return dict(manager.restore(step, args=ocp.args.Composite(**items)))
+        restored = dict(manager.restore(step, args=ocp.args.Composite(**items)))
+        if moved_state is not None:  # saved by another number of processes
+            data_iterator.set_state(json.loads(moved_state.read_text()))
+            restored["data_iterator"] = data_iterator
+    return restored
 
 
 def restore_params(

@@ -136,7 +136,7 @@ def test_mixture_proportions_match_sqrt_size_weights():
     total = sum(expected.values())
     for name in sizes:
         assert weights[name] == pytest.approx(expected[name] / total)
-    streams = {n: grain.MapDataset.source([n]).repeat().to_iter_dataset() for n in sizes}
+    streams = {n: grain.MapDataset.source([n]).repeat() for n in sizes}
     drawn = take(mixing.mix(streams, weights), 5000)
     for name in sizes:
         assert drawn.count(name) / 5000 == pytest.approx(weights[name], abs=0.005), name

@@ -1,16 +1,14 @@
 """Two real processes (jax.distributed on 127.0.0.1, 4 CPU devices each) against one process x 8 devices.
 
-With P processes, process i reads the records [i::P] of every dataset, shuffles and mixes them
-itself, and contributes `global_batch_size / P` rows; the global batch is the concatenation of the
-process-local batches in process order (the mesh lists process 0's devices first). One process
-reading all records sees *other* examples, so the single-process reference here emulates the two
-shards: it builds both per-process pipelines and concatenates their batches. Same global batches
--> the losses must agree to float-reduction order.
+With P processes, process i contributes its block of `global_batch_size / P` rows of each global
+batch of the one global data order (data_pipelines/global_order); the global batch is the
+concatenation of the process-local batches in process order (the mesh lists process 0's devices
+first). The single-process reference here builds both per-process pipelines and concatenates their
+batches. Same global batches -> the losses must agree to float-reduction order.
 
 The checkpoint the two processes write must restore in one process onto the 8-device mesh
-(parameters and optimizer state), and continue with the 2-process run's losses. The data iterator
-state is per process (`data_iterator/process_<i>-of-<P>.json`), so it cannot be restored by a
-different number of processes: that is an error naming the missing file. A newest checkpoint
+(parameters, optimizer state and the data iterator, whose state is a global position: issue 24),
+and continue with the 2-process run's losses and batches. A newest checkpoint
 damaged afterwards is found unreadable by both processes, which agree to resume from the previous.
 """
 
@@ -140,18 +138,21 @@ def test_two_processes_match_one_process_checkpoint_restores_in_one_and_damage_f
                 err_msg=f"step {step} after restoring the 2-process checkpoint",
             )
 
-        # The per-process data iterator state cannot move to another process count.
+        # The data iterator state is global (issue 24): it restores in one process, which goes
+        # on with the global batch of step SAVE_EVERY + 1.
         one_process_iterator = iter(
             train_pipeline.build_train_dataset(config.data, process_index=0, process_count=1)
         )
-        with pytest.raises(ValueError, match=r"process_0-of-1\.json does not exist"):
-            checkpoint.restore(
-                manager,
-                SAVE_EVERY,
-                merge_params(abstract.trainable, program.abstract_frozen),
-                abstract.opt_state,
-                data_iterator=one_process_iterator,
-            )
+        checkpoint.restore(
+            manager,
+            SAVE_EVERY,
+            merge_params(abstract.trainable, program.abstract_frozen),
+            abstract.opt_state,
+            data_iterator=one_process_iterator,
+        )
+        following = next(one_process_iterator)
+        for key, value in batches[SAVE_EVERY].items():
+            np.testing.assert_array_equal(following[key], value, err_msg=key)
         assert os.path.exists(
             os.path.join(manager.directory, str(SAVE_EVERY), "data_iterator", "process_1-of-2.json")
         )

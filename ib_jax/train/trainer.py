@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,8 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax._src import distributed as jax_distributed  # the client jax.distributed made
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import ib_jax
@@ -39,6 +35,7 @@ from ib_jax.convert import blip2
 from ib_jax.models.instructblip import InstructBlip, init_params
 from ib_jax.train import data_feed, flops, metrics_writer, resume
 from ib_jax.train import optimizer as optim
+from ib_jax.train import preemption as preemption_lib
 from ib_jax.train import state as state_lib
 from ib_jax.train.state import TrainState, cast_floating, merge_params, split_params
 from ib_jax.train.step import make_train_step
@@ -115,52 +112,6 @@ def _initial_params(init: ml_collections.ConfigDict, model_config: ModelConfig) 
         return _pretrained_params(init.pretrained, model_config)
 
     return blip2.initial_params(init, model_config)
-
-
-class _Preemption:
-    """SIGTERM or SIGINT: every process saves at the same next step boundary, then returns.
-
-    One process: a Python handler sets a flag. With a coordination service (jax.distributed),
-    JAX's preemption sync manager catches SIGTERM (in C++, from `jax.distributed.initialize` on)
-    and tells the service, which agrees in the background on a step every process will reach;
-    `reached` reads that answer without a collective, so the host keeps dispatching steps ahead
-    (a per-step all-gather waited for every step to finish). SIGINT is passed on to it as a
-    SIGTERM. Orbax's CheckpointManager and MaxText ask the same sync point.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.coordinated = jax_distributed.global_state.client is not None
-        # SIGTERM stays with JAX's notifier when there is one: a Python handler would replace it.
-        handled = (signal.SIGINT,) if self.coordinated else self.SIGNALS
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in handled}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        name = signal.Signals(signum).name
-        if self.coordinated:
-            logger.warning("%s received: passed on to JAX's preemption notifier as SIGTERM", name)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        logger.warning("%s received: saving a checkpoint and stopping", name)
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        """Whether to save and stop after `step`; call at every step (the sync manager counts
-        them). Every process answers True at the same step."""
-        if not self.coordinated:
-            return self.requested
-        if multihost_utils.reached_preemption_sync_point(step):
-            logger.warning("preemption notice: every process saves at step %d and stops", step)
-            return True
-        return False
-
-    def restore(self) -> None:
-        """Reinstall the handlers that were there before."""
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
 
 
 @dataclasses.dataclass
@@ -317,33 +268,37 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         distributed.barrier("ib_jax_train_step_compiled")
         writer = metrics_writer.MetricsWriter(workdir, total_steps=tcfg.num_steps, start_step=start)
         cleanup.callback(writer.close)
-        preemption = _Preemption()
+        preemption = preemption_lib.Preemption()
         cleanup.callback(preemption.restore)
         # An error in the loop leaves an async save in flight: it completes (or fails) before
         # the manager closes, so no background thread outlives the job.
         cleanup.callback(manager.wait_until_finished)
-        last, finished = _loop(
-            config, state, frozen, step_fn, feed, mesh, manager, writer, preemption, start
-        )
+        loop = _Loop(config, step_fn, feed, mesh, manager, writer, preemption)
+        last, finished = _loop(loop, state, frozen, start)
     if finished and jax.process_index() == 0:
         # Tells an evaluation job watching this workdir that no further checkpoint will come.
         checkpoint.mark_training_done(workdir)
     return last
 
 
-def _loop(
-    config: ml_collections.ConfigDict,
-    state: TrainState,
-    frozen: Any,
-    step_fn: Callable,
-    feed: data_feed.DataFeed,
-    mesh: Mesh,
-    manager: Any,
-    writer: metrics_writer.MetricsWriter,
-    preemption: _Preemption,
-    start: int,
-) -> tuple[dict[str, float], bool]:
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """What the training loop runs with, built once by `train` (the state changes every step
+    and is passed apart)."""
+
+    config: ml_collections.ConfigDict
+    step_fn: Callable  # compiled: (state, frozen, global batch) -> (state, metrics)
+    feed: data_feed.DataFeed
+    mesh: Mesh
+    manager: Any  # orbax.checkpoint.CheckpointManager
+    writer: metrics_writer.MetricsWriter
+    preemption: preemption_lib.Preemption
+
+
+def _loop(loop: _Loop, state: TrainState, frozen: Any, start: int) -> tuple[dict[str, float], bool]:
     """Steps start+1.. until num_steps, a preemption or stop_after_steps; (last metrics, finished)."""
+    config, step_fn, feed, mesh = loop.config, loop.step_fn, loop.feed, loop.mesh
+    manager, writer, preemption = loop.manager, loop.writer, loop.preemption
     tcfg = config.train
     schedule = optim.learning_rate_schedule(tcfg)
     shapes = flops.Shapes.from_config(config)
