@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -142,6 +142,17 @@ def _row(record: dict[str, Any], source_record: dict[str, Any], rank: bool) -> d
     return row
 
 
+def load(checkpoint: str, qformer_vocab: str = "", lm_spm: str = "") -> tuple[Source, Any]:
+    """(where its tokenizers and lengths are, the InferenceProgram) of `checkpoint`, on the run's
+    mesh, else data parallel over every device of every process."""
+    source = resolve_checkpoint(checkpoint)
+    source = dataclasses.replace(
+        source, qformer_vocab=qformer_vocab or source.qformer_vocab, lm_spm=lm_spm or source.lm_spm
+    )
+    config = ml_collections.ConfigDict({"mesh": source.mesh or DATA_PARALLEL})
+    return source, loading.load(config, source.workdir, source.step).program
+
+
 def run(
     checkpoint: str,
     input_path: str,
@@ -156,19 +167,16 @@ def run(
     qformer_vocab: str = "",
     lm_spm: str = "",
     progress: bool = True,
+    loaded: tuple[Source, Any] | None = None,
+    on_batch: Callable[[int], None] | None = None,
     **lengths: Any,
 ) -> list[dict[str, Any]]:
     """Predict every row of `input_path` with `checkpoint`; write `out` (JSON Lines) from process
     0 and return the rows (on every process). `prompt`: the instruction of rows without one, or
-    a format with slots ({instruction}, {question}, {options}...; eval_pipeline.PROMPT_SLOTS)."""
-    source = resolve_checkpoint(checkpoint)
-    source = dataclasses.replace(
-        source, qformer_vocab=qformer_vocab or source.qformer_vocab, lm_spm=lm_spm or source.lm_spm
-    )
-    # The run's mesh, else every device of every process holding whole rows (data parallel).
-    config = ml_collections.ConfigDict({"mesh": source.mesh or DATA_PARALLEL})
-    loaded = loading.load(config, source.workdir, source.step)
-    program = loaded.program
+    a format with slots ({instruction}, {question}, {options}...; eval_pipeline.PROMPT_SLOTS).
+    `loaded`: `load(checkpoint)`'s result, to predict several inputs with one model on the
+    devices; `on_batch(n)`: called after each batch with its number of rows."""
+    source, program = loaded or load(checkpoint, qformer_vocab, lm_spm)
     program_lib.check_batch(batch_size, program.mesh)
     slotted = "{" in prompt
     options: dict[str, Any] = dict(require_answer=False, images=images, columns=columns)
@@ -208,7 +216,8 @@ def run(
             process_count=count,
             prompt=settings.prompt,
         )
-        local = runner.predict_records(evaluator, program, batches, bar.update)
+        update = bar.update if on_batch is None else lambda n: (bar.update(n), on_batch(n))
+        local = runner.predict_records(evaluator, program, batches, update)
     gathered = sorted(
         (r for part in hosts.allgather_json(local) for r in part), key=lambda r: r["index"]
     )
