@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import ib_jax
-from configs import tiny
+from configs import finetune, tiny
 from data_pipelines import demo_data
+from ib_jax import export
 from ib_jax.contract.model import from_config_dict
 from ib_jax.convert import api
 from ib_jax.predict import Decoding, Predictor, job, tokenizer_files
@@ -145,3 +146,22 @@ def test_the_readme_example_runs(checkpoint, scenes):
     exec(compile(example, "README.md", "exec"), namespace)
     (answer,) = namespace["answers"]
     assert isinstance(answer, str)
+
+
+def test_a_hugging_face_directory_predicts_as_its_converted_source(checkpoint, scenes, tmp_path):
+    hf = str(tmp_path / "hf")
+    export.export(checkpoint, hf, image_token=287)  # the tiny vocabulary has no spare row
+    shutil.copytree(
+        os.path.join(checkpoint, "qformer_tokenizer"), os.path.join(hf, "qformer_tokenizer")
+    )
+    shutil.copy(os.path.join(checkpoint, "spiece.model"), hf)
+    rows = str(scenes / "rows.jsonl")
+    ours = job.run(checkpoint, rows, str(tmp_path / "a.jsonl"), decoding=GREEDY, progress=False)
+    theirs = job.run(hf, rows, str(tmp_path / "b.jsonl"), decoding=GREEDY, progress=False)
+    assert [r["output"] for r in theirs] == [r["output"] for r in ours]
+    # configs/finetune.py reads the architecture and tokenizers from the HF directory alike.
+    config = finetune.get_config(f"train={rows},init={hf}")
+    converted = finetune.get_config(f"train={rows},init={checkpoint}")
+    for section in ("vision", "qformer", "num_query_tokens", "lm_type"):
+        assert config.model[section] == converted.model[section], section
+    assert config.data.lm_spm == os.path.join(hf, "spiece.model")
