@@ -200,11 +200,12 @@ def documented() -> list[Block]:
 
 
 def test_every_unrunnable_block_says_why():
-    """A skipped block names its reason; a block that is neither commands nor Python nor a
-    listing is not mistaken for one."""
+    """A skipped block says why, and the tests it relies on exist."""
     for block in documented():
         if block.directive == "skip":
             assert block.reason, f"{block.path}:{block.line}: docs-test: skip needs a reason"
+            for named in re.findall(r"tests/\w+\.py", block.reason):  # the test it relies on
+                assert os.path.isfile(os.path.join(REPO, named)), f"{block.path}: no {named}"
 
 
 @pytest.mark.slow
