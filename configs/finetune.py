@@ -39,7 +39,6 @@ import os
 
 import ml_collections
 
-import ib_jax
 from configs import common, evals
 from data_pipelines import layouts, registry, user_data
 from ib_jax import checkpoint as checkpoint_lib
@@ -81,7 +80,7 @@ TEMPLATE_PROMPTS = {
 
 def from_init(init: str) -> tuple[ml_collections.ConfigDict, str | None, str | None]:
     """(model section, Q-Former vocab, LM SentencePiece model) of the starting checkpoint."""
-    run = ib_jax.training_run(init)
+    run = checkpoint_lib.training_run(init)
     if run is not None:
         workdir, step = run
         if step is None:

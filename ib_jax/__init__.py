@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-
-def training_run(path: str) -> tuple[str, int | None] | None:
-    """(workdir, step) when `path` is a training run's workdir (step None: its latest) or
-    WORKDIR/checkpoints/STEP; None for anything else (a converted or HF directory)."""
-    path = os.path.normpath(path)
-    parent = os.path.dirname(path)
-    if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
-        return os.path.dirname(parent), int(os.path.basename(path))
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return path, None
-    return None
 
 
 def load_pretrained(path: str, **overrides: Any) -> tuple[Any, Any]:
@@ -26,10 +13,11 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[Any, Any]:
     pretrained weights are read: evaluation (`--checkpoint=DIR`) and training
     (`config.init.pretrained`, e.g. fine-tuning a run's result) come through here too.
     """
+    from ib_jax import checkpoint
     from ib_jax.convert import api
     from ib_jax.models.instructblip import InstructBlip
 
-    run = training_run(path)
+    run = checkpoint.training_run(path)
     if run is not None:
         config, params = _from_training_run(*run, **overrides)
     elif api.is_converted_directory(path):

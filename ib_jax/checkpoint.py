@@ -70,6 +70,18 @@ def is_remote(path: str | epath.Path) -> bool:
     return "://" in str(path)
 
 
+def training_run(path: str) -> tuple[str, int | None] | None:
+    """(workdir, step) when `path` is a training run's workdir (step None: its latest) or
+    WORKDIR/checkpoints/STEP; None for anything else (e.g. a converted or HF directory)."""
+    path = str(path).rstrip("/")
+    parent = epath.Path(path).parent
+    if parent.name == "checkpoints" and epath.Path(path).name.isdigit():
+        return str(parent.parent), int(epath.Path(path).name)
+    if (epath.Path(path) / "checkpoints").is_dir():
+        return path, None
+    return None
+
+
 def checkpoint_dir(workdir: str) -> str:
     """`WORKDIR/checkpoints`; bucket URLs (gs://...) are kept as they are."""
     root = epath.Path(workdir) if is_remote(workdir) else epath.Path(workdir).absolute()

@@ -28,7 +28,6 @@ import ml_collections
 from etils import epath
 from tqdm import tqdm
 
-import ib_jax
 from data_pipelines import eval_pipeline, sources, text, user_data
 from ib_jax import checkpoint as checkpoint_lib
 from ib_jax import decode
@@ -58,7 +57,7 @@ class Source:
 def resolve_checkpoint(path: str) -> Source:
     """A training workdir (its latest step), WORKDIR/checkpoints/STEP, a converted directory or
     an HF InstructBLIP directory (tokenizer files inside it)."""
-    run = ib_jax.training_run(path)
+    run = checkpoint_lib.training_run(path)
     if run is None:
         vocab, spm = tokenizer_files(path)
         return Source("", path, vocab, spm, {})
