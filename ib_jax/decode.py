@@ -22,7 +22,8 @@ shapes and control flow (max_new_tokens, num_beams, do_sample, eos, pad), while 
 (min_new_tokens, length_penalty, repetition_penalty, temperature, top_p, penalize_prompt) are
 traced, so an eval
 job with per-dataset overrides compiles once per shape, not once per override. The model is reached
-through `InstructBlip.prefill` and `InstructBlip.step` only (any LM family; ib_jax/models/lm.py).
+through `InstructBlip.prefill` and `InstructBlip.step` only (any LM family; ib_jax/models/lm.py),
+as `ib_jax.models.instructblip.lm_calls` wraps them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,7 @@ from ib_jax.logits_processors import (
     seen_presence,
     top_p_filter,
 )
-from ib_jax.models import families
-from ib_jax.models.instructblip import InstructBlip
+from ib_jax.models.instructblip import LMCalls, lm_calls
 
 Array = jax.Array
 Cache = Any
@@ -75,55 +75,6 @@ class DecodeSettings:
             raise NotImplementedError(
                 "beam sampling (num_beams > 1 with do_sample) is not implemented"
             )
-
-
-# ---------------------------------------------------------------------------------------------
-# The language model, through its interface (ib_jax/models/lm.py)
-# ---------------------------------------------------------------------------------------------
-
-
-class LMCalls(NamedTuple):
-    """The two calls a search makes into the model (any LM family, through `InstructBlip`):
-
-    start(params, batch, max_new_tokens) -> (logits [B, V] of the first new token, cache,
-                                             seen ids [B, S], seen mask [B, S])
-    step(params, tokens [N], cache) -> (logits [N, V] of the next token, cache)
-
-    Every cache leaf has the batch on axis 0, so beams are expanded with `jnp.repeat` and reordered
-    with one gather; `beam_invariant` names the leaves a reorder may skip. The seen ids seed the
-    repetition penalty (HF also counts its `<image>` placeholder ids in a decoder-only prompt; our
-    inputs have none, which matters only with repetition_penalty != 1).
-    """
-
-    start: Callable[..., tuple[Array, Cache, Array, Array]]
-    step: Callable[..., tuple[Array, Cache]]
-    beam_invariant: tuple[str, ...]
-
-
-def lm_calls(model) -> LMCalls:
-    """`InstructBlip.prefill` / `InstructBlip.step` as pure functions of the parameters."""
-
-    def start(params, batch, max_new_tokens):
-        prefill, variables = model.apply(
-            {"params": params},
-            *(batch.get(k) for k in MODEL_INPUTS),
-            max_new_tokens=max_new_tokens,
-            method=InstructBlip.prefill,
-            mutable=["cache"],
-        )
-        return prefill.logits[:, -1], variables["cache"], prefill.seen_ids, prefill.seen_mask
-
-    def step(params, tokens, cache):
-        logits, variables = model.apply(
-            {"params": params, "cache": cache},
-            tokens[:, None],
-            method=InstructBlip.step,
-            mutable=["cache"],
-        )
-        return logits[:, -1], variables["cache"]
-
-    module_cls = families.family_of(model.config.text).module_cls
-    return LMCalls(start, step, tuple(module_cls.BEAM_INVARIANT_CACHE))
 
 
 # ---------------------------------------------------------------------------------------------

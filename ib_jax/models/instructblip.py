@@ -11,13 +11,15 @@ reached only through the `LanguageModel` interface (ib_jax/models/lm.py).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ib_jax.contract.batch import MODEL_INPUTS
 from ib_jax.contract.model import ModelConfig
 from ib_jax.models import families, layers, lora
 from ib_jax.models.lm import Context, Prefill
@@ -177,3 +179,52 @@ def init_params(model: InstructBlip, rng: Array, batch: dict[str, Any]) -> Any:
         batch.get("attention_mask"),
         labels=batch.get("labels"),
     )["params"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as a search calls it (ib_jax/decode.py): pure functions of the parameters
+# ---------------------------------------------------------------------------------------------
+
+
+class LMCalls(NamedTuple):
+    """The two calls a search makes into the model (any LM family, through `InstructBlip`):
+
+    start(params, batch, max_new_tokens) -> (logits [B, V] of the first new token, cache,
+                                             seen ids [B, S], seen mask [B, S])
+    step(params, tokens [N], cache) -> (logits [N, V] of the next token, cache)
+
+    Every cache leaf has the batch on axis 0, so beams are expanded with `jnp.repeat` and reordered
+    with one gather; `beam_invariant` names the leaves a reorder may skip. The seen ids seed the
+    repetition penalty (HF also counts its `<image>` placeholder ids in a decoder-only prompt; our
+    inputs have none, which matters only with repetition_penalty != 1).
+    """
+
+    start: Callable[..., tuple[jax.Array, Any, jax.Array, jax.Array]]
+    step: Callable[..., tuple[jax.Array, Any]]
+    beam_invariant: tuple[str, ...]
+
+
+def lm_calls(model) -> LMCalls:
+    """`InstructBlip.prefill` / `InstructBlip.step` as pure functions of the parameters."""
+
+    def start(params, batch, max_new_tokens):
+        prefill, variables = model.apply(
+            {"params": params},
+            *(batch.get(k) for k in MODEL_INPUTS),
+            max_new_tokens=max_new_tokens,
+            method=InstructBlip.prefill,
+            mutable=["cache"],
+        )
+        return prefill.logits[:, -1], variables["cache"], prefill.seen_ids, prefill.seen_mask
+
+    def step(params, tokens, cache):
+        logits, variables = model.apply(
+            {"params": params, "cache": cache},
+            tokens[:, None],
+            method=InstructBlip.step,
+            mutable=["cache"],
+        )
+        return logits[:, -1], variables["cache"]
+
+    module_cls = families.family_of(model.config.text).module_cls
+    return LMCalls(start, step, tuple(module_cls.BEAM_INVARIANT_CACHE))
