@@ -185,7 +185,7 @@ def declare_user(name: str, task: str, **overrides) -> ml_collections.ConfigDict
     """`config.evals` entry for the user's dataset `name` evaluated as `task` (USER_TASKS)."""
     if task not in USER_TASKS:
         raise ValueError(f"task={task!r} is not one of {sorted(USER_TASKS)}")
-    row = config_types.defaults(config_types.Evaluation, **USER_TASKS[task], **overrides)
+    row = config_types.defaults(config_types.Evaluation, **{**USER_TASKS[task], **overrides})
     return ml_collections.ConfigDict({k: v for k, v in row.items() if k != "name"})
 
 
@@ -204,7 +204,7 @@ def declare(
             raise ValueError(
                 f"configs/evals.py: no evaluation protocol for {name!r}; known: {sorted(protocol)}"
             )
-        row = config_types.defaults(config_types.Evaluation, **protocol[name], **overrides)
+        row = config_types.defaults(config_types.Evaluation, **{**protocol[name], **overrides})
         if name in REPORTED_AS:  # reads the dataset `name`, reports under the public split's name
             row["dataset"] = name
         evals[REPORTED_AS.get(name, name)] = {k: v for k, v in row.items() if k != "name"}
