@@ -130,3 +130,49 @@ def test_resume_on_another_process_count_equals_the_uninterrupted_run(demo_root,
             json.dumps({"step": s, "loss": reference[s]}) + "\n" for s in range(1, STOP + 1)
         )
     _assert_same_losses(_train(demo_root, grown, 2), reference, "1x4 -> 2x2")
+
+
+# Sends `IB_JAX_TEST_SIGNAL` to process `IB_JAX_TEST_SIGNAL_PROCESS` itself as it asks for the
+# batch of step 3, then runs the training job.
+SIGNAL_RUNNER = r"""
+import os, runpy, signal, sys
+if os.environ["IB_JAX_PROCESS_ID"] == os.environ["IB_JAX_TEST_SIGNAL_PROCESS"]:
+    from ib_jax.train import data_feed
+    next_batch = data_feed.DataFeed.next
+    def next_with_signal(self, step):
+        if step == 3:
+            os.kill(os.getpid(), getattr(signal, os.environ["IB_JAX_TEST_SIGNAL"]))
+        return next_batch(self, step)
+    data_feed.DataFeed.next = next_with_signal
+sys.argv[0] = "ib_jax.train"
+runpy.run_module("ib_jax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow  # one 2-process run
+def test_sigint_on_one_process_saves_the_same_step_on_every_process_and_exits_0(
+    demo_root, tmp_path
+):
+    workdir = str(tmp_path / "run")
+    results = local.launch(
+        [
+            "-c",
+            SIGNAL_RUNNER,
+            f"--config={REPO}/configs/tiny.py:root={demo_root}",
+            f"--workdir={workdir}",
+            "--config.train.num_steps=40",
+            "--config.checkpoint.every_steps=1000",
+        ],
+        num_processes=2,
+        devices_per_process=2,
+        timeout_s=900,
+        env=dict(os.environ, IB_JAX_TEST_SIGNAL="SIGINT", IB_JAX_TEST_SIGNAL_PROCESS="0"),
+        log_dir=os.path.join(workdir, "logs"),
+    )
+    assert [r.returncode for r in results] == [0, 0]
+    (saved,) = os.listdir(os.path.join(workdir, "checkpoints"))
+    assert 3 <= int(saved) < 40  # the step the processes agreed on, not the last one
+    assert "SIGINT received: passed on to JAX's preemption notifier" in results[0].log()
+    for result in results:
+        assert f"preemption notice: every process saves at step {saved} and stops" in result.log()
+        assert "Traceback" not in result.log()
