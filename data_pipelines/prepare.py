@@ -12,7 +12,9 @@ The media files' bytes are stored as they are (no re-encoding), after one decode
 files: unreadable or missing media are skipped, counted and logged with their path (and listed in
 the dataset's metadata.json); past `max_bad_fraction` the preparation stops. Reading and
 decoding run in `--num_workers` processes (default: every core this process may use); a progress
-bar shows the rate.
+bar shows the rate. With `--beam_pipeline_options=runner=...` they run as an Apache Beam pipeline
+instead (TFDS's Beam support; `pip install .[beam]`), on one machine (DirectRunner) or a cluster
+(DataflowRunner, SparkRunner, FlinkRunner), writing the same records.
 
 Idempotent per split: a split already prepared from the same annotation files is skipped, one
 prepared from other files is an error (delete its directory to prepare it again), and an
@@ -100,14 +102,51 @@ def _examples(
     )
 
 
+def _encode_keyed(
+    indexed: tuple[int, dict[str, Any]], fields: Sequence[str], label: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """In a Beam worker: (index, record) -> (index, TFDS example), nothing for a bad record."""
+    example, error = _encode(indexed[1], fields)
+    if example is None:
+        logger.warning("skipped %s/%s", label, error)
+        return
+    yield indexed[0], example
+
+
+def _beam_examples(records: Sequence[dict[str, Any]], fields: Sequence[str], label: str) -> Any:
+    """The examples as a Beam transform (TFDS runs it in its pipeline): the same keys, hence the
+    same record order, as the single-machine path."""
+    import apache_beam as beam
+
+    return beam.Create(list(enumerate(records))) | beam.FlatMap(
+        _encode_keyed, fields=list(fields), label=label
+    )
+
+
+def beam_download_config(pipeline_options: str) -> Any:
+    """TFDS's download config running Beam with `key=value,...` options (as TFDS's own CLI
+    takes them), e.g. "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp"."""
+    import apache_beam as beam
+
+    flags_ = [f"--{option}" for option in pipeline_options.split(",") if option]
+    options = beam.options.pipeline_options.PipelineOptions(flags=flags_)
+    return tfds_data.tfds.download.DownloadConfig(beam_options=options)
+
+
 def prepare_entry(
     entry: Mapping[str, Any],
     out_dir: str,
     *,
     num_workers: int = 1,
     max_bad_fraction: float = preprocess.DATA_DEFAULTS["max_bad_fraction"],
+    beam_pipeline_options: str | None = None,
 ) -> dict[str, Any]:
     """Writes one config entry as `out_dir/<dataset>/<split>/1.0.0` unless already there.
+
+    `beam_pipeline_options` (a string, "" for Beam's DirectRunner defaults): the examples are
+    encoded in an Apache Beam pipeline (any runner: Dataflow, Spark, Flink) instead of a local
+    process pool; the records written are the same. There the bad-example bound is checked once
+    the pipeline has run (the split is then deleted) and the reasons are in the workers' logs.
 
     Returns a summary: dataset, split, tfds_dir, status ("prepared" or "exists"), num_examples,
     num_skipped, seconds, examples_per_s, and `entry` (the config entry that reads it)."""
@@ -138,7 +177,11 @@ def prepare_entry(
     records = sources.load_records(entry, max_bad_fraction)
     fields = tfds_data.record_fields(records, name)
     metadata = tfds_data.tfds.core.MetadataDict(source=_source(entry))
-    examples = _examples(records, fields, label, num_workers, max_bad_fraction, metadata)
+    beam = beam_pipeline_options is not None
+    if beam:
+        examples = _beam_examples(records, fields, label)
+    else:
+        examples = _examples(records, fields, label, num_workers, max_bad_fraction, metadata)
     builder = tfds_data.RecordsBuilder(
         dataset=name,
         split=split,
@@ -147,8 +190,11 @@ def prepare_entry(
         examples=examples,
         metadata=metadata,
     )
+    config = beam_download_config(beam_pipeline_options) if beam else None
     with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing is downloaded
-        builder.download_and_prepare(download_dir=downloads)
+        builder.download_and_prepare(download_dir=downloads, download_config=config)
+    if beam:
+        _check_beam_output(builder, records, label, max_bad_fraction, metadata)
     seconds = time.perf_counter() - start
     return {
         **summary,
@@ -160,8 +206,32 @@ def prepare_entry(
     }
 
 
+def _check_beam_output(
+    builder: Any,
+    records: Sequence[dict[str, Any]],
+    label: str,
+    max_bad_fraction: float,
+    metadata: dict[str, Any],
+) -> None:
+    """After a Beam run: the counts into metadata.json, or the split deleted past the bound."""
+    written = builder.info.splits[builder.builder_config.name].num_examples
+    skipped = len(records) - written
+    if skipped > max_bad_fraction * len(records):
+        shutil.rmtree(builder.data_dir)
+        raise ValueError(
+            f"dataset {label}: {skipped} of {len(records)} media unreadable "
+            f"(max_bad_fraction={max_bad_fraction}); their paths are in the Beam workers' logs"
+        )
+    metadata.update(num_examples=written, num_skipped=skipped, skipped=[])
+    metadata.save_metadata(builder.data_dir)
+
+
 def prepare_config(
-    data_config: Mapping[str, Any], out_dir: str, *, num_workers: int = 1
+    data_config: Mapping[str, Any],
+    out_dir: str,
+    *,
+    num_workers: int = 1,
+    beam_pipeline_options: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every training and eval entry of a data config read from annotation files -> its TFDS
     dataset under `out_dir`; returns the summaries (entries that already read TFDS are left)."""
@@ -170,7 +240,13 @@ def prepare_config(
         preprocess.setting(data_config, "eval_datasets")
     )
     return [
-        prepare_entry(entry, out_dir, num_workers=num_workers, max_bad_fraction=max_bad)
+        prepare_entry(
+            entry,
+            out_dir,
+            num_workers=num_workers,
+            max_bad_fraction=max_bad,
+            beam_pipeline_options=beam_pipeline_options,
+        )
         for entry in entries
         if "tfds" not in entry
     ]
@@ -183,11 +259,18 @@ def available_cores() -> int:
 
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (importing two CLIs must not clash)."""
-    global _CONFIG, _OUT, _WORKERS
+    global _CONFIG, _OUT, _WORKERS, _BEAM
     _CONFIG = cli.define_config_flag()  # a run config (its `data` is read) or a data config
     _OUT = flags.DEFINE_string("out", None, "TFDS data_dir: <out>/<dataset>/<split>/1.0.0")
     _WORKERS = flags.DEFINE_integer(
         "num_workers", None, "processes reading and checking media (default: available cores)"
+    )
+    _BEAM = flags.DEFINE_string(
+        "beam_pipeline_options",
+        None,
+        "run as an Apache Beam pipeline (pip install .[beam]) with these comma-separated "
+        "key=value options, e.g. runner=DirectRunner,direct_num_workers=4 or "
+        "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp; unset: a process pool",
     )
     flags.mark_flags_as_required(["config", "out"])
 
@@ -201,7 +284,10 @@ def main(argv: list[str]) -> None:
     tfds_data.tfds.disable_progress_bar()
     workers = _WORKERS.value or available_cores()
     data = preprocess.data_section(_CONFIG.value)
-    for summary in prepare_config(data, _OUT.value, num_workers=workers):
+    summaries = prepare_config(
+        data, _OUT.value, num_workers=workers, beam_pipeline_options=_BEAM.value
+    )
+    for summary in summaries:
         print(json.dumps(summary), flush=True)
 
 

@@ -233,8 +233,9 @@ class RecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager
         return {self._split: self._generate_examples()}
 
-    def _generate_examples(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        yield from self._examples
+    def _generate_examples(self) -> Iterator[tuple[int, dict[str, Any]]] | Any:
+        # A Beam transform (prepare's Beam path) is given back as it is: TFDS applies it.
+        return self._examples if hasattr(self._examples, "expand") else iter(self._examples)
 
     # TFDS prints "Downloading and preparing ..." and "... downloaded" to stdout; nothing is
     # downloaded, and `prepare` prints one JSON line per split there instead.
