@@ -43,7 +43,7 @@ h1 { font-size: 22px; margin: 0 0 6px; overflow-wrap: anywhere; }
 .pictures { display: flex; align-items: flex-start; gap: 4px; flex: none; }
 .pictures img { height: 180px; width: auto; max-width: 320px; object-fit: contain;
                 border-radius: 4px; }
-.pictures.clip img { height: 120px; max-width: 180px; }
+.pictures.clip img { height: 100px; max-width: 150px; }
 .texts { flex: 1; min-width: 280px; }
 .texts .title { font-weight: 600; margin: 0 0 4px; }
 .texts .label { color: #777; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }

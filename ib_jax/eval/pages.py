@@ -112,10 +112,9 @@ def write_predictions_page(
         title = f"{evaluation} {record.get('id', '')}"
         cards.append(pages.Card(title, pictures, texts, verdict(record, metric), note))
     verdicts = [card.verdict for card in cards if card.verdict]
-    summary = [
-        f"checkpoint {checkpoint}: {len(cards)} of {len(predictions)} predictions shown",
-        "metrics: " + ", ".join(f"{k} {pages.text(v)}" for k, v in (metrics or {}).items()),
-    ]
+    summary = [f"checkpoint {checkpoint}: {len(cards)} of {len(predictions)} predictions shown"]
+    if metrics:
+        summary.append("metrics: " + ", ".join(f"{k} {pages.text(v)}" for k, v in metrics.items()))
     if verdicts:
         summary.append(
             f"of those shown: {verdicts.count('correct')} correct, "
