@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+import ib_jax
 from data_pipelines import demo_data, train_pipeline
 from ib_jax import sharding
 from ib_jax.configs_util import load_config, model_config
@@ -267,3 +268,29 @@ def test_describe_lists_every_parameter_with_lora_trainable(data_root):
     assert len(lines) == len(
         _flat(_init(InstructBlip(model_config(config)), _batch(config), abstract=True))
     )
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny", pytest.param("demo_vicuna", marks=pytest.mark.slow)], ids=["t5", "llama"]
+)
+def test_generation_through_the_decode_caches_equals_the_merged_model(name):
+    """Beam search with LoRA (prefill and cached steps) gives the merged model's tokens."""
+    config = load_config(os.path.join(REPO, f"configs/{name}.py"))
+    config.unlock()
+    config.model.lora.update(
+        dict(rank=4, targets=r"self_attention/(q|v|q_proj|v_proj)$,mlp/(wo|down_proj)$")
+    )
+    model = InstructBlip(model_config(config))
+    batch = _batch(config)
+    params = _random_b(nn.unbox(_init(model, batch)))
+    prompt = {k: v for k, v in batch.items() if k != "labels"}
+    plain = InstructBlip(lora.without(model.config))
+
+    def generate(m, p):
+        return np.asarray(ib_jax.generate(m, p, prompt, max_new_tokens=6, num_beams=2))
+
+    tokens = generate(model, params)
+    np.testing.assert_array_equal(
+        tokens, generate(plain, lora.merge(jax.device_get(params), model.config.lora))
+    )
+    assert (tokens != generate(plain, _without_lora(params))).any(), "the adapter changes nothing"

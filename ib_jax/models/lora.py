@@ -62,7 +62,8 @@ class LoraScope:
         that matches no Dense is refused here."""
         with active(self.config.lora):
             out, variables = super().init_with_output(*args, **kwargs)
-        check_targets(self.config.lora, variables.get("params", {}))
+        if kwargs.get("method") is None:  # a whole model was made (not one method's share)
+            check_targets(self.config.lora, variables.get("params", {}))
         return out, variables
 
     def apply(self, *args: Any, **kwargs: Any) -> Any:
