@@ -213,4 +213,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(cli.guarded("aot", main))

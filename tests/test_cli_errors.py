@@ -200,3 +200,12 @@ def test_the_data_tools_end_in_one_line(tmp_path, tool, args):
     else:
         assert done.returncode == 4 and lines[0].startswith(f"{tool.split('.')[-1]}: missing file")
         assert str(tmp_path) in lines[0]
+
+
+def test_the_planner_ends_a_misspelt_field_in_one_line():
+    done = _run(
+        "launch.aot", "--config=configs/tiny.py", "--config.train.num_stepz=3", "--topology=v5p-8"
+    )
+    assert done.returncode == 3, done.stderr[-3000:]
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("aot: invalid configuration: --config.train.num_stepz: train.num_stepz")
