@@ -87,7 +87,11 @@ def test_a_finished_run_rerun_stops_before_building_anything(
         again = trainer.train(_tiny(demo_root, 1), workdir)
     assert "already at step 1 of 1" in caplog.text
     assert again == first  # the last logged metrics, read back from metrics.jsonl
-    assert checkpoint.training_done(workdir)
+    # Without the training-done marker the checkpoint is restored as usual (a damaged one would
+    # be found and set aside), so the run is built again.
+    os.remove(os.path.join(workdir, checkpoint.FINAL_MARKER))
+    with pytest.raises(AssertionError, match="built again"):
+        trainer.train(_tiny(demo_root, 1), workdir)
 
 
 def test_restoring_a_13_source_data_state_prepares_few_examples(tmp_path, monkeypatch):

@@ -229,8 +229,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         logger.info(
             "already at step %d of %d: nothing to train in %s", done, tcfg.num_steps, workdir
         )
-        if jax.process_index() == 0 and not checkpoint.training_done(workdir):
-            checkpoint.mark_training_done(workdir)
         return metrics_writer.last_metrics(workdir)
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     dataset = train_pipeline.build_train_dataset(
