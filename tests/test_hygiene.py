@@ -71,27 +71,23 @@ def _tiny(root, num_steps):
     return config
 
 
-def test_a_finished_run_rerun_stops_before_building_anything(
-    demo_root, tmp_path, monkeypatch, caplog
-):
+def test_a_finished_run_rerun_stops_before_compiling(demo_root, tmp_path, monkeypatch, caplog):
     workdir = str(tmp_path / "run")
     first = trainer.train(_tiny(demo_root, 1), workdir)
     assert checkpoint.finalized_steps(workdir) == [1]
+    os.remove(os.path.join(workdir, checkpoint.FINAL_MARKER))  # as if lost: written again
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the finished run was built again")
+        raise AssertionError("the finished run was compiled again")
 
-    monkeypatch.setattr(trainer, "build_program", refuse)
-    monkeypatch.setattr(train_pipeline, "build_train_dataset", refuse)
+    # The checkpoint is restored (a damaged one is found and set aside as usual), not trained.
+    monkeypatch.setattr(trainer.preemption_lib, "Preemption", refuse)  # made after the compile
     with caplog.at_level(logging.INFO, logger=trainer.__name__):
         again = trainer.train(_tiny(demo_root, 1), workdir)
     assert "already at step 1 of 1" in caplog.text
+    assert "train step compiled" not in caplog.text
     assert again == first  # the last logged metrics, read back from metrics.jsonl
-    # Without the training-done marker the checkpoint is restored as usual (a damaged one would
-    # be found and set aside), so the run is built again.
-    os.remove(os.path.join(workdir, checkpoint.FINAL_MARKER))
-    with pytest.raises(AssertionError, match="built again"):
-        trainer.train(_tiny(demo_root, 1), workdir)
+    assert checkpoint.training_done(workdir)
 
 
 def test_restoring_a_13_source_data_state_prepares_few_examples(tmp_path, monkeypatch):

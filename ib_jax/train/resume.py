@@ -55,20 +55,6 @@ def policy(config: ml_collections.ConfigDict) -> str:
     return value
 
 
-def finished_step(workdir: str, num_steps: int) -> int | None:
-    """The newest checkpoint's step if the run finished there: the training-done marker is in
-    the workdir, the step is at or past `num_steps` and looks whole (judged without reading
-    arrays, see `checkpoint.check_step`); None when there is training left.
-
-    A rerun of a finished run then stops before anything is built or compiled. Without the
-    marker (removed to train on, or never written) the checkpoint is restored as usual, so a
-    damaged one is found and set aside."""
-    steps = checkpoint.finalized_steps(workdir)
-    if not checkpoint.training_done(workdir) or not steps or steps[-1] < num_steps:
-        return None
-    return None if checkpoint.check_step(workdir, steps[-1]) else steps[-1]
-
-
 def _all_processes_ok(ok: bool) -> bool:
     if jax.process_count() == 1:
         return ok

@@ -225,11 +225,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     validate.check(config, job="train", workdir=workdir)
     resume.policy(config)  # a misspelt policy fails now, not when a checkpoint is damaged
     tcfg = config.train
-    if (done := resume.finished_step(workdir, tcfg.num_steps)) is not None:
-        logger.info(
-            "already at step %d of %d: nothing to train in %s", done, tcfg.num_steps, workdir
-        )
-        return metrics_writer.last_metrics(workdir)
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     dataset = train_pipeline.build_train_dataset(
         config.data, process_index=jax.process_index(), process_count=jax.process_count()
@@ -245,6 +240,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             config.checkpoint.async_save,
         )
         resumed = resume.restore_latest(config, workdir, manager, program, dataset)
+        if resumed.step >= tcfg.num_steps:  # restored (so checked), not compiled
+            logger.info(
+                "already at step %d of %d: nothing to train in %s",
+                resumed.step,
+                tcfg.num_steps,
+                workdir,
+            )
+            if jax.process_index() == 0:
+                checkpoint.mark_training_done(workdir)
+            return metrics_writer.last_metrics(workdir)
         feed = data_feed.DataFeed(resumed.data_iterator, int(config.data.get("worker_count", 0)))
         # Closed last (callbacks run in reverse): the final save reads the iterator's state.
         cleanup.callback(feed.close)
