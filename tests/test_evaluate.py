@@ -174,6 +174,9 @@ def test_one_shot_on_a_converted_directory(config, tmp_path):
         with open(os.path.join(workdir, "eval", "predictions", name, "converted.jsonl")) as f:
             rows = [json.loads(line) for line in f]
         assert len(rows) == expected and len({r["id"] for r in rows}) == expected
+        # Beside the predictions, the page of samples shows each with its picture.
+        page = open(os.path.join(workdir, "eval", "predictions", name, "converted.html")).read()
+        assert page.count("<img") >= min(expected, 1) and metric in page
     mc = [
         json.loads(line)
         for line in open(os.path.join(workdir, "eval", "predictions", "demo_mc", "converted.jsonl"))

@@ -31,7 +31,7 @@ from data_pipelines import eval_pipeline, model_checks, preprocess, sources, tex
 from ib_jax import checkpoint as checkpoint_lib
 from ib_jax.contract import config as config_types
 from ib_jax.contract.text import text_format
-from ib_jax.eval import evaluators, hosts, loading, submission
+from ib_jax.eval import evaluators, hosts, loading, pages, submission
 from ib_jax.eval import program as program_lib
 from ib_jax.eval.outputs import Outputs
 
@@ -121,20 +121,47 @@ def evaluate_checkpoint(
             results[evaluation.name] = {"error": message}
             continue
         outputs.write(evaluation.name, tag, step, result.metrics, result.predictions)
-        server_file = submission.WRITERS.get(evaluation.dataset)
-        if server_file is not None and outputs.writes:  # a split only its server scores
-            path = outputs.root / "predictions" / evaluation.name / f"{tag}.server.json"
-            count = server_file(str(path), result.predictions)
-            logger.info(
-                "%s %s: %d answers for the evaluation server in %s",
-                tag,
-                evaluation.name,
-                count,
-                path,
-            )
+        if outputs.writes:
+            split = evaluation.split or run.eval.split
+            _write_views(data_config, evaluation, split, tag, result, outputs)
         logger.info("%s %s: %s", tag, evaluation.name, result.metrics)
         results[evaluation.name] = result.metrics
     return results
+
+
+def _write_views(
+    data_config: ml_collections.ConfigDict,
+    evaluation: config_types.Evaluation,
+    split: str,
+    tag: str,
+    result: Any,
+    outputs: Outputs,
+) -> None:
+    """Beside the predictions file: the evaluation server's file for a split only its server
+    scores (VizWiz test-dev), and a page of sample predictions with their pictures. Views of
+    what is already written: a failure is logged, never fails the evaluation."""
+    folder = outputs.root / "predictions" / evaluation.name
+    server_file = submission.WRITERS.get(evaluation.dataset)
+    if server_file is not None:
+        path = folder / f"{tag}.server.json"
+        count = server_file(str(path), result.predictions)
+        logger.info(
+            "%s %s: %d answers for the evaluation server in %s", tag, evaluation.name, count, path
+        )
+    try:
+        entry = eval_pipeline.find_eval_entry(data_config, evaluation.dataset, split)
+        page = pages.write_predictions_page(
+            str(folder / f"{tag}.jsonl"),
+            result.predictions,
+            sources.load_records(entry, 1.0),
+            evaluation=evaluation.name,
+            metric=evaluation.metric,
+            checkpoint=tag,
+            metrics=result.metrics,
+        )
+        logger.info("%s %s: sample predictions in %s", tag, evaluation.name, page)
+    except Exception as error:  # the metrics are written; the page is only a view of them
+        logger.warning("%s %s: no predictions page: %s", tag, evaluation.name, error)
 
 
 def _training_finished(
