@@ -17,6 +17,7 @@ from data_pipelines import demo_data
 from ib_jax import checkpoint
 from ib_jax.configs_util import load_config
 from ib_jax.contract.model import from_config_dict
+from ib_jax.convert import api
 from ib_jax.convert.__main__ import main as convert_main
 from ib_jax.convert.hf_config import model_config_from_hf
 from ib_jax.export import main as export_main
@@ -171,10 +172,14 @@ def test_trained_checkpoint_gives_ib_jax_logits_in_transformers(tmp_path, instru
 
 @pytest.fixture(scope="module")
 def converted_t5(tmp_path_factory):
+    """A converted tiny HF model without the HF config's image_token_index (hf_extras.json),
+    as a converted directory of an older version or of LAVIS weights has it: export must then
+    learn the image token from --tokenizer_dir or the flag."""
     directory = tmp_path_factory.mktemp("hf_t5_small")
     reference.build("t5", seed=4).save_pretrained(directory)
     out = str(tmp_path_factory.mktemp("converted") / "t5")
     assert convert_main(["--hf", str(directory), "--out", out]) == 0
+    os.remove(os.path.join(out, api.HF_EXTRAS))
     return out
 
 
