@@ -26,7 +26,8 @@ from typing import Any
 
 from etils import epath
 
-from ib_jax import checkpoint, cli
+from ib_jax import checkpoint
+from ib_jax.contract import cli
 from ib_jax.contract.metrics import METRIC_NAMES
 
 # Training metrics shown, in this order (metrics_writer's names), when the job logged them.

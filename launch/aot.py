@@ -29,7 +29,8 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from ib_jax import cli, sharding, validate
+from ib_jax import sharding, validate
+from ib_jax.contract import cli
 from ib_jax.contract.model import from_config_dict
 from ib_jax.train import flops, trainer
 from launch import aot_eval
@@ -139,7 +140,7 @@ def plan(
 
 
 def define_flags() -> None:
-    """The planner's flags; called only when it runs as a program (see `ib_jax.cli`)."""
+    """The planner's flags; called only when it runs as a program (see `ib_jax.contract.cli`)."""
     cli.define_config_flag(required=False)
     flags.DEFINE_string("topology", None, "v5p-128, v4-32, v5e-64, v6e-256, or v5p:4x4x4")
     flags.DEFINE_string(

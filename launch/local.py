@@ -150,7 +150,7 @@ def launch(
 
 
 def define_flags() -> None:
-    """The launcher's flags; called only when it runs as a program (see `ib_jax.cli`)."""
+    """The launcher's flags; called only when it runs as a program (see `ib_jax.contract.cli`)."""
     from absl import flags
 
     flags.DEFINE_integer("num_processes", 2, "processes in the group")

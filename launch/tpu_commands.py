@@ -281,7 +281,7 @@ def console_log(pod: Pod) -> str:
 
 def collect_script(pod: Pod) -> str:
     """Copy this worker's logs (console, and the job's log file: /tmp/ib_jax_logs for a bucket
-    workdir, see ib_jax.cli.log_file_path) to WORKDIR/launch_logs/<hostname>/."""
+    workdir, see ib_jax.contract.cli.log_file_path) to WORKDIR/launch_logs/<hostname>/."""
     target = f"{pod.workdir.rstrip('/')}/launch_logs/$(hostname)/"
     return (
         f'gcloud storage cp {console_log(pod)} /tmp/ib_jax_logs/{pod.job}*.log "{target}" || true'

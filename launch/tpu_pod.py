@@ -198,7 +198,7 @@ class Launcher:
 
 
 def define_flags() -> None:
-    """The launcher's flags; called only when it runs as a program (see `ib_jax.cli`)."""
+    """The launcher's flags; called only when it runs as a program (see `ib_jax.contract.cli`)."""
     from absl import flags
 
     flags.DEFINE_string("name", None, "queued resource and TPU VM name", required=True)

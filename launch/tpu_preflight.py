@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import ml_collections
 from absl import app, flags
 
-from ib_jax import cli, distributed
+from ib_jax import distributed
+from ib_jax.contract import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the job's workdir (gs://...)", required=True)
 _DEVICES = flags.DEFINE_integer("devices_per_host", None, "JAX devices each host must see")

@@ -1,4 +1,4 @@
-"""ib_jax/cli.py: the shared flags of the entry points (`--help` lists them) and the quiet console."""
+"""ib_jax/contract/cli.py: the shared flags of the entry points (`--help` lists them) and the quiet console."""
 
 import logging
 import os
@@ -9,7 +9,7 @@ import threading
 import pytest
 from absl import logging as absl_logging
 
-from ib_jax import cli
+from ib_jax.contract import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

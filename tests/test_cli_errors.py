@@ -12,8 +12,7 @@ import threading
 import pytest
 from absl import flags
 
-from ib_jax import cli
-from ib_jax.contract import config_flag
+from ib_jax.contract import cli, config_flag
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

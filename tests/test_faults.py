@@ -362,7 +362,7 @@ def test_truncated_safetensors_file_names_file_and_tensor(hf_directory, tmp_path
     shutil.copytree(hf_directory, directory)
     path = os.path.join(directory, "model.safetensors")
     os.truncate(path, os.path.getsize(path) - 1000)
-    from ib_jax import cli
+    from ib_jax.contract import cli
     from ib_jax.convert.readers import CheckpointFileError
 
     with pytest.raises(

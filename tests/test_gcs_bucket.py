@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ib_jax import cli
+from ib_jax.contract import cli
 from launch.local import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

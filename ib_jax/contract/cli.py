@@ -2,7 +2,7 @@
 
 It lives in the contract layer because both sides' entry points use it (`ib_jax.train`,
 `ib_jax.evaluate`, and the data tools `data_pipelines.check`, `preview`, `prepare`, `miniature`);
-it imports nothing else of the project. `ib_jax.cli` is the same module under its usual name.
+it imports nothing else of the project.
 
 Flags: `--config=configs/x.py[:arg]` is an `ml_collections` config file (its `get_config(arg)`),
 fields overridden as `--config.train.num_steps=10`; `--workdir=DIR` is where a job reads and

@@ -3,7 +3,7 @@
 A run config is an `ml_collections` file (`configs/*.py`, `get_config(arg)`); each entry point
 builds these frozen sections from it once (`RunConfig.from_config`) and reads fields as
 attributes. A field the section does not know (a misspelt override, a stale config file) is
-refused with a `ConfigFieldError` naming it and the closest known field, which `ib_jax.cli` turns
+refused with a `ConfigFieldError` naming it and the closest known field, which `ib_jax.contract.cli` turns
 into one line with exit status 3. `configs/common.py` builds its ConfigDicts from these defaults.
 
 Sections: `train`, `checkpoint`, `init`, `mesh`, `eval` (the eval job), `evals` (the declared

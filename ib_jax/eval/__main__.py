@@ -14,7 +14,7 @@ are recorded in DIR/eval/done.json (so a restarted job skips them); stops once t
 has written DIR/TRAINING_DONE (or a step >= config.train.num_steps is evaluated), or after
 --watch_timeout seconds without a new checkpoint.
 What is evaluated is declared in `config.evals` (configs/evals.py); outputs go under DIR/eval/
-(ib_jax/eval/outputs.py), library logs to DIR/logs/evaluate.log (`ib_jax.cli`).
+(ib_jax/eval/outputs.py), library logs to DIR/logs/evaluate.log (`ib_jax.contract.cli`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from ib_jax import cli, distributed, summary
+from ib_jax import distributed, summary
+from ib_jax.contract import cli
 from ib_jax.eval import job
 from ib_jax.eval.outputs import Outputs
 

@@ -22,7 +22,8 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from ib_jax import cli, distributed
+from ib_jax import distributed
+from ib_jax.contract import cli
 from ib_jax.predict import Decoding, job
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, step dir, converted or HF dir")

@@ -5,7 +5,7 @@
 Running the same command again resumes from the latest checkpoint in the workdir. The console
 shows progress and results; library logs go to WORKDIR/logs/train.log (`--verbosity=0` or
 IB_JAX_VERBOSE=1 shows them on the console too). An error ends the job with one line naming its
-cause, the traceback in that log file and an exit status per kind of failure (`ib_jax.cli`).
+cause, the traceback in that log file and an exit status per kind of failure (`ib_jax.contract.cli`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from ib_jax import checkpoint, cli, distributed, summary
+from ib_jax import checkpoint, distributed, summary
+from ib_jax.contract import cli
 from ib_jax.contract.config import RunConfig
 from ib_jax.eval import job
 from ib_jax.train import trainer
