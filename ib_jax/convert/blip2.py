@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from ib_jax.contract.config import InitConfig, build
 from ib_jax.contract.model import ModelConfig
 from ib_jax.convert import api, blip2_rules, core, readers, rules
 from ib_jax.convert.api import family_rules, tie_if_headless
@@ -278,20 +279,24 @@ def summary(plan: core.Plan) -> str:
     return "\n".join(lines)
 
 
-def initial_params(init: Mapping[str, Any], model_config: ModelConfig) -> dict[str, Any]:
+def initial_params(
+    init: Mapping[str, Any] | InitConfig, model_config: ModelConfig
+) -> dict[str, Any]:
     """`config.init` naming a BLIP-2 start -> params in `model_config`'s layout (for the trainer).
 
-    Fields: `blip2` (an HF BLIP-2 directory or LAVIS file, as `--blip2`), `bert`, `vit`,
-    `language_model`, `seed`. The architecture must be `model_config`'s; a model without the
-    instruction input (`instruction_aware=False`, BLIP-2 training) gets no text-side tensors.
+    Fields (`InitConfig`): `blip2` (an HF BLIP-2 directory or LAVIS file, as `--blip2`), `bert`,
+    `vit`, `language_model`, `seed`. The architecture must be `model_config`'s; a model without
+    the instruction input (`instruction_aware=False`, BLIP-2 training) gets no text-side tensors.
     """
+    if not isinstance(init, InitConfig):
+        init = build(InitConfig, "init", init)
     plan = plan_blip2(
-        init["blip2"],
-        init.get("bert") or None,
+        init.blip2,
+        init.bert or None,
         model_config,
-        init.get("vit") or None,
-        init.get("language_model") or None,
-        int(init.get("seed") or 0),
+        init.vit or None,
+        init.language_model or None,
+        init.seed,
         scan_layers=model_config.scan_layers,
         remat_policy=model_config.remat_policy,
     )
