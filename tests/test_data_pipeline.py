@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import data_demo
+from configs import data_demo, evals
 from data_pipelines import (
     demo_data,
     eval_pipeline,
@@ -252,7 +252,12 @@ def test_eval_covers_every_example_once_with_padding(demo_root):
     for process_index in range(2):
         batches = list(
             eval_pipeline.build_eval_dataset(
-                config, "demo_vqa", "eval", process_index=process_index, process_count=2
+                config,
+                "demo_vqa",
+                "eval",
+                process_index=process_index,
+                process_count=2,
+                prompt=evals.PROTOCOL["demo_vqa"]["prompt"],  # the declared evaluation's
             )
         )
         batch_counts.append(len(batches))
