@@ -229,9 +229,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build(cls: type[_Section], where: str, values: Mapping[str, Any] | None, **extra) -> _Section:
+def build(
+    cls: type[_Section], where: str, values: Mapping[str, Any] | _Section | None, **extra
+) -> _Section:
     """The section `cls` from a config mapping: unknown keys refused (closest known named),
     None values take the default, tuples for lists."""
+    if isinstance(values, cls):  # already typed
+        return values
     values = _plain(values) or {}
     known = [f.name for f in dataclasses.fields(cls) if f.name not in extra]
     check_fields(where, values, known)

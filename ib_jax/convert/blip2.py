@@ -288,8 +288,7 @@ def initial_params(
     `vit`, `language_model`, `seed`. The architecture must be `model_config`'s; a model without
     the instruction input (`instruction_aware=False`, BLIP-2 training) gets no text-side tensors.
     """
-    if not isinstance(init, InitConfig):
-        init = build(InitConfig, "init", init)
+    init = build(InitConfig, "init", init)
     plan = plan_blip2(
         init.blip2,
         init.bert or None,

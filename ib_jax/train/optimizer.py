@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import ml_collections
 import optax
 from flax import traverse_util
 
+from ib_jax.contract.config import TrainConfig
 
-def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+
+def learning_rate_schedule(train: TrainConfig) -> optax.Schedule:
     """Step (0-based) -> learning rate: linear warmup over `warmup_steps`, then cosine decay to
     `end_learning_rate` at `num_steps` (both from `config.train`)."""
     # max(., 1): a zero-length warmup or decay would divide by zero inside optax.
@@ -31,7 +32,7 @@ def decay_mask(params: Any) -> Any:
     return traverse_util.unflatten_dict({path: path[-1] not in ("bias", "scale") for path in flat})
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """AdamW with the schedule and decay mask above; global-norm clipping first when
     `grad_clip_norm` > 0 (the paper does not clip; the demo does)."""
     parts = []

@@ -27,9 +27,10 @@ import optax
 from jax.sharding import Mesh
 
 import ib_jax
-from data_pipelines import train_pipeline
+from data_pipelines import preprocess, train_pipeline
 from ib_jax import checkpoint, distributed, sharding, validate
 from ib_jax.contract import precision
+from ib_jax.contract.config import InitConfig, TrainConfig, build
 from ib_jax.contract.model import ModelConfig, from_config_dict
 from ib_jax.convert import blip2
 from ib_jax.models.instructblip import InstructBlip, init_params
@@ -99,16 +100,17 @@ def _host_cast(tree: Any, dtype: str) -> Any:
     return jax.tree_util.tree_map(cast, tree)
 
 
-def _initial_params(init: ml_collections.ConfigDict, model_config: ModelConfig) -> Any:
+def _initial_params(init: ml_collections.ConfigDict | InitConfig, model_config: ModelConfig) -> Any:
     """Host parameters named by `config.init`: a converted/HF InstructBLIP (`pretrained`), or the
     paper's start, a BLIP-2 checkpoint with BERT's text side (`blip2`, `bert`, `vit`,
     `language_model`, `seed`: see ib_jax/convert/blip2.py)."""
-    if init.get("pretrained") and init.get("blip2"):
+    init = build(InitConfig, "init", init)
+    if init.pretrained and init.blip2:
         raise ValueError(
             f"config.init.pretrained={init.pretrained!r} and config.init.blip2={init.blip2!r}: "
             "name one starting point"
         )
-    if init.get("pretrained"):
+    if init.pretrained:
         return _pretrained_params(init.pretrained, model_config)
 
     return blip2.initial_params(init, model_config)
@@ -142,11 +144,12 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
     `sharding.activate(mesh, rules)`.
     """
     model = InstructBlip(from_config_dict(config.model))
-    tx = optim.make_optimizer(config.train)
+    train_config = build(TrainConfig, "train", config.train)
+    tx = optim.make_optimizer(train_config)
     init = _init_fn(model, example_batch(config))
     # The key is made inside eval_shape: no eager op, so this also works on compile-only meshes.
     boxed = jax.eval_shape(lambda: init(jax.random.key(0)))
-    boxed_trainable, boxed_frozen = split_params(boxed, config.train.trainable)
+    boxed_trainable, boxed_frozen = split_params(boxed, train_config.trainable)
     # Adam's moments keep their parameters' axis names, so they are sharded like them.
     boxed_opt_state = jax.eval_shape(tx.init, boxed_trainable)
     shard = lambda tree: sharding.logical_shardings(tree, mesh, rules)  # noqa: E731
@@ -171,7 +174,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -
     }
     shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
     step_fn = jax.jit(
-        make_train_step(model, tx, config.train.grad_accum_steps),
+        make_train_step(model, tx, train_config.grad_accum_steps),
         in_shardings=(shardings_of(state), shardings_of(frozen), shardings_of(batch)),
         out_shardings=(shardings_of(state), sharding.replicated(mesh)),
         donate_argnums=(0,),
@@ -186,7 +189,7 @@ def initial_state(
     parameters, placed on the mesh with the program's shardings, and a fresh optimizer state.
 
     One compiled program makes the whole state (compiles dominate small runs)."""
-    tcfg = config.train
+    tcfg = build(TrainConfig, "train", config.train)
     frozen_dtype = precision.frozen_dtype(config)
     shardings_of = lambda tree: jax.tree_util.tree_map(lambda x: x.sharding, tree)  # noqa: E731
     out_shardings = (shardings_of(program.abstract_state), shardings_of(program.abstract_frozen))
@@ -204,9 +207,10 @@ def initial_state(
         trainable, frozen = split_params(params, tcfg.trainable)
         return make_state(trainable), cast_floating(frozen, frozen_dtype)
 
-    if config.init.get("pretrained") or config.init.get("blip2"):
+    init = build(InitConfig, "init", config.get("init"))
+    if init.pretrained or init.blip2:
         # The frozen towers are cast on the host: no fp32 copy of them ever reaches the devices.
-        params = _initial_params(config.init, program.model.config)
+        params = _initial_params(init, program.model.config)
         params = state_lib.complete_lora(params, program.init, jax.random.key(tcfg.seed))
         trainable, frozen = split_params(params, tcfg.trainable)
         frozen = jax.device_put(_host_cast(frozen, frozen_dtype), out_shardings[1])
@@ -224,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     (`ib_jax.validate`: an `InvalidRunError` lists every problem)."""
     validate.check(config, job="train", workdir=workdir)
     resume.policy(config)  # a misspelt policy fails now, not when a checkpoint is damaged
-    tcfg = config.train
+    tcfg = build(TrainConfig, "train", config.train)
     mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.mesh)
     dataset = train_pipeline.build_train_dataset(
         config.data, process_index=jax.process_index(), process_count=jax.process_count()
@@ -250,7 +254,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if jax.process_index() == 0:
                 checkpoint.mark_training_done(workdir)
             return metrics_writer.last_metrics(workdir)
-        feed = data_feed.DataFeed(resumed.data_iterator, int(config.data.get("worker_count", 0)))
+        feed = data_feed.DataFeed(
+            resumed.data_iterator, int(preprocess.setting(config.data, "worker_count"))
+        )
         # Closed last (callbacks run in reverse): the final save reads the iterator's state.
         cleanup.callback(feed.close)
         cleanup.callback(manager.close)
@@ -302,13 +308,11 @@ def _loop(loop: _Loop, state: TrainState, frozen: Any, start: int) -> tuple[dict
     """Steps start+1.. until num_steps, a preemption or stop_after_steps; (last metrics, finished)."""
     config, step_fn, feed, mesh = loop.config, loop.step_fn, loop.feed, loop.mesh
     manager, writer, preemption = loop.manager, loop.writer, loop.preemption
-    tcfg = config.train
+    tcfg = build(TrainConfig, "train", config.train)
     schedule = optim.learning_rate_schedule(tcfg)
     shapes = flops.Shapes.from_config(config)
     step_flops = flops.train_step_flops(from_config_dict(config.model), shapes)
-    peak = flops.device_peak_flops(
-        jax.devices()[0].device_kind, tcfg.get("peak_flops_per_device", 0.0)
-    )
+    peak = flops.device_peak_flops(jax.devices()[0].device_kind, tcfg.peak_flops_per_device)
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start + 1, tcfg.num_steps + 1):
@@ -338,7 +342,7 @@ def _loop(loop: _Loop, state: TrainState, frozen: Any, start: int) -> tuple[dict
                 last["mfu"] = step_flops / step_time / (peak * jax.device_count())
             writer.write(step, last)
             window_start, window_steps = time.perf_counter(), 0
-        stop = preemption.reached(step) or step - start == tcfg.get("stop_after_steps", 0)
+        stop = preemption.reached(step) or step - start == tcfg.stop_after_steps
         if stop or is_last or step % config.checkpoint.every_steps == 0:
             if not np.isfinite(float(metrics["loss"])):  # never save a diverged state
                 raise NonFiniteLossError(
