@@ -8,12 +8,13 @@ PYTHON ?= python3.11
 PYTHON_NEWEST ?= env PYENV_VERSION=3.12.1 python3.12
 VENV ?= .venv
 VENV_NEWEST ?= .venv-newest
+VENV_BEAM ?= .venv-beam
 PY := $(VENV)/bin/python
 PY_NEWEST := $(VENV_NEWEST)/bin/python
 WORKDIR ?= workdirs/demo
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: demo test test-reference test-newest lint format venv venv-test venv-newest clean
+.PHONY: demo test test-reference test-newest test-beam lint format venv venv-test venv-newest clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,15 @@ $(VENV_NEWEST)/.test: requirements.txt requirements-test.txt constraints-newest.
 	$(PY_NEWEST) -m pip install $(PIP_QUIET) --upgrade pip
 	$(PY_NEWEST) -m pip install $(PIP_QUIET) -r requirements-test.txt -c constraints-newest.txt
 	$(PY_NEWEST) -m pip install $(PIP_QUIET) --no-deps -e .
+	touch $@
+
+# Lane 3 (Beam): apache-beam 2.77 cannot sit beside constraints.txt (it needs pillow<13, protobuf<7,
+# python-dateutil<3, pyarrow<26), so `prepare` on Beam is tested in a venv of its own.
+$(VENV_BEAM)/.test: requirements.txt constraints-beam.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_BEAM)
+	$(VENV_BEAM)/bin/python -m pip install $(PIP_QUIET) --upgrade pip
+	$(VENV_BEAM)/bin/python -m pip install $(PIP_QUIET) -r requirements.txt "pytest>=8,<10" apache-beam -c constraints-beam.txt
+	$(VENV_BEAM)/bin/python -m pip install $(PIP_QUIET) --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.runtime
@@ -63,7 +73,10 @@ test-newest: $(VENV_NEWEST)/.test
 		--config.train.num_steps=20 --config.checkpoint.every_steps=10
 	$(PY_NEWEST) -m pytest -n 2 -q -m "not reference and not slow" tests
 
-test: lint test-reference test-newest
+test-beam: $(VENV_BEAM)/.test
+	$(VENV_BEAM)/bin/python -m pytest -q tests/test_prepare_beam.py
+
+test: lint test-reference test-newest test-beam
 
 clean:
-	rm -rf $(VENV) $(VENV_NEWEST) workdirs
+	rm -rf $(VENV) $(VENV_NEWEST) $(VENV_BEAM) workdirs
