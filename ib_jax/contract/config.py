@@ -296,8 +296,8 @@ class RunConfig:
 
 
 def defaults(cls: type, **overrides: Any) -> dict[str, Any]:
-    """A section's defaults as a plain dict (lists for tuples), `overrides` applied and checked:
-    what configs/common.py turns into ConfigDicts."""
+    """A section's defaults as a plain dict (lists as comma-separated strings), `overrides`
+    applied and checked: what configs/common.py turns into ConfigDicts."""
     check_fields(cls.__name__, overrides, [f.name for f in dataclasses.fields(cls)])
     values = {
         f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
