@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from data_pipelines import images, preprocess, sources, tfds_data
 from ib_jax.contract import cli
+from ib_jax.contract.config import DATA_DEFAULTS
 
 logger = logging.getLogger(__name__)
 _CHUNK = 8  # records per task sent to a worker: amortizes the IPC, keeps the bar moving
@@ -138,7 +139,7 @@ def prepare_entry(
     out_dir: str,
     *,
     num_workers: int = 1,
-    max_bad_fraction: float = preprocess.DATA_DEFAULTS["max_bad_fraction"],
+    max_bad_fraction: float = DATA_DEFAULTS["max_bad_fraction"],
     beam_pipeline_options: str | None = None,
 ) -> dict[str, Any]:
     """Writes one config entry as `out_dir/<dataset>/<split>/1.0.0` unless already there.

@@ -4,9 +4,10 @@
 clip's frames) and tokenizes instruction and target to the padded lengths of the data config.
 The batch keys are `ib_jax.contract.batch.TRAIN_KEYS` / `MODEL_INPUTS` (docs/CONTRACTS.md).
 
-`DATA_DEFAULTS` is the one table of optional data-config keys and their defaults; read a key with
-`setting(data_config, key)`. The keys without a default (image_size, the three max lengths,
-qformer_vocab, lm_spm, global_batch_size) must be in every data config.
+`DATA_DEFAULTS` (ib_jax/contract/config.py) is the one table of optional data-config keys and their
+defaults; read a key with `setting(data_config, key)`. The keys without a default (`DATA_REQUIRED`:
+image_size, the three max lengths, qformer_vocab, lm_spm, global_batch_size) must be in every
+data config.
 
 A bad example never raises here: the preprocessor returns a marker `{BAD_KEY: reason,
 DATASET_KEY: name}` naming the file and the reason, which the training pipeline's guard counts.
@@ -24,26 +25,11 @@ from PIL import Image
 
 from data_pipelines import images, templates, text
 from data_pipelines.specs import DatasetSpec
+from ib_jax.contract.config import DATA_DEFAULTS
 from ib_jax.contract.text import text_format
 
 BAD_KEY = "_bad"  # marker element: {"_bad": reason, "_dataset": name}
 DATASET_KEY = "_dataset"  # name of the dataset an element came from (stripped before batching)
-
-# Optional data-config keys and their defaults (a key set to None also takes its default).
-DATA_DEFAULTS: dict[str, Any] = {
-    "datasets": (),  # training mixture entries (sources.load_records)
-    "eval_datasets": (),  # evaluation entries, selected by (name, split)
-    "seed": 0,  # template choice, shuffling and augmentation all derive from it
-    "num_frames": 4,  # frames sampled per video clip
-    "augment": False,  # LAVIS's training crop + flip (training only)
-    "eval_batch_size": None,  # None: global_batch_size
-    "worker_count": 0,  # Grain worker processes; 0 preprocesses in the main process
-    "worker_buffer_size": 8,  # examples buffered per worker
-    "prefetch_batches": 2,  # batches a background thread prepares ahead; 0 disables
-    "max_bad_fraction": 0.01,  # bad examples (or malformed annotations) tolerated before stopping
-    "bad_fraction_min_examples": 100,  # the fraction is taken of at least this many examples
-    "lm_type": "t5",  # LM family whose text conventions the LM tokenizer follows (= model.lm_type)
-}
 
 
 class BadDataError(RuntimeError):

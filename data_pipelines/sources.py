@@ -25,8 +25,8 @@ from typing import Any
 from etils import epath
 
 from data_pipelines import demo_data, formats, registry, user_data
-from data_pipelines.preprocess import DATA_DEFAULTS
 from data_pipelines.specs import DatasetSpec
+from ib_jax.contract.config import DATA_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
