@@ -76,7 +76,7 @@ test-newest: $(VENV_NEWEST)/.test
 test-beam: $(VENV_BEAM)/.test
 	$(VENV_BEAM)/bin/python -m pytest -q tests/test_prepare_beam.py
 
-test: lint test-reference test-newest test-beam
+test: lint test-reference test-beam test-newest
 
 clean:
 	rm -rf $(VENV) $(VENV_NEWEST) $(VENV_BEAM) workdirs
