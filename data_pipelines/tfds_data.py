@@ -1,15 +1,11 @@
 """Canonical records <-> TFDS datasets in array_record files, with no TensorFlow involved.
 
 Written by `python -m data_pipelines.prepare --out=DIR`: one TFDS dataset per registry dataset,
-one builder config per split (so each split is prepared, and skipped when done, on its own):
-
-  DIR/<dataset>/<split>/1.0.0/{dataset_info.json, features.json, metadata.json,
-                               <dataset>-<split>.array_record-0000k-of-0000n}
-
-read by any TFDS reader, e.g. in a Python without TensorFlow:
-
-  tfds.data_source("<dataset>/<split>", split="<split>", data_dir=DIR)
-  tfds.builder_from_directory("DIR/<dataset>/<split>/1.0.0").as_data_source("<split>")
+one builder config per split (each prepared, and skipped when done, on its own), in
+`DIR/<dataset>/<split>/1.0.0/` (dataset_info.json, features.json, metadata.json and the shards
+`<dataset>-<split>.array_record-0000k-of-0000n`), read by any TFDS reader without TensorFlow:
+`tfds.data_source("<dataset>/<split>", split="<split>", data_dir=DIR)` or
+`tfds.builder_from_directory("DIR/<dataset>/<split>/1.0.0").as_data_source("<split>")`.
 
 Feature spec (`FIELD_FEATURES`; a dataset's spec has the fields any of its records has):
 
@@ -25,9 +21,8 @@ Feature spec (`FIELD_FEATURES`; a dataset's spec has the fields any of its recor
 | source_paths | `Sequence(Text())`: the media file path(s) it came from, for messages | same |
 | absent_fields | `Sequence(Text())`: fields of the spec this record does not have | (dropped) |
 
-The pipeline decodes the embedded bytes as it decodes the files (`preprocess.ExamplePreprocessor`),
-so a prepared dataset gives the same pixels as its annotation files; a plain TFDS reader decodes
-`image` and `frames` to uint8 arrays itself.
+The pipeline decodes the embedded bytes as it decodes the files (`preprocess.ExamplePreprocessor`):
+a prepared dataset gives its annotation files' pixels; plain TFDS readers decode image and frames.
 
 A config entry reads a TFDS dataset with `tfds=` (docs/CONTRACTS.md): a name (`"demo_vqa/eval"`,
 `"my_set:1.0.0"`, looked up in `tfds_data_dir`, default TFDS's) or a directory (the version
