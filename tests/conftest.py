@@ -1,9 +1,12 @@
 """Shared test setup: 8 simulated CPU devices, float32 matmuls, a persistent compilation cache."""
 
 import importlib.util
+import logging
 import os
 import pathlib
 import tempfile
+
+import pytest
 
 # Must be set before jax initialises its backends.
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
@@ -34,3 +37,25 @@ def pytest_ignore_collect(collection_path: pathlib.Path, config) -> bool | None:
     ):
         return None
     return True if REFERENCE_MODULE_MARK in collection_path.read_text() else None
+
+
+@pytest.fixture
+def root_logging():
+    """Restore the root logger's handlers and level after a test rewires them (tests of the
+    console: test_cli.py, test_cli_errors.py)."""
+    # Imported here, not above: the environment must be set before anything can load jax.
+    from ib_jax.contract import cli
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    cli._pending = None
+    cli._log_path = None

@@ -62,24 +62,6 @@ def test_a_mistyped_override_fails_before_any_work(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-@pytest.fixture
-def root_logging():
-    """Restore the root logger's handlers and level after a test rewires them."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-    cli._pending = None
-    cli._log_path = None
-
-
 def test_quiet_console_keeps_the_jobs_lines_and_files_the_rest(
     root_logging, tmp_path, capsys, monkeypatch
 ):

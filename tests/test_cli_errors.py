@@ -95,24 +95,6 @@ def test_configuration_errors_exit_3(error_class):
     assert cli.failure_class(error)[0] == 3
 
 
-@pytest.fixture
-def root_logging():
-    """Restore the root logger's handlers and level after a test rewires them."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-    cli._pending = None
-    cli._log_path = None
-
-
 def test_a_logged_exception_is_one_console_line_and_a_logged_traceback(
     root_logging, tmp_path, capsys, monkeypatch
 ):
